@@ -1,0 +1,1 @@
+"""The dataset: records, the SQLite store, exports, shards and statistics."""

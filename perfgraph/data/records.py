@@ -1,0 +1,54 @@
+"""Immutable records that flow from measurement into the models.
+
+A :class:`Sample` is what every cost model consumes: one schedule of one pipeline, with Halide's
+per-stage featurization, the stage graph and (when measured) its run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One (pipeline, schedule) pair as the models see it.
+
+    ``features`` holds one Halide featurization row per stage (shape ``(n_stages, 326)``);
+    ``edges`` holds producer -> consumer pairs of row indices (shape ``(2, n_edges)``) and
+    ``edge_features`` one row per edge (shape ``(n_edges, NUM_EDGE_FEATURES)``).
+    ``runtime_ms`` is the measured minimum run time, or ``None`` for an unmeasured candidate.
+    """
+
+    pipeline_id: int
+    schedule_id: int
+    pipeline_name: str
+    family: str
+    features: np.ndarray
+    edges: np.ndarray
+    edge_features: np.ndarray
+    stage_names: tuple[str, ...] = field(default=())
+    runtime_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 2 or self.features.shape[1] != FEATURES_PER_STAGE:
+            raise ValueError(
+                f"Sample {self.pipeline_id}/{self.schedule_id}: features must have shape (n, "
+                f"{FEATURES_PER_STAGE}), got {self.features.shape}"
+            )
+        if self.edges.ndim != 2 or self.edges.shape[0] != 2:
+            raise ValueError(f"Sample {self.pipeline_id}/{self.schedule_id}: edges must be (2, E)")
+        if self.edge_features.shape != (self.edges.shape[1], NUM_EDGE_FEATURES):
+            raise ValueError(
+                f"Sample {self.pipeline_id}/{self.schedule_id}: edge_features must be "
+                f"({self.edges.shape[1]}, {NUM_EDGE_FEATURES}), got {self.edge_features.shape}"
+            )
+        if self.edges.size and (self.edges.min() < 0 or self.edges.max() >= self.num_stages):
+            raise ValueError(f"Sample {self.pipeline_id}/{self.schedule_id}: edge index out of range")
+
+    @property
+    def num_stages(self) -> int:
+        return int(self.features.shape[0])

@@ -1,0 +1,264 @@
+"""The embedded dataset: one SQLite file, crash-safe, resumable.
+
+Every candidate is committed in its own transaction the moment it ends, in WAL mode, so that
+``kill -9`` of the collector loses at most the candidates in flight and never corrupts the file.
+Pipelines are keyed by URI *and* identity: a URI whose Halide definition changed is refused, because
+two different pipelines sharing an id silently corrupt training (Halide's trainer included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from perfgraph.data.records import Sample
+from perfgraph.features.layout import FEATURE_SCHEMA_VERSION, FEATURES_PER_STAGE
+from perfgraph.measure.host import MachineInfo
+from perfgraph.schedules.stage_graph import StageGraph
+
+STORE_SCHEMA_VERSION = 1
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked; the message names the file and the conflict."""
+
+
+@dataclass(frozen=True)
+class PipelineRecord:
+    pipeline_id: int
+    uri: str
+    identity: str
+    family: str
+    num_stages: int
+    graph: StageGraph
+
+
+@dataclass(frozen=True)
+class MeasurementRecord:
+    """One benchmark of one schedule: every repeat, its summary, and how it was compiled and run."""
+
+    runtime_ms: float
+    median_ms: float
+    cv: float
+    repeats_ms: tuple[float, ...]
+    threads: int
+    compile_s: float
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def features_hash(featurization: bytes) -> str:
+    return hashlib.sha256(featurization).hexdigest()
+
+
+def decode_featurization(blob: bytes) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=np.float32).reshape(-1, FEATURES_PER_STAGE)
+
+
+class Store:
+    """A perfgraph dataset in one SQLite file.
+
+    >>> import tempfile, os
+    >>> store = Store(os.path.join(tempfile.mkdtemp(), "demo.db"))
+    >>> store.counts()["pipelines"]
+    0
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._init_schema()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        found = self._meta("schema_version")
+        if found is not None and int(found) != STORE_SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema version {found}, this perfgraph reads {STORE_SCHEMA_VERSION}")
+        feature_version = self._meta("feature_schema_version")
+        if feature_version is not None and int(feature_version) != FEATURE_SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: feature-schema version {feature_version}, this perfgraph reads "
+                             f"{FEATURE_SCHEMA_VERSION}")
+        schema = resources.files("perfgraph.data").joinpath("schema.sql").read_text()
+        self._db.executescript(schema)  # idempotent: every statement is IF NOT EXISTS
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('feature_schema_version', ?)", (str(FEATURE_SCHEMA_VERSION),))
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path}: not a perfgraph SQLite store ({error})") from error
+        return row[0] if row else None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def machine_id(self, machine: MachineInfo) -> int:
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO machines (fingerprint, info) VALUES (?, ?)",
+                       (machine.fingerprint, json.dumps(machine.to_json())))
+            return db.execute("SELECT machine_id FROM machines WHERE fingerprint = ?", (machine.fingerprint,)).fetchone()[0]
+
+    def add_pipeline(self, uri: str, identity: str, family: str, graph: StageGraph, buffers: dict) -> int:
+        """Insert a pipeline (or return the id of the same one); refuses a URI with another definition."""
+        existing = self.pipeline_by_uri(uri)
+        if existing is not None:
+            if existing.identity != identity:
+                raise StoreError(
+                    f"{self.path}: pipeline {uri!r} is stored with identity {existing.identity[:12]}, but it now "
+                    f"builds to {identity[:12]}: its Halide definition changed. Collect it into a new store.")
+            return existing.pipeline_id
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO pipelines (uri, identity, family, num_stages, graph, buffers) VALUES (?, ?, ?, ?, ?, ?)",
+                (uri, identity, family, graph.num_stages, json.dumps(graph.to_json()), json.dumps(buffers)))
+            return int(cursor.lastrowid)
+
+    def add_schedule(self, pipeline_id: int, candidate_index: int, config: dict, featurization: bytes,
+                     schedule_source: str, autoschedule_s: float, machine_id: int,
+                     measurement: MeasurementRecord | None, duplicate_of: int | None = None) -> int:
+        """Commit one schedule with its measurement (or as a duplicate of a measured one) atomically."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO schedules (pipeline_id, candidate_index, config, features_hash, featurization, "
+                "schedule_source, autoschedule_s, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (pipeline_id, candidate_index, json.dumps(config), features_hash(featurization),
+                 zlib.compress(featurization, 6), schedule_source, autoschedule_s, duplicate_of))
+            schedule_id = int(cursor.lastrowid)
+            if measurement is not None:
+                self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=False)
+        return schedule_id
+
+    def add_repeat_measurement(self, schedule_id: int, machine_id: int, measurement: MeasurementRecord) -> None:
+        with self.transaction() as db:
+            self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=True)
+
+    @staticmethod
+    def _insert_measurement(db: sqlite3.Connection, schedule_id: int, machine_id: int,
+                            m: MeasurementRecord, is_repeat: bool) -> None:
+        db.execute(
+            "INSERT INTO measurements (schedule_id, machine_id, runtime_ms, median_ms, cv, repeats_ms, threads, "
+            "compile_s, is_repeat, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (schedule_id, machine_id, m.runtime_ms, m.median_ms, m.cv, json.dumps(list(m.repeats_ms)), m.threads,
+             m.compile_s, int(is_repeat), now()))
+
+    def add_failure(self, uri: str, candidate_index: int, config: dict | None, kind: str, phase: str,
+                    message: str, machine_id: int | None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO failures (pipeline_uri, candidate_index, config, kind, phase, message, "
+                "machine_id, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (uri, candidate_index, json.dumps(config) if config else None, kind, phase, message[-4000:],
+                 machine_id, now()))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def pipeline_by_uri(self, uri: str) -> PipelineRecord | None:
+        row = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines "
+                               "WHERE uri = ?", (uri,)).fetchone()
+        return None if row is None else _pipeline_record(row)
+
+    def pipelines(self) -> list[PipelineRecord]:
+        rows = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines "
+                                "ORDER BY pipeline_id").fetchall()
+        return [_pipeline_record(row) for row in rows]
+
+    def done_candidates(self, uri: str) -> set[int]:
+        """Candidate indices of a pipeline that already ended (measured, duplicate or failed)."""
+        done = {r[0] for r in self._db.execute(
+            "SELECT s.candidate_index FROM schedules s JOIN pipelines p USING (pipeline_id) WHERE p.uri = ?", (uri,))}
+        done |= {r[0] for r in self._db.execute(
+            "SELECT candidate_index FROM failures WHERE pipeline_uri = ?", (uri,))}
+        return done
+
+    def pipeline_failed(self, uri: str) -> bool:
+        return self._db.execute("SELECT 1 FROM failures WHERE pipeline_uri = ? AND candidate_index = -1",
+                                (uri,)).fetchone() is not None
+
+    def measured_hashes(self, pipeline_id: int) -> dict[str, int]:
+        """Features hash -> schedule id of every measured schedule of a pipeline (for de-duplication)."""
+        rows = self._db.execute(
+            "SELECT features_hash, schedule_id FROM schedules WHERE pipeline_id = ? AND duplicate_of IS NULL",
+            (pipeline_id,))
+        return {h: sid for h, sid in rows}
+
+    def samples(self, measured_only: bool = True) -> list[Sample]:
+        """Every measured schedule (first measurement, not re-measurements) as a :class:`Sample`."""
+        graphs = {p.pipeline_id: p for p in self.pipelines()}
+        query = (
+            "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s "
+            f"{'JOIN' if measured_only else 'LEFT JOIN'} measurements m "
+            "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 "
+            "WHERE s.duplicate_of IS NULL ORDER BY s.pipeline_id, s.schedule_id")
+        samples = []
+        for pipeline_id, schedule_id, blob, runtime_ms in self._db.execute(query):
+            pipeline = graphs[pipeline_id]
+            samples.append(Sample(
+                pipeline_id=pipeline_id, schedule_id=schedule_id, pipeline_name=pipeline.uri, family=pipeline.family,
+                features=decode_featurization(blob), edges=pipeline.graph.edge_array(),
+                edge_features=pipeline.graph.edge_feature_array(), stage_names=pipeline.graph.stage_names,
+                runtime_ms=runtime_ms))
+        return samples
+
+    def repeat_pairs(self) -> list[tuple[int, int, float, float]]:
+        """``(pipeline_id, schedule_id, first_ms, repeat_ms)`` for schedules measured twice, independently."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT s.pipeline_id, s.schedule_id, a.runtime_ms, b.runtime_ms FROM measurements a "
+            "JOIN measurements b ON a.schedule_id = b.schedule_id AND a.is_repeat = 0 AND b.is_repeat = 1 "
+            "JOIN schedules s ON s.schedule_id = a.schedule_id ORDER BY s.schedule_id")]
+
+    def counts(self) -> dict[str, int]:
+        def one(sql: str) -> int:
+            return int(self._db.execute(sql).fetchone()[0])
+
+        return {
+            "pipelines": one("SELECT COUNT(*) FROM pipelines"),
+            "schedules": one("SELECT COUNT(*) FROM schedules"),
+            "samples": one("SELECT COUNT(*) FROM measurements WHERE is_repeat = 0"),
+            "failures": one("SELECT COUNT(*) FROM failures"),
+        }
+
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        """Read-only queries for statistics and exports."""
+        return self._db.execute(sql, params)
+
+
+def _pipeline_record(row: tuple) -> PipelineRecord:
+    pipeline_id, uri, identity, family, num_stages, graph = row
+    return PipelineRecord(pipeline_id, uri, identity, family, num_stages, StageGraph.from_json(json.loads(graph)))

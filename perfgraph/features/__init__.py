@@ -1,0 +1,1 @@
+"""Turning stored samples into model inputs: the feature layout, graphs, splits."""

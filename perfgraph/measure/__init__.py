@@ -1,0 +1,1 @@
+"""Measurement: autoschedule, compile and benchmark candidates in isolated worker processes."""

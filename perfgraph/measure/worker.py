@@ -1,0 +1,183 @@
+"""The isolated worker process: one job (analyse a pipeline, or measure one candidate) per process.
+
+The Adams2019 autoscheduler can abort its process and a bad schedule can run for minutes, so every
+job runs in a fresh ``python -m perfgraph.measure.worker`` process that the parent can time out and
+kill. A fresh process also makes Halide's automatic Func names (``f0``, ``f1`` ...) deterministic.
+
+Protocol: the parent writes one JSON job on stdin; the worker writes events as JSON lines prefixed by
+``EVENT_PREFIX`` on stdout (Halide writes its diagnostics to stderr, which the parent captures). A
+candidate job waits after autoscheduling for a one-line reply (``{"go": true}``) so that the parent
+can skip benchmarking a schedule whose features were already measured.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EVENT_PREFIX = "@@perfgraph "
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def _make_buffers(built, input_seed: int):  # type: ignore[no-untyped-def]
+    import halide as hl
+
+    from perfgraph.workloads.base import random_input
+
+    inputs: dict[str, Any] = {}
+    for index, spec in enumerate(built.input_buffers):
+        buffer = hl.Buffer(random_input(spec, seed=input_seed * 1009 + index))
+        if any(spec.mins):
+            buffer.set_min(list(spec.mins))
+        inputs[spec.name] = buffer
+    for spec in built.input_scalars:
+        inputs[spec.name] = spec.value
+    outputs = []
+    for spec in built.output_buffers:
+        buffer = hl.Buffer(_halide_type(spec.dtype), list(spec.extents))
+        if any(spec.mins):
+            buffer.set_min(list(spec.mins))
+        outputs.append(buffer)
+    return inputs, outputs
+
+
+def _halide_type(dtype: str):  # type: ignore[no-untyped-def]
+    import halide as hl
+
+    if dtype == "bool":
+        return hl.Bool()
+    kind, bits = dtype.rstrip("0123456789"), int(dtype[len(dtype.rstrip("0123456789")):])
+    return {"float": hl.Float, "uint": hl.UInt, "int": hl.Int}[kind](bits)
+
+
+def _compile(built, target):  # type: ignore[no-untyped-def]
+    arguments = built.pipeline.infer_arguments()
+    callable_ = built.pipeline.compile_to_callable(arguments, target)
+    return callable_, [a.name for a in arguments]
+
+
+def _run(callable_, names, inputs, outputs) -> None:  # type: ignore[no-untyped-def]
+    callable_(*[inputs[n] for n in names], *outputs)
+
+
+def _outputs_as_numpy(outputs) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    return [np.array(buffer, copy=True) for buffer in outputs]
+
+
+def analyze(job: dict) -> None:
+    """Describe a pipeline (the stage graph goes to stderr) and save its reference output."""
+    import halide as hl
+
+    from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
+    from perfgraph.workloads.base import build_pipeline
+
+    target = benchmark_target()
+    built = build_pipeline(job["uri"])
+    emit("built", inputs=[vars(s) for s in built.input_buffers], scalars=[vars(s) for s in built.input_scalars],
+         outputs=[vars(s) for s in built.output_buffers])
+    load_adams2019()
+    config = AutoschedulerConfig(beam_size=1, random_dropout=1, random_dropout_seed=1, disable_subtiling=True)
+    result = built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Adams2019", config.to_halide_params()))
+    featurization = bytes(result.featurization)
+    emit("analyzed", featurization=base64.b64encode(featurization).decode())
+    # The reference output: the same algorithm under an independent schedule (Li2018: compute_root
+    # every stage), on a freshly built copy of the pipeline.
+    built = build_pipeline(job["uri"])
+    hl.load_plugin(os.path.join(hl.install_dir(), "lib64", "libautoschedule_li2018.so"))
+    built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Li2018", {"parallelism": "1"}))
+    callable_, names = _compile(built, target)
+    inputs, outputs = _make_buffers(built, job["input_seed"])
+    _run(callable_, names, inputs, outputs)
+    reference = _outputs_as_numpy(outputs)
+    path = Path(job["reference_path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, *reference)
+    tmp.replace(path)
+    emit("reference_saved", path=str(path))
+
+
+def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
+    """``None`` if an output equals the reference, else a short reason (floats allow FMA rounding)."""
+    if actual.shape != expected.shape:
+        return f"shape {actual.shape} != reference {expected.shape}"
+    if actual.dtype.kind == "f":
+        scale = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
+        close = np.isclose(actual, expected, rtol=1e-3, atol=1e-4 * max(scale, 1.0), equal_nan=True)
+    else:
+        close = actual == expected
+    if close.all():
+        return None
+    bad = int((~close).sum())
+    return f"{bad} of {close.size} values differ from the reference"
+
+
+def measure(job: dict) -> None:
+    """Autoschedule one candidate, compile it, benchmark it on the benchmark cores, check its output."""
+    import halide as hl
+
+    from perfgraph.measure.timing import TimingPolicy, benchmark
+    from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
+    from perfgraph.workloads.base import build_pipeline
+
+    target = benchmark_target()
+    built = build_pipeline(job["uri"])
+    load_adams2019()
+    config = AutoschedulerConfig.from_json(job["config"])
+    emit("phase", phase="autoschedule")
+    started = time.perf_counter()
+    result = built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Adams2019", config.to_halide_params()))
+    emit("scheduled", featurization=base64.b64encode(bytes(result.featurization)).decode(),
+         schedule_source=result.schedule_source, autoschedule_s=time.perf_counter() - started)
+    reply = json.loads(sys.stdin.readline() or "{}")
+    if not reply.get("go"):
+        return
+    emit("phase", phase="compile")
+    started = time.perf_counter()
+    callable_, names = _compile(built, target)
+    inputs, outputs = _make_buffers(built, job["input_seed"])
+    compile_s = time.perf_counter() - started
+    with open(job["lock_path"], "w") as lock:
+        emit("phase", phase="wait")
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one candidate at a time on the benchmark cores
+        os.sched_setaffinity(0, set(job["benchmark_cpus"]))
+        emit("phase", phase="run")
+        timing = benchmark(lambda: _run(callable_, names, inputs, outputs), TimingPolicy(**job["timing"]))
+    reference = np.load(job["reference_path"])
+    mismatch = next((f"output {i}: {reason}" for i, out in enumerate(_outputs_as_numpy(outputs))
+                     if (reason := _matches(out, reference[f"arr_{i}"])) is not None), None)
+    if mismatch:
+        emit("wrong_output", message=mismatch)
+        return
+    emit("measured", repeats_ms=list(timing.repeats_ms), min_ms=timing.min_ms, median_ms=timing.median_ms,
+         cv=timing.cv, compile_s=compile_s)
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.readline())
+    from perfgraph.workloads.base import WorkloadError
+
+    try:
+        {"analyze": analyze, "measure": measure}[job["kind"]](job)
+    except WorkloadError as error:
+        emit("workload_error", message=str(error))
+        sys.exit(3)
+    except Exception as error:  # Halide errors (hl.HalideError) and anything else: reported, not fatal
+        emit("error", message=f"{type(error).__name__}: {error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The one interface every perfgraph cost model implements.
+
+Training, evaluation and (later) schedule search treat the GNN, Halide's Adams2019 network and the
+XGBoost models alike through these methods, in the spirit of TVM MetaSchedule's ``CostModel``
+(``update`` / ``predict``) and scikit-learn's estimators (``fit`` / ``predict``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from perfgraph.data.records import Sample
+from perfgraph.features.layout import FEATURE_SCHEMA_VERSION
+
+
+class SchemaMismatchError(ValueError):
+    """A checkpoint was written for another feature-schema version than this code reads."""
+
+    def __init__(self, path: str | Path, found: int, expected: int = FEATURE_SCHEMA_VERSION) -> None:
+        super().__init__(
+            f"{path}: checkpoint has feature-schema version {found}, but this perfgraph reads "
+            f"version {expected}; retrain the model on a dataset of version {expected}"
+        )
+        self.found = found
+        self.expected = expected
+
+
+class CostModel(ABC):
+    """Predicts pipeline run times (milliseconds) from :class:`Sample` records."""
+
+    #: Short name used in reports and on the command line (``gnn``, ``halide``, ``xgboost`` ...).
+    name: str = "model"
+
+    @abstractmethod
+    def fit(self, train: Sequence[Sample], valid: Sequence[Sample]) -> CostModel:
+        """Train from scratch on ``train``, using ``valid`` for early stopping; returns ``self``."""
+
+    @abstractmethod
+    def predict(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Predicted run time in milliseconds, one float per sample."""
+
+    @abstractmethod
+    def update(self, samples: Sequence[Sample]) -> None:
+        """Fine-tune on newly measured samples (what a search loop calls after each batch)."""
+
+    @abstractmethod
+    def save(self, path: str | Path) -> None:
+        """Write a checkpoint that :meth:`load` reads back without executing code."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str | Path) -> CostModel:
+        """Read a checkpoint; raises :class:`SchemaMismatchError` for another schema version."""
+
+
+def measured_runtimes(samples: Sequence[Sample]) -> np.ndarray:
+    """Run times of measured samples as a float64 array; raises if any sample is unmeasured."""
+    missing = [(s.pipeline_id, s.schedule_id) for s in samples if s.runtime_ms is None]
+    if missing:
+        raise ValueError(f"{len(missing)} samples have no measured run time, e.g. {missing[:3]}")
+    return np.array([s.runtime_ms for s in samples], dtype=np.float64)

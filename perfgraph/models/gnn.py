@@ -1,0 +1,50 @@
+"""The graph-neural-network cost model (Singh, Hegarty, Leather, Steiner, MAPS 2022).
+
+>>> model = GNNCostModel(conv="sage", hidden=32, layers=2, epochs=50, device="cpu")  # doctest: +SKIP
+>>> model.fit(parts.train, parts.valid).predict(parts.test)    # run times in ms    # doctest: +SKIP
+>>> model.stage_costs(parts.test[0])                           # ms per stage       # doctest: +SKIP
+>>> model.save("out/gnn.pt"); GNNCostModel.load("out/gnn.pt")                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from perfgraph.models.neural import NeuralCostModel, check_positive
+from perfgraph.models.stage_gnn import CONVS, StageGNN
+
+
+class GNNCostModel(NeuralCostModel):
+    """Predicts run time as the sum of per-stage costs computed by a GNN over the stage graph.
+
+    Architecture: ``conv`` (one of ``gcn``, ``sage``, ``gatv2``, ``gin``, ``transformer``), ``hidden``
+    channels, ``layers`` residual message-passing layers, ``heads`` attention heads (``gatv2`` and
+    ``transformer``), ``dropout``. Training: ``loss`` (see :func:`~perfgraph.models.losses.make_loss`),
+    Adam ``lr`` and ``weight_decay``, at most ``epochs`` epochs with early stopping after ``patience``
+    epochs without validation improvement, ``batch_size`` graphs per step, ``seed``, ``device``
+    (``auto``, ``cpu``, ``cuda``). ``update`` fine-tunes for ``update_epochs`` at
+    ``lr * update_lr_factor``. ``progress`` shows a progress bar.
+    """
+
+    name = "gnn"
+
+    def __init__(self, conv: str = "gatv2", hidden: int = 64, layers: int = 3, heads: int = 4,
+                 dropout: float = 0.0, loss: str = "mse", lr: float = 3e-3, epochs: int = 200,
+                 patience: int = 20, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
+                 device: str = "auto", update_epochs: int = 5, update_lr_factor: float = 0.1,
+                 progress: bool = True) -> None:
+        if conv not in CONVS:
+            raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
+        check_positive("hidden", hidden)
+        check_positive("heads", heads)
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ValueError(f"layers must be a non-negative int, got {layers!r}")
+        if conv in ("gatv2", "transformer") and hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads}) for conv {conv!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.conv, self.hidden, self.layers, self.heads, self.dropout = conv, hidden, layers, heads, dropout
+        super().__init__(loss=loss, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
+                         weight_decay=weight_decay, seed=seed, device=device, update_epochs=update_epochs,
+                         update_lr_factor=update_lr_factor, progress=progress)
+
+    def build_network(self) -> StageGNN:
+        return StageGNN(self.conv, self.hidden, self.layers, self.heads, self.dropout)

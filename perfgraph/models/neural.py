@@ -1,0 +1,189 @@
+"""The :class:`CostModel` plumbing shared by the neural models (GNN and sequence control).
+
+A subclass only declares its architecture hyper-parameters and builds its network
+(:meth:`NeuralCostModel.build_network`); fitting, normalising, predicting, fine-tuning, per-stage
+costs and checkpoints live here once. Hyper-parameters are constructor arguments, read back by
+:meth:`get_params` (as in scikit-learn) and stored in the checkpoint, so ``load`` rebuilds the same
+model by calling the constructor again.
+
+Inputs may be :class:`~perfgraph.data.records.Sample` records or graphs already built by
+:func:`~perfgraph.features.graphs.sample_to_graph` (e.g. from a cached
+:class:`~perfgraph.features.dataset.StageGraphDataset`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+from perfgraph.data.records import Sample
+from perfgraph.features.graphs import as_graphs, measured_only
+from perfgraph.features.normalization import FeatureNormalizer
+from perfgraph.models.base import CostModel
+from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
+from perfgraph.models.losses import make_loss
+from perfgraph.models.stage_network import StageCostNetwork
+from perfgraph.models.training import DEVICES, predict_log_runtimes, resolve_device, train_network
+
+
+class NotFittedError(RuntimeError):
+    """``predict``, ``save`` or ``stage_costs`` was called on a model that was neither fitted nor loaded."""
+
+
+def check_positive(name: str, value: Any, kind: type = int) -> None:
+    """Raise ``ValueError`` naming the argument unless ``value`` is a positive ``kind``."""
+    if isinstance(value, bool) or not isinstance(value, kind | int) or not value > 0:
+        raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+
+
+class NeuralCostModel(CostModel):
+    """Base class; see :class:`~perfgraph.models.gnn.GNNCostModel` for the hyper-parameters."""
+
+    name = "neural"
+
+    def __init__(self, *, loss: str = "mse", lr: float = 3e-3, epochs: int = 200, patience: int = 20,
+                 batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
+                 update_epochs: int = 5, update_lr_factor: float = 0.1, progress: bool = True) -> None:
+        make_loss(loss)  # validates the name now rather than after an hour of data loading
+        check_positive("lr", lr, float)
+        check_positive("epochs", epochs)
+        check_positive("batch_size", batch_size)
+        check_positive("update_epochs", update_epochs)
+        check_positive("update_lr_factor", update_lr_factor, float)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative int, got {patience!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        self.loss, self.lr, self.epochs, self.patience = loss, lr, epochs, patience
+        self.batch_size, self.weight_decay, self.seed, self.device = batch_size, weight_decay, seed, device
+        self.update_epochs, self.update_lr_factor, self.progress = update_epochs, update_lr_factor, progress
+        self.network_: StageCostNetwork | None = None
+        self.normalizer_: FeatureNormalizer | None = None
+        self.log_: list[dict] = []
+
+    def build_network(self) -> StageCostNetwork:
+        """A freshly initialised network for this model's architecture hyper-parameters."""
+        raise NotImplementedError
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments as plain values (what a checkpoint stores)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.network_ is not None
+
+    def _require_fitted(self, method: str) -> StageCostNetwork:
+        if self.network_ is None or self.normalizer_ is None:
+            raise NotFittedError(f"{type(self).__name__}.{method}: call fit() or load() first")
+        return self.network_
+
+    def _graphs(self, items: Sequence[Sample | Data], argument: str, require_measured: bool) -> list[Data]:
+        graphs = as_graphs(items)
+        if require_measured:
+            graphs = measured_only(graphs, argument)
+        return self.normalizer_.transform_all(graphs)  # type: ignore[union-attr]
+
+    def fit(self, train: Sequence[Sample | Data], valid: Sequence[Sample | Data]) -> NeuralCostModel:
+        """Train from scratch; the normaliser and the run-time scale come from ``train`` only.
+
+        ``valid`` drives early stopping; when it is empty the training loss does.
+        """
+        raw_train = measured_only(as_graphs(train), "train")
+        if not raw_train:
+            raise ValueError("train: no samples to fit on")
+        self.normalizer_ = FeatureNormalizer().fit(raw_train)
+        train_graphs = self.normalizer_.transform_all(raw_train)
+        valid_graphs = self._graphs(valid, "valid", require_measured=True)
+        torch.manual_seed(self.seed)
+        network = self.build_network()
+        log_runtimes = torch.cat([g.y for g in train_graphs])
+        mean_stages = float(np.mean([g.num_nodes for g in train_graphs]))
+        network.set_runtime_scale(math.exp(float(log_runtimes.mean())) / mean_stages)
+        self.log_ = train_network(
+            network, train_graphs, valid_graphs, make_loss(self.loss), epochs=self.epochs, lr=self.lr,
+            patience=self.patience, batch_size=self.batch_size, seed=self.seed,
+            device=resolve_device(self.device), weight_decay=self.weight_decay, progress=self.progress,
+            desc=f"fit {self.name}",
+        )
+        self.network_ = network
+        return self
+
+    def predict(self, samples: Sequence[Sample | Data]) -> np.ndarray:
+        """Predicted run times in milliseconds (float64), one per sample, in order."""
+        network = self._require_fitted("predict")
+        graphs = self._graphs(samples, "samples", require_measured=False)
+        if not graphs:
+            return np.empty(0, dtype=np.float64)
+        device = resolve_device(self.device)
+        network.to(device)
+        return np.exp(predict_log_runtimes(network, graphs, max(self.batch_size, 256), device))
+
+    def update(self, samples: Sequence[Sample | Data]) -> None:
+        """Fine-tune for ``update_epochs`` at ``lr * update_lr_factor``, keeping the normaliser.
+
+        On a model that was never fitted this fits from scratch on ``samples`` (no validation set).
+        """
+        if not self.is_fitted:
+            self.fit(samples, [])
+            return
+        network = self._require_fitted("update")
+        graphs = self._graphs(samples, "samples", require_measured=True)
+        if not graphs:
+            return
+        first = (self.log_[-1]["epoch"] + 1) if self.log_ else 1
+        log = train_network(
+            network, graphs, [], make_loss(self.loss), epochs=self.update_epochs,
+            lr=self.lr * self.update_lr_factor, patience=self.update_epochs, batch_size=self.batch_size,
+            seed=self.seed + first, device=resolve_device(self.device), weight_decay=self.weight_decay,
+            progress=self.progress, desc=f"update {self.name}", first_epoch=first,
+        )
+        self.log_.extend({**entry, "phase": "update"} for entry in log)
+
+    @torch.no_grad()
+    def stage_costs(self, sample: Sample | Data) -> np.ndarray:
+        """Predicted cost of every stage in ms, in featurization-row order; they sum to ``predict``."""
+        network = self._require_fitted("stage_costs")
+        (graph,) = self._graphs([sample], "sample", require_measured=False)
+        device = resolve_device(self.device)
+        network.to(device).eval()
+        batch = Batch.from_data_list([graph]).to(device)
+        return np.exp(network.stage_log_costs(batch).double().cpu().numpy())
+
+    def save(self, path: str | Path) -> None:
+        network = self._require_fitted("save")
+        save_checkpoint(path, self.name, {
+            "params": self.get_params(),
+            "network": {key: value.detach().cpu().clone() for key, value in network.state_dict().items()},
+            "normalizer": self.normalizer_.state_dict(),  # type: ignore[union-attr]
+            "log": list(self.log_),
+        })
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> NeuralCostModel:
+        """Rebuild a saved model; ``device`` overrides the device it was trained with."""
+        payload = load_checkpoint(path, cls.name)
+        params = dict(payload["params"])
+        if device is not None:
+            params["device"] = device
+        model = cls(**params)
+        network = model.build_network()
+        network.load_state_dict(payload["network"])
+        network.eval()
+        model.network_ = network
+        model.normalizer_ = FeatureNormalizer.from_state_dict(payload["normalizer"])
+        model.log_ = list(payload["log"])
+        return model

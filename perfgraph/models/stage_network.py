@@ -1,0 +1,61 @@
+"""What the neural cost models share: a cost per stage, and the pipeline's run time as their sum.
+
+A network predicts a log cost ``z`` for every stage; the stage costs ``exp(z) * scale`` ms are positive
+and the pipeline's run time is their sum, computed in log space as ``logsumexp(z) + log(scale)`` so that
+it is exact and stable across the five orders of magnitude that run times span. The scale is set from
+the training run times before training (:meth:`StageCostNetwork.set_runtime_scale`), so that a fresh
+network starts near the right magnitude, and is saved with the weights as a buffer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+
+from perfgraph.features.layout import FEATURES_PER_STAGE
+
+
+def stage_encoder(hidden: int) -> nn.Module:
+    """The MLP that embeds one stage's 326 normalised features into ``hidden`` channels."""
+    return nn.Sequential(nn.Linear(FEATURES_PER_STAGE, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+
+def cost_head(width: int, hidden: int) -> nn.Module:
+    """The MLP that maps a stage's ``width``-channel state to its (unscaled) log cost."""
+    return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+
+def graph_logsumexp(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """``log(sum(exp(values)))`` over the nodes of each graph, without overflow; shape ``(num_graphs,)``."""
+    peak = scatter(values.detach(), batch, dim=0, dim_size=num_graphs, reduce="max")
+    total = scatter((values - peak[batch]).exp(), batch, dim=0, dim_size=num_graphs, reduce="sum")
+    return total.log() + peak
+
+
+class StageCostNetwork(nn.Module):
+    """Base class: subclasses implement :meth:`node_log_costs`; this adds the sum readout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("log_scale", torch.zeros(()))
+
+    def node_log_costs(self, batch: Batch) -> torch.Tensor:
+        """The unscaled log cost of every stage of the batch, shape ``(num_nodes,)``."""
+        raise NotImplementedError
+
+    def set_runtime_scale(self, scale_ms: float) -> None:
+        if not (scale_ms > 0 and math.isfinite(scale_ms)):
+            raise ValueError(f"scale_ms must be positive and finite, got {scale_ms!r}")
+        self.log_scale.fill_(math.log(scale_ms))
+
+    def stage_log_costs(self, batch: Batch) -> torch.Tensor:
+        """Natural log of every stage's cost in ms, shape ``(num_nodes,)``."""
+        return self.node_log_costs(batch) + self.log_scale
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Predicted natural-log run time (ms) of every graph in the batch, shape ``(num_graphs,)``."""
+        return graph_logsumexp(self.node_log_costs(batch), batch.batch, batch.num_graphs) + self.log_scale

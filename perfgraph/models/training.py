@@ -1,0 +1,179 @@
+"""The training loop every neural cost model uses, and its loss curve.
+
+:func:`train_network` fits any :class:`~perfgraph.models.stage_network.StageCostNetwork` to graphs
+with Adam, early stopping on the validation loss (with patience) and a restore of the best weights.
+Batches keep the schedules of one pipeline together, so that a ranking loss always has pairs to
+compare; which pipelines share a batch is shuffled every epoch. The returned log is a list of plain
+dicts, one per epoch, ready for JSON and for checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+from tqdm.auto import tqdm
+
+from perfgraph.models.stage_network import StageCostNetwork
+
+DEVICES = ("auto", "cpu", "cuda")
+LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def pipeline_batches(groups: Sequence[int], batch_size: int,
+                     rng: np.random.Generator | None = None) -> list[list[int]]:
+    """Indices into ``groups`` cut into batches of at most ``batch_size`` that keep pipelines together.
+
+    A pipeline with more schedules than ``batch_size`` is cut into chunks of ``batch_size``. With
+    ``rng`` the pipelines, their schedules and the chunks are shuffled; without, the order is fixed.
+    """
+    by_group: dict[int, list[int]] = {}
+    for index, group in enumerate(groups):
+        by_group.setdefault(int(group), []).append(index)
+    chunks = []
+    for members in by_group.values():
+        order = list(rng.permutation(members)) if rng is not None else members
+        chunks.extend(order[start:start + batch_size] for start in range(0, len(order), batch_size))
+    if rng is not None:
+        chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for chunk in chunks:
+        if current and len(current) + len(chunk) > batch_size:
+            batches.append(current)
+            current = []
+        current.extend(int(i) for i in chunk)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _batches(graphs: Sequence[Data], batch_size: int, rng: np.random.Generator | None, device: torch.device):
+    groups = [int(g.pipeline_id) for g in graphs]
+    for indices in pipeline_batches(groups, batch_size, rng):
+        yield indices, Batch.from_data_list([graphs[i] for i in indices]).to(device)
+
+
+@torch.no_grad()
+def predict_log_runtimes(network: StageCostNetwork, graphs: Sequence[Data], batch_size: int = 256,
+                         device: torch.device | str = "cpu") -> np.ndarray:
+    """Predicted natural-log run times (ms), in the order of ``graphs``."""
+    device = torch.device(device)
+    network.eval()
+    out = np.empty(len(graphs), dtype=np.float64)
+    for indices, batch in _batches(graphs, batch_size, None, device):
+        out[indices] = network(batch).double().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def evaluate(network: StageCostNetwork, graphs: Sequence[Data], loss: LossFunction, batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """Loss (batched as in training), mean absolute percentage error and RMSE of the log run time."""
+    network.eval()
+    total, predicted, measured = 0.0, [], []
+    for _, batch in _batches(graphs, batch_size, None, device):
+        pred = network(batch)
+        total += float(loss(pred, batch.y, batch.pipeline_id)) * batch.num_graphs
+        predicted.append(pred.double().cpu())
+        measured.append(batch.y.double().cpu())
+    gap = (torch.cat(predicted) - torch.cat(measured)).numpy()
+    return {"loss": total / len(graphs), "mape": float(np.mean(np.abs(np.expm1(gap)))),
+            "rmse_log": float(np.sqrt(np.mean(gap ** 2)))}
+
+
+def train_network(network: StageCostNetwork, train_graphs: Sequence[Data], valid_graphs: Sequence[Data],
+                  loss: LossFunction, *, epochs: int, lr: float, patience: int, batch_size: int, seed: int,
+                  device: torch.device | str = "cpu", weight_decay: float = 0.0, grad_clip: float = 5.0,
+                  progress: bool = True, desc: str = "training", first_epoch: int = 1) -> list[dict]:
+    """Train ``network`` in place and return the per-epoch log; the best weights are restored.
+
+    Early stopping watches the validation loss, or the training loss when ``valid_graphs`` is empty
+    (as in fine-tuning); training stops after ``patience`` epochs without improvement.
+    """
+    if not train_graphs:
+        raise ValueError("train_graphs: cannot train on an empty training set")
+    device = torch.device(device)
+    network.to(device)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
+    best_score, best_state, since_best = math.inf, copy.deepcopy(network.state_dict()), 0
+    log: list[dict] = []
+    bar = tqdm(range(first_epoch, first_epoch + epochs), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        started = time.perf_counter()
+        network.train()
+        total = 0.0
+        for _, batch in _batches(train_graphs, batch_size, rng, device):
+            optimizer.zero_grad()
+            value = loss(network(batch), batch.y, batch.pipeline_id)
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
+            optimizer.step()
+            total += float(value) * batch.num_graphs
+        entry = {"epoch": epoch, "train_loss": total / len(train_graphs),
+                 "valid_loss": None, "valid_mape": None, "valid_rmse_log": None}
+        if valid_graphs:
+            metrics = evaluate(network, valid_graphs, loss, batch_size, device)
+            entry.update(valid_loss=metrics["loss"], valid_mape=metrics["mape"],
+                         valid_rmse_log=metrics["rmse_log"])
+        entry["seconds"] = time.perf_counter() - started
+        log.append(entry)
+        score = entry["valid_loss"] if valid_graphs else entry["train_loss"]
+        if not math.isfinite(score):
+            raise FloatingPointError(f"epoch {epoch}: loss became {score}; lower lr (now {lr})")
+        if score < best_score:
+            best_score, best_state, since_best = score, copy.deepcopy(network.state_dict()), 0
+        else:
+            since_best += 1
+        bar.set_postfix(train=f"{entry['train_loss']:.4f}",
+                        valid="-" if entry["valid_loss"] is None else f"{entry['valid_loss']:.4f}")
+        if since_best > patience:
+            break
+    bar.close()
+    network.load_state_dict(best_state)
+    network.eval()
+    return log
+
+
+def plot_loss_curve(log: Sequence[dict], path_png: str | Path) -> Path:
+    """Training and validation loss per epoch (log scale) as a PNG; returns the path written."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path_png = Path(path_png)
+    path_png.parent.mkdir(parents=True, exist_ok=True)
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for key, label in (("train_loss", "train"), ("valid_loss", "validation")):
+        points = [(e["epoch"], e[key]) for e in log if e.get(key) is not None]
+        if points:
+            axes.plot(*zip(*points, strict=True), label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss")
+    if all(e.get(k) is None or e[k] > 0 for e in log for k in ("train_loss", "valid_loss")) and log:
+        axes.set_yscale("log")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path_png)
+    return path_png

@@ -1,0 +1,104 @@
+"""Candidate schedules from Halide's real Adams2019 autoscheduler, sampled like Halide's own loop.
+
+Halide's ``adams2019_autotune_loop.sh`` draws, per batch, one beam-search schedule
+(``beam_size=32, random_dropout=100``) and many random ones (``beam_size=1, random_dropout=1`` with
+distinct seeds). We do the same, and widen the spread of run times by mixing the full search space
+with the narrower ``disable_subtiling=1`` space and by using random cost-model weights for some
+candidates, so that both fast and slow schedules appear in the data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import halide as hl
+
+# A weights path that does not exist makes Adams2019 fall back to random weights.
+RANDOM_WEIGHTS_PATH = "/nonexistent/perfgraph-random-weights.weights"
+
+# Beam search with beam 32 took ~10 minutes for a 13-stage pipeline on this machine class; the beam
+# candidate uses a smaller beam for larger pipelines (the beam used is recorded with the schedule).
+_BEAM_BY_STAGES = ((3, 32), (8, 8), (10**9, 2))
+
+
+@dataclass(frozen=True)
+class AutoschedulerConfig:
+    """Every Adams2019 parameter perfgraph sets for one candidate (recorded with its schedule)."""
+
+    beam_size: int = 1
+    random_dropout: int = 1
+    random_dropout_seed: int = 1
+    disable_subtiling: bool = False
+    random_weights: bool = False
+    parallelism: int = 1
+
+    def __post_init__(self) -> None:
+        if self.random_dropout_seed <= 0:
+            raise ValueError(f"random_dropout_seed must be > 0 (0 means 'use the time'), got {self.random_dropout_seed}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+
+    def to_halide_params(self) -> dict[str, str]:
+        """The exact key/value strings passed to ``hl.AutoschedulerParams`` (unknown keys abort Halide)."""
+        params = {
+            "parallelism": str(self.parallelism),
+            "beam_size": str(self.beam_size),
+            "random_dropout": str(self.random_dropout),
+            "random_dropout_seed": str(self.random_dropout_seed),
+            "disable_subtiling": "1" if self.disable_subtiling else "0",
+        }
+        if self.random_weights:
+            params["weights_path"] = RANDOM_WEIGHTS_PATH
+        return params
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "halide_params": self.to_halide_params()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> AutoschedulerConfig:
+        return cls(**{k: v for k, v in data.items() if k != "halide_params"})
+
+
+def beam_size_for(num_stages: int) -> int:
+    """The beam used for the beam-search candidate of a pipeline with ``num_stages`` stages."""
+    return next(beam for limit, beam in _BEAM_BY_STAGES if num_stages <= limit)
+
+
+def sampling_plan(num_schedules: int, num_stages: int, parallelism: int = 1) -> list[AutoschedulerConfig]:
+    """Candidate 0 is a beam search; candidates 1..K-1 are random, cycling through search spaces.
+
+    The cycle is: narrow space, full space, narrow space with random weights, narrow space. The
+    narrow space (``disable_subtiling``) is ~8x faster to search; random weights spread run times.
+
+    >>> [(c.beam_size, c.disable_subtiling, c.random_weights) for c in sampling_plan(5, 3)]
+    [(32, False, False), (1, True, False), (1, False, False), (1, True, True), (1, True, False)]
+    """
+    if num_schedules < 1:
+        raise ValueError(f"num_schedules must be >= 1, got {num_schedules}")
+    plan = [AutoschedulerConfig(beam_size=beam_size_for(num_stages), random_dropout=100, parallelism=parallelism)]
+    cycle = ((True, False), (False, False), (True, True), (True, False))
+    for index in range(1, num_schedules):
+        narrow, random_weights = cycle[(index - 1) % len(cycle)]
+        plan.append(AutoschedulerConfig(beam_size=1, random_dropout=1, random_dropout_seed=index,
+                                        disable_subtiling=narrow, random_weights=random_weights,
+                                        parallelism=parallelism))
+    return plan
+
+
+def load_adams2019() -> None:
+    """Load the Adams2019 plugin shipped in the ``halide`` wheel (idempotent)."""
+    hl.load_plugin(os.path.join(hl.install_dir(), "lib64", "libautoschedule_adams2019.so"))
+
+
+def benchmark_target() -> hl.Target:
+    """The JIT target schedules are compiled for: the host, without AVX-512, as Halide's loop trains.
+
+    Halide's ``adams2019_autotune_loop.sh`` removes AVX-512 features; we do the same so that the
+    data matches what Halide's own cost model was designed for.
+    """
+    target = hl.get_jit_target_from_environment()
+    for feature in ("AVX512", "AVX512_Skylake", "AVX512_Cannonlake", "AVX512_Zen4", "AVX512_SapphireRapids", "AVX512_KNL"):
+        if hasattr(hl.TargetFeature, feature):
+            target = target.without_feature(getattr(hl.TargetFeature, feature))
+    return target
