@@ -15,6 +15,7 @@ CREATE TABLE IF NOT EXISTS pipelines (
     num_stages INTEGER NOT NULL,
     graph TEXT NOT NULL,                    -- JSON StageGraph: stage names, edges, edge features, Jacobians
     buffers TEXT NOT NULL,                  -- JSON: input and output buffer specs (estimates)
+    algorithm_hash TEXT NOT NULL,           -- sha256 of the pipeline-feature columns (schedule-independent)
     shard TEXT                              -- the shard this row was exported to (NULL: not yet)
 );
 

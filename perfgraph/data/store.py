@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from perfgraph.data.records import Sample
-from perfgraph.features.layout import FEATURE_SCHEMA_VERSION, FEATURES_PER_STAGE
+from perfgraph.features.layout import FEATURE_SCHEMA_VERSION, FEATURES_PER_STAGE, PIPELINE_SLICE
 from perfgraph.measure.host import MachineInfo
 from perfgraph.schedules.stage_graph import StageGraph
 
@@ -41,6 +41,7 @@ class PipelineRecord:
     family: str
     num_stages: int
     graph: StageGraph
+    algorithm_hash: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,15 @@ def now() -> str:
 
 def features_hash(featurization: bytes) -> str:
     return hashlib.sha256(featurization).hexdigest()
+
+
+def algorithm_hash(featurization: bytes) -> str:
+    """Hash of the pipeline-feature columns, which do not depend on the schedule.
+
+    Every candidate of a pipeline must reproduce it: a mismatch means the workload's code changed.
+    """
+    rows = np.frombuffer(featurization, dtype=np.float32).reshape(-1, FEATURES_PER_STAGE)
+    return hashlib.sha256(np.ascontiguousarray(rows[:, PIPELINE_SLICE]).tobytes()).hexdigest()
 
 
 def decode_featurization(blob: bytes) -> np.ndarray:
@@ -135,7 +145,8 @@ class Store:
                        (machine.fingerprint, json.dumps(machine.to_json())))
             return db.execute("SELECT machine_id FROM machines WHERE fingerprint = ?", (machine.fingerprint,)).fetchone()[0]
 
-    def add_pipeline(self, uri: str, identity: str, family: str, graph: StageGraph, buffers: dict) -> int:
+    def add_pipeline(self, uri: str, identity: str, family: str, graph: StageGraph, buffers: dict,
+                     algorithm: str) -> int:
         """Insert a pipeline (or return the id of the same one); refuses a URI with another definition."""
         existing = self.pipeline_by_uri(uri)
         if existing is not None:
@@ -146,8 +157,9 @@ class Store:
             return existing.pipeline_id
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO pipelines (uri, identity, family, num_stages, graph, buffers) VALUES (?, ?, ?, ?, ?, ?)",
-                (uri, identity, family, graph.num_stages, json.dumps(graph.to_json()), json.dumps(buffers)))
+                "INSERT INTO pipelines (uri, identity, family, num_stages, graph, buffers, algorithm_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (uri, identity, family, graph.num_stages, json.dumps(graph.to_json()), json.dumps(buffers), algorithm))
             return int(cursor.lastrowid)
 
     def add_schedule(self, pipeline_id: int, candidate_index: int, config: dict, featurization: bytes,
@@ -190,12 +202,12 @@ class Store:
     # -- reading -------------------------------------------------------------------------------
 
     def pipeline_by_uri(self, uri: str) -> PipelineRecord | None:
-        row = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines "
+        row = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines "
                                "WHERE uri = ?", (uri,)).fetchone()
         return None if row is None else _pipeline_record(row)
 
     def pipelines(self) -> list[PipelineRecord]:
-        rows = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines "
+        rows = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines "
                                 "ORDER BY pipeline_id").fetchall()
         return [_pipeline_record(row) for row in rows]
 
@@ -260,5 +272,6 @@ class Store:
 
 
 def _pipeline_record(row: tuple) -> PipelineRecord:
-    pipeline_id, uri, identity, family, num_stages, graph = row
-    return PipelineRecord(pipeline_id, uri, identity, family, num_stages, StageGraph.from_json(json.loads(graph)))
+    pipeline_id, uri, identity, family, num_stages, graph, algorithm = row
+    return PipelineRecord(pipeline_id, uri, identity, family, num_stages, StageGraph.from_json(json.loads(graph)),
+                          algorithm)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from perfgraph.data.store import MeasurementRecord, Store, features_hash
+from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash, features_hash
 from perfgraph.measure.host import current_machine
 from perfgraph.measure.runner import JobResult, Timeouts, run_job
 from perfgraph.measure.timing import TimingPolicy
@@ -53,6 +53,9 @@ class CollectSummary:
     remeasured: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+
+    def count_failure(self, kind: str) -> None:
+        self.failures[kind] = self.failures.get(kind, 0) + 1
 
     @property
     def samples_per_min(self) -> float:
@@ -88,6 +91,7 @@ class Collector:
         self.lock_path = Path(str(store.path) + ".bench.lock")
         self._hash_lock = threading.Lock()
         self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
+        self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
         self.summary = CollectSummary()
 
     # -- the plan ------------------------------------------------------------------------------
@@ -102,7 +106,7 @@ class Collector:
         return self.summary
 
     def _analyse_missing(self, uris: Sequence[str]) -> None:
-        missing = [u for u in uris if self.store.pipeline_by_uri(u) is None and not self.store.pipeline_failed(u)]
+        missing = [u for u in uris if self.store.pipeline_by_uri(u) is None]  # failed analyses are retried
         with ThreadPoolExecutor(self.options.workers) as pool, self._bar(len(missing), "analysing") as bar:
             futures = {pool.submit(self._analyse, uri): uri for uri in missing}
             for future in as_completed(futures):
@@ -120,7 +124,7 @@ class Collector:
             kind = result.failure_kind or "crash"
             self.store.add_failure(uri, -1, None, kind, "analyze", result.failure_message or "no reference output",
                                    self.machine_id)
-            self.summary.failures[kind] = self.summary.failures.get(kind, 0) + 1
+            self.summary.count_failure(kind)
             return
         graph = parse_dag_dump(result.stderr)
         featurization = base64.b64decode(result.events["analyzed"]["featurization"])
@@ -130,7 +134,11 @@ class Collector:
         identity = hashlib.sha256((uri + "\n" + dag_dump_text(result.stderr)).encode()).hexdigest()
         built = result.events["built"]
         buffers = {"inputs": built["inputs"], "scalars": built["scalars"], "outputs": built["outputs"]}
-        self.store.add_pipeline(uri, identity, family_of(uri), graph, buffers)
+        try:
+            self.store.add_pipeline(uri, identity, family_of(uri), graph, buffers, algorithm_hash(featurization))
+        except StoreError as error:
+            self.store.add_failure(uri, -1, None, "definition_changed", "analyze", str(error), self.machine_id)
+            self.summary.count_failure("definition_changed")
 
     def _pending_candidates(self, uris: Sequence[str]) -> list[_Candidate]:
         pending = []
@@ -144,6 +152,7 @@ class Collector:
             order = list(range(1, len(plan))) + [0]
             pending += [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in order if i not in done]
             self._claimed[pipeline.pipeline_id] = dict(self.store.measured_hashes(pipeline.pipeline_id))
+            self._algorithm[pipeline.pipeline_id] = pipeline.algorithm_hash
         return pending
 
     def _pending_remeasurements(self, uris: Sequence[str]) -> list[_Candidate]:
@@ -220,10 +229,16 @@ class Collector:
         if not result.ok:
             self.store.add_failure(candidate.uri, candidate.index, config, result.failure_kind or "crash",
                                    result.failure_phase, result.failure_message, self.machine_id)
-            self.summary.failures[result.failure_kind or "crash"] = self.summary.failures.get(result.failure_kind, 0) + 1
+            self.summary.count_failure(result.failure_kind or "crash")
             self._release_claim(candidate, scheduled)
             return
         featurization = base64.b64decode(scheduled["featurization"])  # type: ignore[index]
+        if algorithm_hash(featurization) != self._algorithm[candidate.pipeline_id]:
+            self.store.add_failure(candidate.uri, candidate.index, config, "definition_changed", "autoschedule",
+                                   "the pipeline's features differ from its analysis: the workload code changed",
+                                   self.machine_id)
+            self.summary.count_failure("definition_changed")
+            return
         source, autoschedule_s = scheduled["schedule_source"], scheduled["autoschedule_s"]  # type: ignore[index]
         if duplicate_of is not None:
             if duplicate_of < 0:  # its twin was still in flight: resolve now that it has ended

@@ -1,0 +1,37 @@
+# perfgraph: two entry points for a fresh machine.
+#   make demo  -- create .venv, install, run the main job end to end on the embedded defaults
+#   make test  -- create .venv, install, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DB := out/demo/demo.db
+
+.PHONY: demo test install lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The exact torch first: it resolves to a local CPU build; a bare torch pulls several GB of CUDA.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check perfgraph tests benchmarks
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	rm -rf out/demo
+	$(BIN)/perfgraph collect --db $(DEMO_DB) --zoo relu conv2d --random 1 --schedules 6 --workers 2
+	$(BIN)/perfgraph stats --db $(DEMO_DB)
+	$(BIN)/perfgraph export --db $(DEMO_DB) --format samples --out out/demo/samples
+	$(BIN)/perfgraph stats
+
+lint: $(STAMP)
+	$(BIN)/ruff check perfgraph tests benchmarks
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,160 @@
+"""The ``perfgraph`` command line: a thin layer over the package, one sub-command per step of the flow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from perfgraph.paths import DEFAULT_DB, DEFAULT_SHARDS
+
+
+class CliError(Exception):
+    """A problem with the command's input, printed as ``perfgraph: error: ...`` with exit code 2."""
+
+
+def open_store(db: Path | None, must_exist: bool = True):  # type: ignore[no-untyped-def]
+    """Open ``--db``; the default store is rebuilt from the shipped shards when it is missing."""
+    from perfgraph.data.shards import rebuild_store
+    from perfgraph.data.store import Store
+
+    path = Path(db) if db else DEFAULT_DB
+    if not path.exists() and db is None and any(DEFAULT_SHARDS.glob("shard-*.jsonl.gz")):
+        print(f"perfgraph: building {path} from the shards in {DEFAULT_SHARDS} ...", file=sys.stderr)
+        return rebuild_store(DEFAULT_SHARDS, path)
+    if must_exist and not path.exists():
+        raise CliError(f"no dataset at {path}: run 'perfgraph collect --db {path} ...' first")
+    return Store(path)
+
+
+def _workload_uris(args: argparse.Namespace) -> list[str]:
+    from perfgraph.workloads.base import WorkloadError, zoo_uri
+    from perfgraph.workloads.user import user_uri
+    from perfgraph.workloads.zoo import ZOO, zoo_variants
+
+    uris = [f"random:{args.seed + i}" for i in range(args.random)]
+    names = sorted(ZOO) if "all" in (args.zoo or []) else (args.zoo or [])
+    for name in names:
+        if name not in ZOO:
+            raise CliError(f"--zoo {name!r}: no such zoo entry; known: {', '.join(sorted(ZOO))}, or 'all'")
+        uris += zoo_variants(name, args.zoo_variants, seed=args.seed) if args.zoo_variants > 1 else [zoo_uri(name)]
+    for spec in args.pipeline or []:
+        try:
+            uri = user_uri(spec)
+        except WorkloadError as error:
+            raise CliError(str(error)) from None
+        path = Path(uri[len("file:"):].rsplit(":", 1)[0])
+        if not path.is_file():
+            raise CliError(f"--pipeline {spec!r}: no such file {str(path)!r}")
+        uris.append(uri)
+    if not uris:
+        raise CliError("nothing to collect: give --random N, --zoo NAME ... or --pipeline FILE.py:FUNCTION")
+    return list(dict.fromkeys(uris))
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from perfgraph.measure.collector import CollectOptions, Collector
+
+    uris = _workload_uris(args)
+    store = open_store(args.db, must_exist=False)
+    options = CollectOptions(schedules_per_pipeline=args.schedules, workers=args.workers,
+                             remeasure_fraction=args.remeasure_fraction, show_progress=not args.json)
+    summary = Collector(store, options).collect(uris)
+    bad_user = store.execute(
+        "SELECT pipeline_uri, message FROM failures WHERE candidate_index = -1 AND kind = 'workload_error' "
+        "AND pipeline_uri LIKE 'file:%'").fetchall()
+    bad_user = [(uri, message) for uri, message in bad_user if uri in uris]
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        s = summary.to_json()
+        print(f"collected {s['measured']} samples ({s['duplicates']} duplicate schedules skipped, "
+              f"{s['remeasured']} re-measured) for {s['pipelines']} pipelines in {s['elapsed_s']:.0f} s "
+              f"({s['samples_per_min']:.1f} samples/min); failures: {s['failures'] or 'none'}")
+    for _uri, message in bad_user:
+        print(f"perfgraph: error: {message}", file=sys.stderr)
+    return 2 if bad_user else 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from perfgraph.data.stats import dataset_stats
+
+    stats = dataset_stats(open_store(args.db))
+    print(json.dumps(stats.to_json()) if args.json else stats.to_text())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from perfgraph.data.export import export_parquet, export_samples
+
+    store = open_store(args.db)
+    written = export_samples(store, args.out) if args.format == "samples" else export_parquet(store, args.out)
+    print(f"wrote {len(written)} {args.format} files to {args.out}")
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from perfgraph.data.shards import export_new_shard, rebuild_store
+
+    if args.action == "export":
+        path = export_new_shard(open_store(args.db), args.shards)
+        print(f"wrote {path}" if path else "nothing new to export")
+    else:
+        store = rebuild_store(args.shards, args.db or DEFAULT_DB)
+        print(f"rebuilt {store.path}: {store.counts()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perfgraph", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    collect = sub.add_parser("collect", help="sample schedules with Adams2019, measure them, store the samples")
+    collect.add_argument("--db", type=Path, help=f"SQLite store (default {DEFAULT_DB})")
+    collect.add_argument("--random", type=int, default=0, metavar="N", help="N seeded random pipelines")
+    collect.add_argument("--seed", type=int, default=0, help="first random-pipeline seed; zoo-variant seed")
+    collect.add_argument("--zoo", nargs="+", metavar="NAME", help="zoo entries ('all' for every entry)")
+    collect.add_argument("--zoo-variants", type=int, default=1, metavar="V", help="shape variants per zoo entry")
+    collect.add_argument("--pipeline", nargs="+", metavar="FILE.py:FUNCTION", help="your own pipelines")
+    collect.add_argument("--schedules", type=int, default=32, metavar="K", help="candidates per pipeline")
+    collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
+    collect.add_argument("--remeasure-fraction", type=float, default=0.05,
+                         help="share of schedules measured a second time, for the noise floor")
+    collect.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    collect.set_defaults(run=cmd_collect)
+
+    stats = sub.add_parser("stats", help="summarise a dataset")
+    stats.add_argument("--db", type=Path)
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(run=cmd_stats)
+
+    export = sub.add_parser("export", help="write Halide .sample files or Parquet")
+    export.add_argument("--db", type=Path)
+    export.add_argument("--format", choices=("samples", "parquet"), required=True)
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(run=cmd_export)
+
+    shards = sub.add_parser("shards", help="export new rows as an immutable shard, or rebuild a store from shards")
+    shards.add_argument("action", choices=("export", "rebuild"))
+    shards.add_argument("--db", type=Path)
+    shards.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
+    shards.set_defaults(run=cmd_shards)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CliError as error:
+        print(f"perfgraph: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("perfgraph: interrupted; everything measured so far is in the store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Dataset statistics: what ``perfgraph stats`` prints."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+
+from perfgraph.data.store import Store
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    pipelines: int
+    samples: int
+    failures: int
+    failures_by_kind: dict[str, int]
+    duplicates: int
+    repeat_measurements: int
+    min_schedules_per_pipeline: int
+    median_schedules_per_pipeline: float
+    min_runtime_ms: float | None
+    max_runtime_ms: float | None
+    median_cv: float | None
+    families: dict[str, int]
+    machines: list[dict]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def to_text(self) -> str:
+        runtime = (f"{self.min_runtime_ms:.3g} .. {self.max_runtime_ms:.4g} ms" if self.min_runtime_ms is not None
+                   else "-")
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures_by_kind.items())) or "none"
+        families = ", ".join(f"{k} {v}" for k, v in sorted(self.families.items())) or "-"
+        lines = [
+            f"pipelines            {self.pipelines}",
+            f"samples (measured)   {self.samples}",
+            f"schedules/pipeline   min {self.min_schedules_per_pipeline}, median {self.median_schedules_per_pipeline:g}",
+            f"duplicates skipped   {self.duplicates}",
+            f"failures             {self.failures} ({failures})",
+            f"run time             {runtime}",
+            f"median CV of repeats {self.median_cv:.3%}" if self.median_cv is not None else "median CV of repeats -",
+            f"re-measured          {self.repeat_measurements}",
+            f"families             {families}",
+        ]
+        for machine in self.machines:
+            lines.append(f"machine              {machine['cpu_model']}, {machine['logical_cores']} cores, "
+                         f"{machine['target']}, halide {machine['halide_version']}")
+        return "\n".join(lines)
+
+
+def dataset_stats(store: Store) -> DatasetStats:
+    q = store.execute
+    per_pipeline = [r[0] for r in q(
+        "SELECT COUNT(m.measurement_id) FROM pipelines p LEFT JOIN schedules s ON s.pipeline_id = p.pipeline_id "
+        "LEFT JOIN measurements m ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 GROUP BY p.pipeline_id")]
+    cvs = [r[0] for r in q("SELECT cv FROM measurements WHERE is_repeat = 0")]
+    low, high = q("SELECT MIN(runtime_ms), MAX(runtime_ms) FROM measurements WHERE is_repeat = 0").fetchone()
+    counts = store.counts()
+    return DatasetStats(
+        pipelines=counts["pipelines"],
+        samples=counts["samples"],
+        failures=counts["failures"],
+        failures_by_kind=dict(q("SELECT kind, COUNT(*) FROM failures GROUP BY kind").fetchall()),
+        duplicates=q("SELECT COUNT(*) FROM schedules WHERE duplicate_of IS NOT NULL").fetchone()[0],
+        repeat_measurements=q("SELECT COUNT(*) FROM measurements WHERE is_repeat = 1").fetchone()[0],
+        min_schedules_per_pipeline=min(per_pipeline, default=0),
+        median_schedules_per_pipeline=statistics.median(per_pipeline) if per_pipeline else 0,
+        min_runtime_ms=low,
+        max_runtime_ms=high,
+        median_cv=statistics.median(cvs) if cvs else None,
+        families=dict(q("SELECT family, COUNT(*) FROM pipelines GROUP BY family").fetchall()),
+        machines=[json.loads(r[0]) for r in q("SELECT info FROM machines ORDER BY machine_id")],
+    )
