@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from itertools import zip_longest
 from pathlib import Path
 
 from perfgraph.paths import DEFAULT_DB, DEFAULT_SHARDS
@@ -34,12 +35,16 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
     from perfgraph.workloads.user import user_uri
     from perfgraph.workloads.zoo import ZOO, zoo_variants
 
-    uris = [f"random:{args.seed + i}" for i in range(args.random)]
+    random_uris = [f"random:{args.seed + i}" for i in range(args.random)]
     names = sorted(ZOO) if "all" in (args.zoo or []) else (args.zoo or [])
+    zoo_uris: list[str] = []
     for name in names:
         if name not in ZOO:
             raise CliError(f"--zoo {name!r}: no such zoo entry; known: {', '.join(sorted(ZOO))}, or 'all'")
-        uris += zoo_variants(name, args.zoo_variants, seed=args.seed) if args.zoo_variants > 1 else [zoo_uri(name)]
+        zoo_uris += zoo_variants(name, args.zoo_variants, seed=args.seed) if args.zoo_variants > 1 else [zoo_uri(name)]
+    # Interleave families, so that a collection stopped early still covers every kind of workload.
+    by_round = zip_longest(_round_robin(zoo_uris, args.zoo_variants), random_uris)
+    uris = [uri for pair in by_round for uri in pair if uri is not None]
     for spec in args.pipeline or []:
         try:
             uri = user_uri(spec)
@@ -54,13 +59,20 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(uris))
 
 
+def _round_robin(uris: list[str], per_entry: int) -> list[str]:
+    """Variant 1 of every entry, then variant 2 of every entry, ... (``uris`` is grouped by entry)."""
+    step = max(per_entry, 1)
+    return [uris[i] for offset in range(step) for i in range(offset, len(uris), step)]
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from perfgraph.measure.collector import CollectOptions, Collector
 
     uris = _workload_uris(args)
     store = open_store(args.db, must_exist=False)
     options = CollectOptions(schedules_per_pipeline=args.schedules, workers=args.workers,
-                             remeasure_fraction=args.remeasure_fraction, show_progress=not args.json)
+                             remeasure_fraction=args.remeasure_fraction,
+                             max_beam_size=args.max_beam, show_progress=not args.json)
     summary = Collector(store, options).collect(uris)
     bad_user = store.execute(
         "SELECT pipeline_uri, message FROM failures WHERE candidate_index = -1 AND kind = 'workload_error' "
@@ -120,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--pipeline", nargs="+", metavar="FILE.py:FUNCTION", help="your own pipelines")
     collect.add_argument("--schedules", type=int, default=32, metavar="K", help="candidates per pipeline")
     collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
+    collect.add_argument("--max-beam", type=int, metavar="B",
+                         help="cap the beam of the beam-search candidate (default: 32, less for big pipelines)")
     collect.add_argument("--remeasure-fraction", type=float, default=0.05,
                          help="share of schedules measured a second time, for the noise floor")
     collect.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -151,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as error:
         print(f"perfgraph: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
     except KeyboardInterrupt:
         print("perfgraph: interrupted; everything measured so far is in the store", file=sys.stderr)
         return 130

@@ -65,7 +65,9 @@ def as_runtimes(values: ArrayLike, name: str, positive: bool = True) -> np.ndarr
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         wanted = "finite and positive" if positive else "finite"
-        raise ValueError(f"{name} must be {wanted} run times (ms), but {name}[{first}] = {array[first]!r}")
+        raise ValueError(
+            f"{name} must be {wanted} run times (ms), but {name}[{first}] = {float(array[first])!r}"
+        )
     return array
 
 

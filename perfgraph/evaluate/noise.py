@@ -13,6 +13,10 @@ to win. Two estimates, in order of preference:
   (overstating the floor), but repeats of one run share the process, machine state and data
   layout, so drift between runs is missed (understating it). Ranking metrics are not estimated.
 
+Read the pair floor as "as good as measuring again", not as a hard bound: both runs are noisy,
+so with independent log-normal noise a model that knew the noise-free time would see about
+1/sqrt(2) of the pairs' ``rmse_log``.
+
 >>> floor = noise_floor_from_pairs([100.0, 100.0], [125.0, 125.0])
 >>> floor.scores.mape  # 25 % one way (25/100), 20 % the other (25/125): (25 + 20) / 2
 22.5

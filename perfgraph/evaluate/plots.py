@@ -97,7 +97,7 @@ def plot_kendall_by_pipeline(
         if taus.size:
             mean = taus.mean()
             axis.axhline(mean, color="black", linestyle="--", linewidth=0.8, label=f"mean {mean:.3f}")
-            axis.legend(loc="upper left")
+            axis.legend(loc="lower right")
         axis.set(ylim=(-1, 1), title=name, xlabel="test pipelines (sorted)", ylabel="Kendall tau")
     return _save(figure, path)
 
@@ -163,7 +163,7 @@ def plot_stage_graph(sample: Sample, stage_costs_ms: np.ndarray, path: str | Pat
         axis.annotate(f"{name}\n{cost:.3g} ms", (x, y), xytext=(0, -24), textcoords="offset points",
                       ha="center", va="top", fontsize=7)
     figure.colorbar(nodes, ax=axis, label="predicted cost (ms)")
-    axis.margins(0.2)
+    axis.margins(0.2, 0.3)
     axis.set_axis_off()
     axis.set_title(title or f"{sample.pipeline_name} (schedule {sample.schedule_id})")
     return _save(figure, path)

@@ -38,7 +38,7 @@ def predict_timed(model: CostModel, samples: Sequence[Sample], warmup: int = 8) 
         raise ValueError(f"model {model.name!r} returned shape {predicted.shape} for {len(samples)} samples")
     if not np.all(np.isfinite(predicted)):
         first = int(np.flatnonzero(~np.isfinite(predicted))[0])
-        raise ValueError(f"model {model.name!r} predicted {predicted[first]!r} for sample {first}")
+        raise ValueError(f"model {model.name!r} predicted {float(predicted[first])!r} for sample {first}")
     return predicted, len(samples) / max(elapsed_s, 1e-9)
 
 

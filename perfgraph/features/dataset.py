@@ -61,7 +61,8 @@ class StageGraphDataset(Sequence[Data]):
                 pass  # unreadable or foreign cache: rebuild it below
         from perfgraph.data.store import Store
 
-        dataset = cls.from_samples(Store(db_path).samples(measured_only=measured_only))
+        with Store(db_path) as store:
+            dataset = cls.from_samples(store.samples(measured_only=measured_only))
         for stale in cache_dir.glob(f"{db_path.stem}-*.pt"):
             stale.unlink(missing_ok=True)
         dataset.save(cache_file)

@@ -11,18 +11,22 @@ command resumes where it stopped.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 import random
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash, features_hash
 from perfgraph.measure.host import current_machine
 from perfgraph.measure.runner import JobResult, Timeouts, run_job
@@ -41,6 +45,7 @@ class CollectOptions:
     benchmark_cpus: tuple[int, ...] = ()  # default: the last CPU
     timeouts: Timeouts = Timeouts()
     timing: TimingPolicy = TimingPolicy()
+    max_beam_size: int | None = None  # cap on the beam-search candidate's beam (None: by pipeline size)
     remeasure_fraction: float = 0.05  # share of measured schedules re-measured independently (noise floor)
     show_progress: bool = True
 
@@ -68,6 +73,11 @@ class CollectSummary:
 
 
 @dataclass(frozen=True)
+class _Analysis:
+    uri: str
+
+
+@dataclass(frozen=True)
 class _Candidate:
     uri: str
     pipeline_id: int
@@ -88,8 +98,10 @@ class Collector:
         self.target = str(benchmark_target())
         self.machine_id = store.machine_id(current_machine(self.target))
         self.refs_dir = Path(str(store.path) + ".refs")
-        self.lock_path = Path(str(store.path) + ".bench.lock")
-        self._hash_lock = threading.Lock()
+        # One lock per set of benchmark cores on this machine, shared by every collector running here.
+        cpus_name = "-".join(map(str, sorted(self.benchmark_cpus)))
+        self.lock_path = Path(tempfile.gettempdir()) / f"perfgraph-benchmark-cpus-{cpus_name}.lock"
+        self._claims = threading.Condition()
         self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
         self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
         self.summary = CollectSummary()
@@ -97,125 +109,118 @@ class Collector:
     # -- the plan ------------------------------------------------------------------------------
 
     def collect(self, uris: Sequence[str]) -> CollectSummary:
+        """Analyse and measure every workload; each pipeline's analysis runs just before its candidates."""
         started = time.monotonic()
-        self._analyse_missing(uris)
-        candidates = self._pending_candidates(uris)
-        self._run_candidates(candidates, "measuring")
-        self._run_candidates(self._pending_remeasurements(uris), "re-measuring")
+        work: deque[_Analysis | _Candidate] = deque()
+        for uri in dict.fromkeys(uris):
+            work.extend(self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)])
+        self._run(work, total=sum(self._estimated_jobs(uri) for uri in dict.fromkeys(uris)))
+        self.summary.pipelines = sum(1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None)
         self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
-    def _analyse_missing(self, uris: Sequence[str]) -> None:
-        missing = [u for u in uris if self.store.pipeline_by_uri(u) is None]  # failed analyses are retried
-        with ThreadPoolExecutor(self.options.workers) as pool, self._bar(len(missing), "analysing") as bar:
-            futures = {pool.submit(self._analyse, uri): uri for uri in missing}
-            for future in as_completed(futures):
-                self._record_analysis(futures[future], future.result())
-                bar.update()
-        self.summary.pipelines = sum(1 for u in uris if self.store.pipeline_by_uri(u) is not None)
+    def _estimated_jobs(self, uri: str) -> int:
+        return max(self.options.schedules_per_pipeline - len(self.store.done_candidates(uri)), 0)
 
-    def _analyse(self, uri: str) -> JobResult:
-        job = {"kind": "analyze", "uri": uri, "input_seed": INPUT_SEED, "reference_path": str(self._reference(uri))}
-        limits = {"start": self.options.timeouts.analyze_s}
-        return run_job(job, limits, self.compile_cpus, env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
-
-    def _record_analysis(self, uri: str, result: JobResult) -> None:
-        if not result.ok or "reference_saved" not in result.events:
-            kind = result.failure_kind or "crash"
-            self.store.add_failure(uri, -1, None, kind, "analyze", result.failure_message or "no reference output",
-                                   self.machine_id)
-            self.summary.count_failure(kind)
-            return
-        graph = parse_dag_dump(result.stderr)
-        featurization = base64.b64decode(result.events["analyzed"]["featurization"])
-        rows = len(featurization) // (4 * 326)
-        if rows != graph.num_stages:
-            raise RuntimeError(f"{uri}: {rows} featurization rows but {graph.num_stages} stages in the DAG dump")
-        identity = hashlib.sha256((uri + "\n" + dag_dump_text(result.stderr)).encode()).hexdigest()
-        built = result.events["built"]
-        buffers = {"inputs": built["inputs"], "scalars": built["scalars"], "outputs": built["outputs"]}
-        try:
-            self.store.add_pipeline(uri, identity, family_of(uri), graph, buffers, algorithm_hash(featurization))
-        except StoreError as error:
-            self.store.add_failure(uri, -1, None, "definition_changed", "analyze", str(error), self.machine_id)
-            self.summary.count_failure("definition_changed")
-
-    def _pending_candidates(self, uris: Sequence[str]) -> list[_Candidate]:
-        pending = []
-        for uri in uris:
-            pipeline = self.store.pipeline_by_uri(uri)
-            if pipeline is None:
-                continue
-            done = self.store.done_candidates(uri)
-            plan = sampling_plan(self.options.schedules_per_pipeline, pipeline.num_stages)
-            # The slow beam search goes last in each pipeline, so random samples arrive early.
-            order = list(range(1, len(plan))) + [0]
-            pending += [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in order if i not in done]
+    def _pending_candidates(self, uri: str) -> list[_Candidate]:
+        pipeline = self.store.pipeline_by_uri(uri)
+        assert pipeline is not None
+        done = self.store.done_candidates(uri)
+        plan = sampling_plan(self.options.schedules_per_pipeline, pipeline.num_stages,
+                             max_beam_size=self.options.max_beam_size)
+        with self._claims:
             self._claimed[pipeline.pipeline_id] = dict(self.store.measured_hashes(pipeline.pipeline_id))
             self._algorithm[pipeline.pipeline_id] = pipeline.algorithm_hash
-        return pending
+        # The slow beam search goes last in each pipeline, so random samples arrive early.
+        order = list(range(1, len(plan))) + [0]
+        return [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in order if i not in done]
 
-    def _pending_remeasurements(self, uris: Sequence[str]) -> list[_Candidate]:
-        """A deterministic share of measured, deterministic schedules gets a second, independent measurement."""
-        if self.options.remeasure_fraction <= 0:
-            return []
-        wanted = set(uris)
-        rows = self.store.execute(
-            "SELECT p.uri, s.pipeline_id, s.schedule_id, s.candidate_index, s.config FROM schedules s "
-            "JOIN pipelines p USING (pipeline_id) WHERE s.duplicate_of IS NULL AND EXISTS (SELECT 1 FROM "
-            "measurements m WHERE m.schedule_id = s.schedule_id AND m.is_repeat = 0) AND NOT EXISTS (SELECT 1 "
-            "FROM measurements m WHERE m.schedule_id = s.schedule_id AND m.is_repeat = 1)").fetchall()
-        import json
-
-        chosen = []
-        for uri, pipeline_id, schedule_id, index, config_json in rows:
-            config = AutoschedulerConfig.from_json(json.loads(config_json))
-            pick = random.Random(f"{uri}#{index}").random() < self.options.remeasure_fraction
-            if uri in wanted and pick and not config.random_weights:  # random weights are not reproducible
-                chosen.append(_Candidate(uri, pipeline_id, index, config, repeat_of=schedule_id))
-        return chosen
+    def _wants_repeat(self, candidate: _Candidate) -> bool:
+        """A deterministic share of deterministic schedules is measured twice, independently (noise floor)."""
+        if candidate.config.random_weights:  # random weights are drawn from the clock: not reproducible
+            return False
+        return random.Random(f"{candidate.uri}#{candidate.index}").random() < self.options.remeasure_fraction
 
     # -- running -------------------------------------------------------------------------------
 
-    def _run_candidates(self, candidates: list[_Candidate], label: str) -> None:
-        if not candidates:
-            return
-        with ThreadPoolExecutor(self.options.workers) as pool, self._bar(len(candidates), label) as bar:
-            futures: dict[Future, _Candidate] = {pool.submit(self._measure, c): c for c in candidates}
+    def _run(self, work: deque[_Analysis | _Candidate], total: int) -> None:
+        """Run jobs from the front of ``work``; an analysis puts its pipeline's candidates at the front."""
+        with ThreadPoolExecutor(self.options.workers) as pool, self._bar(total) as bar:
+            running: dict[Future, _Analysis | _Candidate] = {}
             started = time.monotonic()
-            for future in as_completed(futures):
-                self._record(futures[future], *future.result())
-                rate = 60 * (self.summary.measured + self.summary.remeasured) / max(time.monotonic() - started, 1e-9)
-                bar.set_postfix(failures=sum(self.summary.failures.values()), per_min=f"{rate:.1f}")
-                bar.update()
+            while work or running:
+                while work and len(running) < self.options.workers:
+                    job = work.popleft()
+                    task = self._analyse if isinstance(job, _Analysis) else self._measure
+                    running[pool.submit(task, job)] = job
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = running.pop(future)
+                    if isinstance(job, _Analysis):
+                        if self._record_analysis(job.uri, future.result()):
+                            work.extendleft(reversed(self._pending_candidates(job.uri)))
+                        else:
+                            bar.update(self.options.schedules_per_pipeline)
+                        continue
+                    schedule_id = self._record(job, *future.result())
+                    if schedule_id is not None and self._wants_repeat(job):
+                        work.appendleft(dataclasses.replace(job, repeat_of=schedule_id))
+                        bar.total += 1
+                    rate = 60 * self.summary.measured / max(time.monotonic() - started, 1e-9)
+                    bar.set_postfix(failures=sum(self.summary.failures.values()), per_min=f"{rate:.1f}")
+                    bar.update()
+
+    def _analyse(self, analysis: _Analysis) -> JobResult:
+        job = {"kind": "analyze", "uri": analysis.uri, "input_seed": INPUT_SEED,
+               "reference_path": str(self._reference(analysis.uri))}
+        limits = {"start": self.options.timeouts.build_s, "autoschedule": self.options.timeouts.analyze_s,
+                  "reference": self.options.timeouts.analyze_s}
+        return run_job(job, limits, self.compile_cpus, env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
+
+    def _record_analysis(self, uri: str, result: JobResult) -> bool:
+        """Store the pipeline described by an analysis job; ``False`` (and a failure row) if it failed."""
+        kind, message = result.failure_kind, result.failure_message
+        if result.ok and "reference_saved" not in result.events:
+            kind, message = "crash", "the analysis ended without a reference output"
+        if kind is None:
+            graph = parse_dag_dump(result.stderr)
+            featurization = base64.b64decode(result.events["analyzed"]["featurization"])
+            rows = len(featurization) // (4 * FEATURES_PER_STAGE)
+            identity = hashlib.sha256((uri + "\n" + dag_dump_text(result.stderr)).encode()).hexdigest()
+            built = result.events["built"]
+            buffers = {"inputs": built["inputs"], "scalars": built["scalars"], "outputs": built["outputs"]}
+            if rows != graph.num_stages:
+                kind, message = "graph_mismatch", f"{rows} featurization rows but {graph.num_stages} stages"
+            else:
+                try:
+                    self.store.add_pipeline(uri, identity, family_of(uri), graph, buffers, algorithm_hash(featurization))
+                    return True
+                except StoreError as error:
+                    kind, message = "definition_changed", str(error)
+        self.store.add_failure(uri, -1, None, kind, "analyze", message, self.machine_id)
+        self.summary.count_failure(kind)
+        return False
 
     def _measure(self, candidate: _Candidate) -> tuple[JobResult, int | None]:
         duplicate_of: list[int | None] = [None]
 
         def on_event(event: dict) -> str | None:
-            if event["event"] != "scheduled":
-                return None
-            digest = features_hash(base64.b64decode(event["featurization"]))
-            if candidate.repeat_of is not None:
-                return '{"go": true}'
-            with self._hash_lock:
-                claimed = self._claimed.setdefault(candidate.pipeline_id, {})
-                if digest in claimed:
-                    duplicate_of[0] = claimed[digest] if claimed[digest] is not None else -1
-                    return '{"go": false}'
-                claimed[digest] = None
-            return '{"go": true}'
+            if event["event"] != "scheduled" or candidate.repeat_of is not None:
+                return '{"go": true}' if event["event"] == "scheduled" else None
+            duplicate_of[0] = self._claim(candidate.pipeline_id, features_hash(base64.b64decode(event["featurization"])))
+            return '{"go": false}' if duplicate_of[0] is not None else '{"go": true}'
 
         timeouts = self.options.timeouts
         job = {"kind": "measure", "uri": candidate.uri, "config": candidate.config.to_json(), "input_seed": INPUT_SEED,
                "reference_path": str(self._reference(candidate.uri)), "lock_path": str(self.lock_path),
                "benchmark_cpus": sorted(self.benchmark_cpus), "timing": vars(self.options.timing)}
-        limits = {"start": 120.0, "compile": timeouts.compile_s, "run": timeouts.run_s,
+        limits = {"start": timeouts.build_s, "compile": timeouts.compile_s, "run": timeouts.run_s,
                   "autoschedule": timeouts.beam_autoschedule_s if candidate.config.beam_size > 1 else timeouts.autoschedule_s}
         result = run_job(job, limits, self.compile_cpus, env={"HL_NUM_THREADS": "1"}, on_event=on_event)
         return result, duplicate_of[0]
 
-    def _record(self, candidate: _Candidate, result: JobResult, duplicate_of: int | None) -> None:
+    def _record(self, candidate: _Candidate, result: JobResult, duplicate_of: int | None) -> int | None:
+        """Commit one finished job; returns the new schedule id when a first measurement was stored."""
         scheduled = result.events.get("scheduled")
         if candidate.repeat_of is not None:
             measured = result.events.get("measured")
@@ -224,47 +229,61 @@ class Collector:
             if result.ok and measured and same:
                 self.store.add_repeat_measurement(candidate.repeat_of, self.machine_id, _measurement(measured))
                 self.summary.remeasured += 1
-            return
+            return None
         config = candidate.config.to_json()
         if not result.ok:
             self.store.add_failure(candidate.uri, candidate.index, config, result.failure_kind or "crash",
                                    result.failure_phase, result.failure_message, self.machine_id)
             self.summary.count_failure(result.failure_kind or "crash")
-            self._release_claim(candidate, scheduled)
-            return
+            if scheduled is not None and duplicate_of is None:
+                self._settle_claim(candidate.pipeline_id, base64.b64decode(scheduled["featurization"]), None)
+            return None
         featurization = base64.b64decode(scheduled["featurization"])  # type: ignore[index]
         if algorithm_hash(featurization) != self._algorithm[candidate.pipeline_id]:
             self.store.add_failure(candidate.uri, candidate.index, config, "definition_changed", "autoschedule",
                                    "the pipeline's features differ from its analysis: the workload code changed",
                                    self.machine_id)
             self.summary.count_failure("definition_changed")
-            return
+            return None
         source, autoschedule_s = scheduled["schedule_source"], scheduled["autoschedule_s"]  # type: ignore[index]
         if duplicate_of is not None:
-            if duplicate_of < 0:  # its twin was still in flight: resolve now that it has ended
-                duplicate_of = self.store.measured_hashes(candidate.pipeline_id).get(features_hash(featurization))
-            if duplicate_of is not None:
-                self.store.add_schedule(candidate.pipeline_id, candidate.index, config, featurization, source,
-                                        autoschedule_s, self.machine_id, None, duplicate_of=duplicate_of)
-                self.summary.duplicates += 1
-                return
-            self.store.add_failure(candidate.uri, candidate.index, config, "duplicate_of_failed", "dedup",
-                                   "same features as a candidate that failed", self.machine_id)
-            return
+            self.store.add_schedule(candidate.pipeline_id, candidate.index, config, featurization, source,
+                                    autoschedule_s, self.machine_id, None, duplicate_of=duplicate_of)
+            self.summary.duplicates += 1
+            return None
         measured = result.events["measured"]
         schedule_id = self.store.add_schedule(candidate.pipeline_id, candidate.index, config, featurization, source,
                                               autoschedule_s, self.machine_id, _measurement(measured))
-        with self._hash_lock:
-            self._claimed[candidate.pipeline_id][features_hash(featurization)] = schedule_id
+        self._settle_claim(candidate.pipeline_id, featurization, schedule_id)
         self.summary.measured += 1
+        return schedule_id
 
-    def _release_claim(self, candidate: _Candidate, scheduled: dict | None) -> None:
-        if scheduled is None:
-            return
-        digest = features_hash(base64.b64decode(scheduled["featurization"]))
-        with self._hash_lock:
-            if self._claimed.get(candidate.pipeline_id, {}).get(digest, 0) is None:
-                del self._claimed[candidate.pipeline_id][digest]
+    def _claim(self, pipeline_id: int, digest: str) -> int | None:
+        """Claim a features hash for measuring; returns the measured twin's schedule id if there is one.
+
+        A twin still in flight is waited for: it either gets measured (this one is its duplicate) or
+        fails and releases the claim (this one takes it over and is measured).
+        """
+        with self._claims:
+            claimed = self._claimed.setdefault(pipeline_id, {})
+            while digest in claimed and claimed[digest] is None:
+                self._claims.wait()
+            if digest in claimed:
+                return claimed[digest]
+            claimed[digest] = None
+            return None
+
+    def _settle_claim(self, pipeline_id: int, featurization: bytes, schedule_id: int | None) -> None:
+        """Record the outcome of a claimed hash (``None``: it failed) and wake the twins waiting on it."""
+        digest = features_hash(featurization)
+        with self._claims:
+            claimed = self._claimed.setdefault(pipeline_id, {})
+            if schedule_id is None:
+                if digest in claimed and claimed[digest] is None:
+                    del claimed[digest]
+            else:
+                claimed[digest] = schedule_id
+            self._claims.notify_all()
 
     def _schedule_hash(self, schedule_id: int) -> str:
         return self.store.execute("SELECT features_hash FROM schedules WHERE schedule_id = ?", (schedule_id,)).fetchone()[0]
@@ -272,8 +291,8 @@ class Collector:
     def _reference(self, uri: str) -> Path:
         return self.refs_dir / (hashlib.sha256(uri.encode()).hexdigest()[:24] + ".npz")
 
-    def _bar(self, total: int, label: str) -> tqdm:
-        return tqdm(total=total, desc=label, unit="job", disable=not self.options.show_progress or total == 0,
+    def _bar(self, total: int) -> tqdm:
+        return tqdm(total=total, desc="collecting", unit="candidate", disable=not self.options.show_progress,
                     dynamic_ncols=True)
 
 
@@ -282,4 +301,3 @@ def _measurement(event: dict) -> MeasurementRecord:
                              repeats_ms=tuple(event["repeats_ms"]), threads=1, compile_s=event["compile_s"])
 
 
-ProgressCallback = Callable[[CollectSummary], None]

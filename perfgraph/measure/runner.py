@@ -29,6 +29,7 @@ FAILURE_KINDS = ("workload_error", "autoschedule_error", "compile_error", "run_e
 class Timeouts:
     """Seconds allowed per phase; waiting for the benchmark cores is not limited."""
 
+    build_s: float = 120.0  # importing Halide and building the pipeline in a fresh worker
     analyze_s: float = 600.0
     autoschedule_s: float = 180.0
     beam_autoschedule_s: float = 900.0
@@ -50,7 +51,7 @@ class JobResult:
 
 
 _ERROR_KIND_BY_PHASE = {"autoschedule": "autoschedule_error", "compile": "compile_error", "run": "run_error",
-                        "analyze": "autoschedule_error", "wait": "run_error"}
+                        "reference": "reference_error", "wait": "run_error", "start": "workload_error"}
 
 
 def run_job(job: dict, limits: dict[str, float], cpus: set[int], env: dict[str, str] | None = None,

@@ -28,7 +28,12 @@ import torch
 from torch import nn
 
 from perfgraph.data.records import Sample
-from perfgraph.features.layout import NUM_PIPELINE_FEATURE_ROWS, NUM_SCALAR_TYPES, PIPELINE_SLICE, SCHEDULE_SLICE
+from perfgraph.features.layout import (
+    NUM_PIPELINE_FEATURE_ROWS,
+    NUM_SCALAR_TYPES,
+    PIPELINE_SLICE,
+    SCHEDULE_SLICE,
+)
 from perfgraph.models.base import CostModel, measured_runtimes
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.halide_terms import (
@@ -96,9 +101,11 @@ def plausible(sample: Sample) -> bool:
     """Whether Halide's trainer would keep this sample (finite, non-negative, not overflowed)."""
     schedule = sample.features[:, SCHEDULE_SLICE]
     return bool(
-        np.isfinite(schedule).all() and (schedule >= 0).all()
+        np.isfinite(schedule).all()
+        and (schedule >= 0).all()
         and (schedule <= MAX_PLAUSIBLE_SCHEDULE_FEATURE).all()
-        and sample.runtime_ms is not None and 0 < sample.runtime_ms <= MAX_PLAUSIBLE_RUNTIME_MS
+        and sample.runtime_ms is not None
+        and 0 < sample.runtime_ms <= MAX_PLAUSIBLE_RUNTIME_MS
     )
 
 
@@ -117,15 +124,22 @@ def pipeline_batches(samples: Sequence[Sample], min_schedules: int = 1) -> list[
     for pipeline_id, group in sorted(groups.items()):
         stage_counts = {s.num_stages for s in group}
         if len(stage_counts) != 1:
-            raise ValueError(f"pipeline_id {pipeline_id}: schedules disagree on the number of stages "
-                             f"{sorted(stage_counts)}; one pipeline_id must name one pipeline")
+            raise ValueError(
+                f"pipeline_id {pipeline_id}: schedules disagree on the number of stages "
+                f"{sorted(stage_counts)}; one pipeline_id must name one pipeline"
+            )
         if len(group) < min_schedules:
             continue
         schedule = np.stack([s.features[:, SCHEDULE_SLICE] for s in group]).astype(np.float32)
         # Halide takes the pipeline features of the first sample it reads for the whole pipeline.
         pipeline = pipeline_block(group[0].features).astype(np.float32)[None]
-        batches.append(_PipelineBatch(torch.from_numpy(schedule), torch.from_numpy(pipeline),
-                                      torch.from_numpy(measured_runtimes(group).astype(np.float32))))
+        batches.append(
+            _PipelineBatch(
+                torch.from_numpy(schedule),
+                torch.from_numpy(pipeline),
+                torch.from_numpy(measured_runtimes(group).astype(np.float32)),
+            )
+        )
     return batches
 
 
@@ -134,10 +148,12 @@ class HalideCostModel(CostModel):
 
     ``predict`` returns milliseconds: the network's output times ``exp(log_scale_)``, a single scale
     fitted after training by least squares in log space on the training set
-    (``log_scale_ = mean(log measured - log predicted)``). Halide's loss only compares run times
-    *within* a pipeline relative to its fastest schedule, so the network's output is in "Halide
-    units" whose overall scale is poorly pinned down; for ``loss="mse_log"`` the fitted scale comes out
-    close to 1. Rankings within a pipeline do not depend on the scale.
+    (``log_scale_ = mean(log measured - log predicted)``). The network's output is in "Halide units":
+    Halide's loss is minimal when the output equals the measured run time in whatever unit it was
+    given, but it weighs each error by relative throughput against the pipeline's fastest schedule,
+    so the output of slow schedules, and with it the overall scale, is only loosely pinned down. For
+    ``loss="mse_log"`` the fitted scale comes out close to 1. Rankings within a pipeline do not
+    depend on the scale.
 
     >>> model = HalideCostModel(loss="mse_log", max_epochs=5)
     >>> model.name, model.loss
@@ -160,9 +176,13 @@ class HalideCostModel(CostModel):
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-        for argument, value in (("max_epochs", max_epochs), ("patience", patience), ("num_cores", num_cores),
-                                ("max_batch_size", max_batch_size),
-                                ("min_schedules_per_pipeline", min_schedules_per_pipeline)):
+        for argument, value in (
+            ("max_epochs", max_epochs),
+            ("patience", patience),
+            ("num_cores", num_cores),
+            ("max_batch_size", max_batch_size),
+            ("min_schedules_per_pipeline", min_schedules_per_pipeline),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{argument} must be a positive integer, got {value!r}")
         if not isinstance(update_epochs, int) or update_epochs < 0:
@@ -184,10 +204,17 @@ class HalideCostModel(CostModel):
         self.history_: list[tuple[int, float, float]] = []
 
     def get_params(self) -> dict[str, Any]:
-        return {"loss": self.loss, "learning_rate": self.learning_rate, "max_epochs": self.max_epochs,
-                "patience": self.patience, "num_cores": self.num_cores, "max_batch_size": self.max_batch_size,
-                "min_schedules_per_pipeline": self.min_schedules_per_pipeline,
-                "update_epochs": self.update_epochs, "seed": self.seed}
+        return {
+            "loss": self.loss,
+            "learning_rate": self.learning_rate,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "num_cores": self.num_cores,
+            "max_batch_size": self.max_batch_size,
+            "min_schedules_per_pipeline": self.min_schedules_per_pipeline,
+            "update_epochs": self.update_epochs,
+            "seed": self.seed,
+        }
 
     # ------------------------------------------------------------------ training
     def fit(self, train: Sequence[Sample], valid: Sequence[Sample]) -> HalideCostModel:
@@ -227,7 +254,9 @@ class HalideCostModel(CostModel):
     def _optimizer(self) -> torch.optim.Optimizer:
         # Halide's hand-written Adam: betas 0.9 / 0.999, epsilon 1e-5 added to sqrt of the second moment.
         assert self.network_ is not None
-        return torch.optim.Adam(self.network_.parameters(), lr=self.learning_rate, betas=(0.9, 0.999), eps=1e-5)
+        return torch.optim.Adam(
+            self.network_.parameters(), lr=self.learning_rate, betas=(0.9, 0.999), eps=1e-5
+        )
 
     def _training_batches(self, samples: Sequence[Sample], argument: str) -> list[_PipelineBatch]:
         kept = [s for s in samples if plausible(s)]
@@ -242,10 +271,13 @@ class HalideCostModel(CostModel):
     def _batch_loss(self, batch: _PipelineBatch) -> torch.Tensor:
         assert self.network_ is not None
         out = self.network_(batch.schedule, batch.pipeline)
-        return LOSSES[self.loss](out.prediction, batch.runtime_ms, coefficient_regularizer(out.pre_activation))
+        return LOSSES[self.loss](
+            out.prediction, batch.runtime_ms, coefficient_regularizer(out.pre_activation)
+        )
 
-    def _train_epoch(self, batches: list[_PipelineBatch], optimizer: torch.optim.Optimizer,
-                     rng: np.random.Generator) -> float:
+    def _train_epoch(
+        self, batches: list[_PipelineBatch], optimizer: torch.optim.Optimizer, rng: np.random.Generator
+    ) -> float:
         assert self.network_ is not None
         self.network_.train()
         losses = []
@@ -295,8 +327,10 @@ class HalideCostModel(CostModel):
             by_stage_count.setdefault(sample.num_stages, []).append(index)
         for indices in by_stage_count.values():
             for start in range(0, len(indices), 4096):
-                chunk = indices[start:start + 4096]
-                schedule = np.stack([samples[i].features[:, SCHEDULE_SLICE] for i in chunk]).astype(np.float32)
+                chunk = indices[start : start + 4096]
+                schedule = np.stack([samples[i].features[:, SCHEDULE_SLICE] for i in chunk]).astype(
+                    np.float32
+                )
                 pipeline = np.stack([pipeline_block(samples[i].features) for i in chunk]).astype(np.float32)
                 costs = self.network_(torch.from_numpy(schedule), torch.from_numpy(pipeline)).stage_costs
                 for i, row in zip(chunk, costs.numpy().astype(np.float64), strict=True):
@@ -311,12 +345,16 @@ class HalideCostModel(CostModel):
     def save(self, path: str | Path) -> None:
         self._check_fitted()
         assert self.network_ is not None
-        save_checkpoint(path, self.name, {
-            "params": self.get_params(),
-            "state": {k: v.detach().clone() for k, v in self.network_.state_dict().items()},
-            "log_scale": self.log_scale_,
-            "history": [list(row) for row in self.history_],
-        })
+        save_checkpoint(
+            path,
+            self.name,
+            {
+                "params": self.get_params(),
+                "state": {k: v.detach().clone() for k, v in self.network_.state_dict().items()},
+                "log_scale": self.log_scale_,
+                "history": [list(row) for row in self.history_],
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> HalideCostModel:
@@ -331,6 +369,8 @@ class HalideCostModel(CostModel):
     def load_halide_weights(self, arrays: dict[str, np.ndarray]) -> HalideCostModel:
         """Use weights trained by Halide (see :func:`perfgraph.models.halide_trainer.read_halide_weights`)."""
         self.network_ = AdamsNetwork(self.num_cores)
-        self.network_.load_state_dict({name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in arrays.items()})
+        self.network_.load_state_dict(
+            {name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in arrays.items()}
+        )
         self.log_scale_ = 0.0
         return self

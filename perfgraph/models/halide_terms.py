@@ -45,6 +45,7 @@ def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num
     >>> stage_costs(torch.zeros(1, 2, 39), torch.ones(1, 2, 32), num_cores=1).shape
     torch.Size([1, 2])
     """
+
     def feature(name: str) -> torch.Tensor:
         return schedule_features[..., _INDEX[name]]
 
@@ -115,8 +116,11 @@ def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num
         inner_parallelism, 4096 / torch.maximum(one, innermost_bytes_at_task)
     )
     store_cost = store_cost + (
-        bytes_at_production * max_threads_hitting_same_page_fault
-        * inner_parallelism * outer_parallelism * k(23)
+        bytes_at_production
+        * max_threads_hitting_same_page_fault
+        * inner_parallelism
+        * outer_parallelism
+        * k(23)
     )
 
     cost_of_malloc = k(24) * num_realizations
@@ -132,7 +136,7 @@ def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num
 
 
 def coefficient_regularizer(conv1_pre_activation: torch.Tensor) -> torch.Tensor:
-    """Halide's ``sum(-min(conv1_stage2, 0))`` per schedule: penalises negative coefficients before the ReLU."""
+    """Halide's ``sum(-min(conv1_stage2, 0))`` per schedule: penalises negative pre-ReLU coefficients."""
     return (-torch.clamp(conv1_pre_activation, max=0.0)).sum(dim=(-2, -1))
 
 

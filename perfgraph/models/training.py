@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,9 @@ def pipeline_batches(groups: Sequence[int], batch_size: int,
     return batches
 
 
-def _batches(graphs: Sequence[Data], batch_size: int, rng: np.random.Generator | None, device: torch.device):
+def collate_batches(graphs: Sequence[Data], batch_size: int, rng: np.random.Generator | None,
+                    device: torch.device) -> Iterator[tuple[list[int], Batch]]:
+    """``(indices, Batch)`` pairs following :func:`pipeline_batches`, moved to ``device``."""
     groups = [int(g.pipeline_id) for g in graphs]
     for indices in pipeline_batches(groups, batch_size, rng):
         yield indices, Batch.from_data_list([graphs[i] for i in indices]).to(device)
@@ -78,24 +80,23 @@ def predict_log_runtimes(network: StageCostNetwork, graphs: Sequence[Data], batc
     device = torch.device(device)
     network.eval()
     out = np.empty(len(graphs), dtype=np.float64)
-    for indices, batch in _batches(graphs, batch_size, None, device):
+    for indices, batch in collate_batches(graphs, batch_size, None, device):
         out[indices] = network(batch).double().cpu().numpy()
     return out
 
 
 @torch.no_grad()
-def evaluate(network: StageCostNetwork, graphs: Sequence[Data], loss: LossFunction, batch_size: int,
-             device: torch.device) -> dict[str, float]:
+def evaluate(network: StageCostNetwork, batches: Sequence[Batch], loss: LossFunction) -> dict[str, float]:
     """Loss (batched as in training), mean absolute percentage error and RMSE of the log run time."""
     network.eval()
     total, predicted, measured = 0.0, [], []
-    for _, batch in _batches(graphs, batch_size, None, device):
+    for batch in batches:
         pred = network(batch)
         total += float(loss(pred, batch.y, batch.pipeline_id)) * batch.num_graphs
         predicted.append(pred.double().cpu())
         measured.append(batch.y.double().cpu())
     gap = (torch.cat(predicted) - torch.cat(measured)).numpy()
-    return {"loss": total / len(graphs), "mape": float(np.mean(np.abs(np.expm1(gap)))),
+    return {"loss": total / len(gap), "mape": float(np.mean(np.abs(np.expm1(gap)))),
             "rmse_log": float(np.sqrt(np.mean(gap ** 2)))}
 
 
@@ -114,6 +115,7 @@ def train_network(network: StageCostNetwork, train_graphs: Sequence[Data], valid
     network.to(device)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    valid_batches = [batch for _, batch in collate_batches(valid_graphs, batch_size, None, device)]  # once
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
     best_score, best_state, since_best = math.inf, copy.deepcopy(network.state_dict()), 0
     log: list[dict] = []
@@ -122,17 +124,17 @@ def train_network(network: StageCostNetwork, train_graphs: Sequence[Data], valid
         started = time.perf_counter()
         network.train()
         total = 0.0
-        for _, batch in _batches(train_graphs, batch_size, rng, device):
+        for _, batch in collate_batches(train_graphs, batch_size, rng, device):
             optimizer.zero_grad()
             value = loss(network(batch), batch.y, batch.pipeline_id)
             value.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
             optimizer.step()
-            total += float(value) * batch.num_graphs
+            total += float(value.detach()) * batch.num_graphs
         entry = {"epoch": epoch, "train_loss": total / len(train_graphs),
                  "valid_loss": None, "valid_mape": None, "valid_rmse_log": None}
         if valid_graphs:
-            metrics = evaluate(network, valid_graphs, loss, batch_size, device)
+            metrics = evaluate(network, valid_batches, loss)
             entry.update(valid_loss=metrics["loss"], valid_mape=metrics["mape"],
                          valid_rmse_log=metrics["rmse_log"])
         entry["seconds"] = time.perf_counter() - started

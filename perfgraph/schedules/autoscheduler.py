@@ -65,9 +65,11 @@ def beam_size_for(num_stages: int) -> int:
     return next(beam for limit, beam in _BEAM_BY_STAGES if num_stages <= limit)
 
 
-def sampling_plan(num_schedules: int, num_stages: int, parallelism: int = 1) -> list[AutoschedulerConfig]:
+def sampling_plan(num_schedules: int, num_stages: int, parallelism: int = 1,
+                  max_beam_size: int | None = None) -> list[AutoschedulerConfig]:
     """Candidate 0 is a beam search; candidates 1..K-1 are random, cycling through search spaces.
 
+    ``max_beam_size`` caps the beam of candidate 0 (tests and quick demos use a small one).
     The cycle is: narrow space, full space, narrow space with random weights, narrow space. The
     narrow space (``disable_subtiling``) is ~8x faster to search; random weights spread run times.
 
@@ -76,7 +78,8 @@ def sampling_plan(num_schedules: int, num_stages: int, parallelism: int = 1) -> 
     """
     if num_schedules < 1:
         raise ValueError(f"num_schedules must be >= 1, got {num_schedules}")
-    plan = [AutoschedulerConfig(beam_size=beam_size_for(num_stages), random_dropout=100, parallelism=parallelism)]
+    beam = min(beam_size_for(num_stages), max_beam_size or 10**9)
+    plan = [AutoschedulerConfig(beam_size=beam, random_dropout=100, parallelism=parallelism)]
     cycle = ((True, False), (False, False), (True, True), (True, False))
     for index in range(1, num_schedules):
         narrow, random_weights = cycle[(index - 1) % len(cycle)]

@@ -1,17 +1,14 @@
 """Seeded random Halide pipelines, in the spirit of Halide's ``apps/random_pipeline`` generator.
 
 Adams2019's cost model was trained on pipelines drawn by such a generator; we draw ours the same
-way so that the learned models see a wide variety of stage graphs next to the DL zoo: stencils,
-convolutions and channel mixes with weight inputs, pooling, down- and up-sampling, pointwise
-maths, binary ops joining branches, scans, and casts through 8-, 16-, 32- and 64-bit types.
-:mod:`perfgraph.workloads.random_plan` draws the plan (pure Python, seeded); this module writes
-the plan as Halide Funcs named ``s<i>_<op>`` (``s0_input``, ``s3_conv``, ``s7_maxpool`` ...).
+way so that the learned models see a wide variety of stage graphs next to the DL zoo.
+:mod:`perfgraph.workloads.random_planner` draws the plan (pure Python, seeded); this module
+writes it as Halide Funcs named ``s<i>_<op>`` (``s0_input``, ``s3_conv``, ``s7_maxpool`` ...).
 
-Every stage is defined on all of Z^3, and the float input is read through a clamped boundary
-condition, so any stage may be read at any coordinate its consumers need.
+Every Func is defined on all of Z^3 and the float input is read through a clamped boundary
+condition, so any stage may be read wherever its consumers need it.
 
->>> outputs = random_pipeline(3)
->>> [f.name() for f in outputs] == [plan_random_pipeline(3).output.name]
+>>> [f.name() for f in random_pipeline(3)] == [plan_random_pipeline(3).output.name]
 True
 """
 
@@ -19,13 +16,8 @@ from __future__ import annotations
 
 import halide as hl
 
-from perfgraph.workloads.random_plan import (
-    PipelinePlan,
-    StagePlan,
-    is_float,
-    plan_random_pipeline,
-    scaled,
-)
+from perfgraph.workloads.random_plan import PipelinePlan, StagePlan, is_float
+from perfgraph.workloads.random_planner import plan_random_pipeline
 
 HALIDE_TYPES: dict[str, hl.Type] = {
     "float32": hl.Float(32),
@@ -51,7 +43,7 @@ def describe_random_pipeline(seed: int) -> list[str]:
     plan = plan_random_pipeline(seed)
     header = (
         f"random:{seed}: input {plan.width}x{plan.height}x{plan.channels} ({plan.boundary}), "
-        f"{plan.rows} Halide stages, ~{plan.total_ops / 1e6:.1f} Mop"
+        f"{plan.rows} Halide stages, ~{plan.estimated_ms:.1f} ms estimated"
     )
     return [header, *plan.describe()]
 
@@ -127,7 +119,10 @@ class _Emitter:
             terms = [self.load(src, x + dx, y + dy, c, "int32") * int(w) for (dx, dy), w in taps]
             func[x, y, c] = _cast(stage.dtype, _total(terms) / int(sum(p["weights"])))
         else:
-            terms = [self.load(src, x + dx, y + dy, c, stage.dtype) * _const(stage.dtype, w) for (dx, dy), w in taps]
+            terms = [
+                self.load(src, x + dx, y + dy, c, stage.dtype) * _const(stage.dtype, w)
+                for (dx, dy), w in taps
+            ]
             func[x, y, c] = _total(terms)
 
     def _conv(self, func: hl.Func, stage: StagePlan) -> None:
@@ -135,7 +130,7 @@ class _Emitter:
         src, k = self.src(stage), stage.params["kernel"]
         weights = self.weights(stage, [k, k, src.channels, stage.channels])
         r = hl.RDom([hl.Range(0, k), hl.Range(0, k), hl.Range(0, src.channels)], f"{stage.name}_r")
-        scale = _const(stage.dtype, 1.0 / (k * k * src.channels))  # keeps |value| within the input's bound
+        scale = _const(stage.dtype, stage.params["scale"])
         func[x, y, c] = _const(stage.dtype, 0)
         tap = self.load(src.index, x + r.x - k // 2, y + r.y - k // 2, r.z, stage.dtype)
         func[x, y, c] = func[x, y, c] + _cast(stage.dtype, weights[r.x, r.y, r.z, c]) * tap * scale
@@ -144,7 +139,7 @@ class _Emitter:
         x, y, c = self.xyc
         src = self.src(stage)
         weights = self.weights(stage, [src.channels, stage.channels])
-        scale = _const(stage.dtype, 1.0 / src.channels)
+        scale = _const(stage.dtype, stage.params["scale"])
 
         def term(channel: hl.Expr | int) -> hl.Expr:
             return _cast(stage.dtype, weights[channel, c]) * self.load(src.index, x, y, channel, stage.dtype)
@@ -231,8 +226,10 @@ class _Emitter:
         p = stage.params
         v = self.load(stage.inputs[0], x, y, c, stage.dtype)
         fn = p["fn"]
+        if "input_scale" in p:
+            v = v * _const(stage.dtype, p["input_scale"])
         if fn == "exp":
-            value = hl.exp(v * _const(stage.dtype, p["input_scale"]))
+            value = hl.exp(v)
         elif fn == "log":
             value = hl.log(hl.abs(v) + _const(stage.dtype, 1))
         elif fn == "sqrt":
@@ -246,14 +243,21 @@ class _Emitter:
         func[x, y, c] = value * _const(stage.dtype, p["scale"]) if "scale" in p else value
 
     def _binary(self, func: hl.Func, stage: StagePlan) -> None:
-        """``f op g`` at f's shape: g is read at f's coordinates, rescaled by powers of two, with its
-        channels sliced (more channels than f) or repeated (fewer)."""
+        """``f op g`` at the finer resolution of the two (nearest upsampling of the other) and the
+        larger channel count (the other operand's channels repeat)."""
         x, y, c = self.xyc
         f, g = (self.plan.stages[i] for i in stage.inputs)
-        gx, gy = _rescaled(x, stage.level_x - g.level_x), _rescaled(y, stage.level_y - g.level_y)
-        gc = c if g.channels >= stage.channels else c % g.channels
         compute = None if f.dtype == g.dtype else stage.dtype
-        a, b = self.load(f.index, x, y, c, compute), self.load(g.index, gx, gy, gc, compute)
+        a, b = (
+            self.load(
+                s.index,
+                _coarser(x, s.level_x - stage.level_x),
+                _coarser(y, s.level_y - stage.level_y),
+                c if s.channels == stage.channels else c % s.channels,
+                compute,
+            )
+            for s in (f, g)
+        )
         fn = stage.params["fn"]
         if fn in ("max", "min"):
             value = (hl.max if fn == "max" else hl.min)(a, b)
@@ -312,10 +316,6 @@ def _expr(value: hl.Expr | int) -> hl.Expr:
     return value if isinstance(value, hl.Expr) else hl.Expr(value)
 
 
-def _rescaled(v: hl.Var, levels: int) -> hl.Expr:
-    """A coordinate at a level ``levels`` coarser (positive) or finer (negative) than the reader's."""
-    if levels > 0:
-        return v * (2**levels)
-    if levels < 0:
-        return v / (2**-levels)
-    return v
+def _coarser(v: hl.Var, levels: int) -> hl.Expr:
+    """The coordinate in a stage ``levels`` coarser than the reader's (nearest-neighbour upsampling)."""
+    return v / (2**levels) if levels > 0 else v

@@ -25,7 +25,7 @@ from perfgraph.workloads.zoo.work import estimating_work
 
 #: Estimated single-core milliseconds a variant may take. The estimate is rough, so this is narrower
 #: than the 0.5 ms (timer noise) to 30 ms (collection time) that measurements should fall in.
-VARIANT_MS = (1.0, 20.0)
+VARIANT_MS = (1.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,14 @@ class ZooEntry:
         shapes = dict(self.defaults)
         for key, text in params.items():
             if key not in self.defaults:
-                raise WorkloadError(
-                    f"zoo entry {self.name!r}: unknown parameter {key!r}; known: {', '.join(sorted(self.defaults))}"
-                )
+                known = ", ".join(sorted(self.defaults))
+                raise WorkloadError(f"zoo entry {self.name!r}: unknown parameter {key!r}; known: {known}")
             try:
                 shapes[key] = int(text)
             except ValueError:
-                raise WorkloadError(f"zoo entry {self.name!r}: parameter {key!r} must be an integer, got {text!r}") from None
+                raise WorkloadError(
+                    f"zoo entry {self.name!r}: parameter {key!r} must be an integer, got {text!r}"
+                ) from None
         return functools.partial(self.build, **shapes)
 
     def estimated_ms(self, shapes: Mapping[str, int]) -> float:
@@ -64,77 +65,138 @@ class ZooEntry:
         return work.estimated_ms
 
 
-_SIZES = (14, 28, 56, 112)
-_IMAGE = {"w": (28, 56, 112, 224), "h": (28, 56, 112, 224), "c": (16, 32, 64, 128, 256)}
+_SIDES = (14, 28, 56, 112)
+_LARGE_SIDES = (112, 160, 192, 224, 256, 320)
 _CHANNELS = (16, 32, 64, 128, 256)
 _FEATURES = (128, 256, 512, 1024, 2048)
-_ELEMENTWISE = {"w": 112, "h": 112, "c": 64}
+# Memory-bound layers need tensors larger than the L3 cache to run for a measurable time.
+_LARGE_IMAGE = {"w": _LARGE_SIDES, "h": _LARGE_SIDES, "c": (24, 32, 48, 64, 96, 128)}
+_LARGE_DEFAULTS = {"w": 224, "h": 224, "c": 64}
+_MATRIX_SIDES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096)
 _TINY = {"w": 7, "h": 5, "c": 3}
+_WINDOW_CHOICES = {"kernel": (2, 3), "stride": (1, 2)}
 
 
-def _entry(name: str, family: str, build: Callable[..., list[hl.Func]], defaults: dict[str, int], small: dict[str, int],
-           **choices: tuple[int, ...]) -> ZooEntry:
+def _entry(
+    name: str,
+    family: str,
+    build: Callable[..., list[hl.Func]],
+    defaults: dict[str, int],
+    small: dict[str, int],
+    **choices: tuple[int, ...],
+) -> ZooEntry:
     return ZooEntry(name, family, build, defaults, small, choices)
 
 
 _ENTRIES = [
-    _entry("conv2d", "conv", layer_workloads.conv2d,
-           {"w": 56, "h": 56, "c_in": 32, "c_out": 64, "kernel": 3, "stride": 1, "padding": 1},
-           {"w": 9, "h": 7, "c_in": 3, "c_out": 4, "kernel": 3, "stride": 2, "padding": 1},
-           w=_SIZES, h=_SIZES, c_in=(3, *_CHANNELS), c_out=_CHANNELS, kernel=(1, 3, 5, 7), stride=(1, 2),
-           padding=(0, 1, 2, 3)),
-    _entry("depthwise_conv2d", "depthwise", layer_workloads.depthwise_conv2d,
-           {"w": 112, "h": 112, "c": 64, "kernel": 3, "stride": 1, "padding": 1},
-           {"w": 8, "h": 6, "c": 3, "kernel": 3, "stride": 1, "padding": 1},
-           **_IMAGE, kernel=(3, 5, 7), stride=(1, 2), padding=(0, 1, 2, 3)),
-    _entry("pointwise_conv2d", "pointwise", layer_workloads.pointwise_conv2d,
-           {"w": 56, "h": 56, "c_in": 64, "c_out": 128}, {"w": 5, "h": 4, "c_in": 6, "c_out": 3},
-           w=_SIZES, h=_SIZES, c_in=_CHANNELS, c_out=_CHANNELS),
-    _entry("dense", "dense", layer_workloads.dense, {"batch": 128, "d_in": 512, "d_out": 512},
-           {"batch": 3, "d_in": 7, "d_out": 5}, batch=(16, 32, 64, 128, 256, 512), d_in=_FEATURES, d_out=_FEATURES),
-    _entry("matmul", "dense", layer_workloads.matmul, {"m": 256, "k": 256, "n": 256}, {"m": 4, "k": 6, "n": 5},
-           m=(64, 128, 256, 512, 1024), k=(64, 128, 256, 512, 1024), n=(64, 128, 256, 512, 1024)),
-    _entry("bias_add", "elementwise", layer_workloads.bias_add, _ELEMENTWISE, _TINY, **_IMAGE),
-    _entry("batch_norm", "norm", layer_workloads.batch_norm, _ELEMENTWISE, _TINY, **_IMAGE),
-    _entry("relu", "activation", layer_workloads.relu, _ELEMENTWISE, _TINY, **_IMAGE),
-    _entry("relu6", "activation", layer_workloads.relu6, _ELEMENTWISE, _TINY, **_IMAGE),
-    _entry("gelu", "activation", layer_workloads.gelu, {"w": 56, "h": 56, "c": 128}, _TINY, **_IMAGE),
-    _entry("max_pool", "pool", layer_workloads.max_pool, {**_ELEMENTWISE, "kernel": 2, "stride": 2},
-           {"w": 9, "h": 8, "c": 2, "kernel": 3, "stride": 2}, **_IMAGE, kernel=(2, 3), stride=(1, 2)),
-    _entry("avg_pool", "pool", layer_workloads.avg_pool, {**_ELEMENTWISE, "kernel": 3, "stride": 2},
-           {"w": 9, "h": 8, "c": 2, "kernel": 3, "stride": 2}, **_IMAGE, kernel=(2, 3), stride=(1, 2)),
-    _entry("global_avg_pool", "pool", layer_workloads.global_avg_pool, {"w": 112, "h": 112, "c": 128}, _TINY, **_IMAGE),
-    _entry("softmax", "softmax", layer_workloads.softmax, {"rows": 1024, "cols": 1024}, {"rows": 3, "cols": 10},
-           rows=(128, 256, 512, 1024, 2048), cols=(64, 128, 256, 512, 1024, 2048)),
-    _entry("channel_softmax", "softmax", layer_workloads.channel_softmax, {"w": 56, "h": 56, "c": 128}, _TINY, **_IMAGE),
-    _entry("residual_add", "elementwise", layer_workloads.residual_add, _ELEMENTWISE, _TINY, **_IMAGE),
-    _entry("concat", "elementwise", layer_workloads.concat, {"w": 112, "h": 112, "c_a": 32, "c_b": 64},
-           {"w": 5, "h": 4, "c_a": 2, "c_b": 3}, w=_IMAGE["w"], h=_IMAGE["h"], c_a=_CHANNELS, c_b=_CHANNELS),
-    _entry("upsample2x", "upsample", layer_workloads.upsample2x, {"w": 56, "h": 56, "c": 64}, _TINY,
-           w=_SIZES, h=_SIZES, c=_CHANNELS),
-    _entry("resnet_basic_block", "resnet", blocks.resnet_basic_block,
-           {"w": 28, "h": 28, "c_in": 64, "c_out": 64, "stride": 1}, {"w": 6, "h": 5, "c_in": 4, "c_out": 4, "stride": 1},
-           w=(7, 14, 28, 56), h=(7, 14, 28, 56), c_in=_CHANNELS, c_out=_CHANNELS, stride=(1, 2)),
-    _entry("resnet_bottleneck_block", "resnet", blocks.resnet_bottleneck_block,
-           {"w": 28, "h": 28, "c_in": 256, "c_mid": 64, "c_out": 256, "stride": 1},
-           {"w": 6, "h": 5, "c_in": 8, "c_mid": 3, "c_out": 8, "stride": 1},
-           w=(7, 14, 28, 56), h=(7, 14, 28, 56), c_in=(64, 128, 256, 512), c_mid=(16, 32, 64, 128),
-           c_out=(64, 128, 256, 512), stride=(1, 2)),
-    _entry("mobilenet_inverted_residual", "mobilenet", blocks.mobilenet_inverted_residual,
-           {"w": 56, "h": 56, "c_in": 24, "c_out": 24, "expand": 6, "stride": 1},
-           {"w": 6, "h": 5, "c_in": 3, "c_out": 3, "expand": 2, "stride": 1},
-           w=(14, 28, 56, 112), h=(14, 28, 56, 112), c_in=(16, 24, 32, 64, 96), c_out=(16, 24, 32, 64, 96),
-           expand=(1, 4, 6), stride=(1, 2)),
-    _entry("vgg", "vgg", blocks.vgg, {"w": 64, "h": 64, "c_in": 3, "width": 32, "depth": 3},
-           {"w": 8, "h": 6, "c_in": 2, "width": 3, "depth": 2},
-           w=(32, 48, 64, 96, 128), h=(32, 48, 64, 96, 128), c_in=(1, 3, 8), width=(8, 16, 32, 64), depth=(1, 2, 3)),
-    _entry("mlp", "mlp", blocks.mlp, {"batch": 64, "d_in": 512, "hidden": 512, "d_out": 128, "depth": 2},
-           {"batch": 3, "d_in": 6, "hidden": 5, "d_out": 4, "depth": 2},
-           batch=(16, 32, 64, 128, 256), d_in=(128, 256, 512, 1024), hidden=(128, 256, 512, 1024),
-           d_out=(10, 128, 512), depth=(1, 2, 3)),
-    _entry("attention", "attention", blocks.attention, {"tokens": 128, "heads": 4, "head_dim": 32},
-           {"tokens": 5, "heads": 2, "head_dim": 3}, tokens=(64, 128, 196, 256, 384), heads=(1, 2, 4, 8),
-           head_dim=(16, 32, 64)),
+    _entry(
+        "conv2d", "conv", layer_workloads.conv2d,
+        {"w": 56, "h": 56, "c_in": 32, "c_out": 32, "kernel": 3, "stride": 1, "padding": 1},
+        {"w": 9, "h": 7, "c_in": 3, "c_out": 4, "kernel": 3, "stride": 2, "padding": 1},
+        w=_SIDES, h=_SIDES, c_in=(3, *_CHANNELS), c_out=_CHANNELS, kernel=(1, 3, 5, 7), stride=(1, 2),
+        padding=(0, 1, 2, 3),
+    ),
+    _entry(
+        "depthwise_conv2d", "depthwise", layer_workloads.depthwise_conv2d,
+        {"w": 112, "h": 112, "c": 64, "kernel": 3, "stride": 1, "padding": 1},
+        {"w": 8, "h": 6, "c": 3, "kernel": 3, "stride": 1, "padding": 1},
+        w=(56, 112, 224), h=(56, 112, 224), c=(32, 64, 128, 256), kernel=(3, 5, 7), stride=(1, 2),
+        padding=(0, 1, 2, 3),
+    ),
+    _entry(
+        "pointwise_conv2d", "pointwise", layer_workloads.pointwise_conv2d,
+        {"w": 56, "h": 56, "c_in": 64, "c_out": 64}, {"w": 5, "h": 4, "c_in": 6, "c_out": 3},
+        w=_SIDES, h=_SIDES, c_in=_CHANNELS, c_out=_CHANNELS,
+    ),
+    _entry(
+        "dense", "dense", layer_workloads.dense,
+        {"batch": 64, "d_in": 512, "d_out": 512}, {"batch": 3, "d_in": 7, "d_out": 5},
+        batch=(16, 32, 64, 128, 256), d_in=_FEATURES, d_out=_FEATURES,
+    ),
+    _entry(
+        "matmul", "dense", layer_workloads.matmul,
+        {"m": 256, "k": 256, "n": 256}, {"m": 4, "k": 6, "n": 5},
+        m=(64, 128, 256, 512, 1024), k=(64, 128, 256, 512, 1024), n=(64, 128, 256, 512, 1024),
+    ),
+    _entry("bias_add", "elementwise", layer_workloads.bias_add, _LARGE_DEFAULTS, _TINY, **_LARGE_IMAGE),
+    _entry("batch_norm", "norm", layer_workloads.batch_norm, _LARGE_DEFAULTS, _TINY, **_LARGE_IMAGE),
+    _entry("relu", "activation", layer_workloads.relu, _LARGE_DEFAULTS, _TINY, **_LARGE_IMAGE),
+    _entry("relu6", "activation", layer_workloads.relu6, _LARGE_DEFAULTS, _TINY, **_LARGE_IMAGE),
+    _entry(
+        "gelu", "activation", layer_workloads.gelu, {"w": 224, "h": 224, "c": 32}, _TINY,
+        w=_LARGE_SIDES, h=_LARGE_SIDES, c=(8, 16, 24, 32, 48, 64),
+    ),
+    _entry(
+        "max_pool", "pool", layer_workloads.max_pool, {**_LARGE_DEFAULTS, "kernel": 2, "stride": 2},
+        {"w": 9, "h": 8, "c": 2, "kernel": 3, "stride": 2}, **_LARGE_IMAGE, **_WINDOW_CHOICES,
+    ),
+    _entry(
+        "avg_pool", "pool", layer_workloads.avg_pool, {**_LARGE_DEFAULTS, "kernel": 3, "stride": 2},
+        {"w": 9, "h": 8, "c": 2, "kernel": 3, "stride": 2}, **_LARGE_IMAGE, **_WINDOW_CHOICES,
+    ),
+    _entry(
+        "global_avg_pool", "pool", layer_workloads.global_avg_pool, {"w": 224, "h": 224, "c": 128}, _TINY,
+        w=_LARGE_SIDES, h=_LARGE_SIDES, c=(48, 64, 96, 128, 192, 256),
+    ),
+    _entry(
+        "softmax", "softmax", layer_workloads.softmax, {"rows": 2048, "cols": 1024}, {"rows": 3, "cols": 10},
+        rows=_MATRIX_SIDES, cols=_MATRIX_SIDES,
+    ),
+    _entry(
+        "channel_softmax", "softmax", layer_workloads.channel_softmax, {"w": 112, "h": 112, "c": 128}, _TINY,
+        w=_SIDES[2:] + (160, 224), h=_SIDES[2:] + (160, 224), c=(16, 32, 64, 128, 256),
+    ),
+    _entry(
+        "residual_add", "elementwise", layer_workloads.residual_add, _LARGE_DEFAULTS, _TINY, **_LARGE_IMAGE
+    ),
+    _entry(
+        "concat", "elementwise", layer_workloads.concat, {"w": 224, "h": 224, "c_a": 32, "c_b": 64},
+        {"w": 5, "h": 4, "c_a": 2, "c_b": 3}, w=_LARGE_SIDES, h=_LARGE_SIDES, c_a=(16, 32, 64, 128),
+        c_b=(16, 32, 64, 128),
+    ),
+    _entry(
+        "upsample2x", "upsample", layer_workloads.upsample2x, {"w": 112, "h": 112, "c": 128}, _TINY,
+        w=(56, 112, 160, 224), h=(56, 112, 160, 224), c=(32, 64, 128, 256),
+    ),
+    _entry(
+        "resnet_basic_block", "resnet", blocks.resnet_basic_block,
+        {"w": 28, "h": 28, "c_in": 32, "c_out": 32, "stride": 1},
+        {"w": 6, "h": 5, "c_in": 4, "c_out": 4, "stride": 1},
+        w=(7, 14, 28, 56), h=(7, 14, 28, 56), c_in=_CHANNELS, c_out=_CHANNELS, stride=(1, 2),
+    ),
+    _entry(
+        "resnet_bottleneck_block", "resnet", blocks.resnet_bottleneck_block,
+        {"w": 14, "h": 14, "c_in": 256, "c_mid": 64, "c_out": 256, "stride": 1},
+        {"w": 6, "h": 5, "c_in": 8, "c_mid": 3, "c_out": 8, "stride": 1},
+        w=(7, 14, 28, 56), h=(7, 14, 28, 56), c_in=(64, 128, 256, 512), c_mid=(16, 32, 64, 128),
+        c_out=(64, 128, 256, 512), stride=(1, 2),
+    ),
+    _entry(
+        "mobilenet_inverted_residual", "mobilenet", blocks.mobilenet_inverted_residual,
+        {"w": 28, "h": 28, "c_in": 32, "c_out": 32, "expand": 6, "stride": 1},
+        {"w": 6, "h": 5, "c_in": 3, "c_out": 3, "expand": 2, "stride": 1},
+        w=(14, 28, 56, 112), h=(14, 28, 56, 112), c_in=(16, 24, 32, 64, 96), c_out=(16, 24, 32, 64, 96),
+        expand=(1, 4, 6), stride=(1, 2),
+    ),
+    _entry(
+        "vgg", "vgg", blocks.vgg,
+        {"w": 64, "h": 64, "c_in": 3, "width": 16, "depth": 3},
+        {"w": 8, "h": 6, "c_in": 2, "width": 3, "depth": 2},
+        w=(32, 48, 64, 96, 128), h=(32, 48, 64, 96, 128), c_in=(1, 3, 8), width=(8, 16, 32, 64),
+        depth=(1, 2, 3),
+    ),
+    _entry(
+        "mlp", "mlp", blocks.mlp,
+        {"batch": 32, "d_in": 512, "hidden": 512, "d_out": 128, "depth": 2},
+        {"batch": 3, "d_in": 6, "hidden": 5, "d_out": 4, "depth": 2},
+        batch=(16, 32, 64, 128, 256), d_in=(128, 256, 512, 1024), hidden=(128, 256, 512, 1024),
+        d_out=(10, 128, 512), depth=(1, 2, 3),
+    ),
+    _entry(
+        "attention", "attention", blocks.attention,
+        {"tokens": 128, "heads": 4, "head_dim": 32}, {"tokens": 5, "heads": 2, "head_dim": 3},
+        tokens=(64, 128, 196, 256, 384), heads=(1, 2, 4, 8), head_dim=(16, 32, 64),
+    ),
 ]
 
 #: Every zoo entry by name.

@@ -24,12 +24,19 @@ from perfgraph.workloads.zoo.layers import (
     relu6,
     softmax,
 )
-from perfgraph.workloads.zoo.tensor import Tensor, as_output, check_positive, image_input, input_tensor, weight
+from perfgraph.workloads.zoo.tensor import (
+    Tensor,
+    as_output,
+    check_positive,
+    image_input,
+    input_tensor,
+    weight,
+)
 from perfgraph.workloads.zoo.work import count_work
 
 
 def _shortcut(image: Tensor, c_out: int, stride: int) -> Tensor:
-    """The identity, or a strided 1x1 convolution and batch norm where the shape changes (ResNet's downsample)."""
+    """The identity, or where the shape changes a strided 1x1 conv and BN (ResNet's ``downsample``)."""
     if stride == 1 and image.shape[2] == c_out:
         return image
     projected = conv2d(image, c_out, kernel=1, stride=stride, name="downsample_conv")
@@ -39,21 +46,27 @@ def _shortcut(image: Tensor, c_out: int, stride: int) -> Tensor:
 def resnet_basic_block(*, w: int, h: int, c_in: int, c_out: int, stride: int) -> list[hl.Func]:
     """ResNet-18/34's block: two 3x3 conv + BN, ReLU between, residual add, ReLU."""
     image = image_input("input", w, h, c_in)
-    out = relu(batch_norm(conv2d(image, c_out, kernel=3, stride=stride, padding=1, name="conv1"), name="bn1"), name="relu1")
+    out = conv2d(image, c_out, kernel=3, stride=stride, padding=1, name="conv1")
+    out = relu(batch_norm(out, name="bn1"), name="relu1")
     out = batch_norm(conv2d(out, c_out, kernel=3, padding=1, name="conv2"), name="bn2")
     return [as_output(relu(add(out, _shortcut(image, c_out, stride), name="add"), name="relu2"))]
 
 
-def resnet_bottleneck_block(*, w: int, h: int, c_in: int, c_mid: int, c_out: int, stride: int) -> list[hl.Func]:
-    """ResNet-50's block: 1x1 reduce, 3x3 (strided, as in v1.5), 1x1 expand, each with BN; residual add, ReLU."""
+def resnet_bottleneck_block(
+    *, w: int, h: int, c_in: int, c_mid: int, c_out: int, stride: int
+) -> list[hl.Func]:
+    """ResNet-50's block: 1x1 reduce, 3x3 (strided, as in v1.5), 1x1 expand, each + BN; add, ReLU."""
     image = image_input("input", w, h, c_in)
     out = relu(batch_norm(pointwise_conv2d(image, c_mid, name="conv1"), name="bn1"), name="relu1")
-    out = relu(batch_norm(conv2d(out, c_mid, kernel=3, stride=stride, padding=1, name="conv2"), name="bn2"), name="relu2")
+    out = conv2d(out, c_mid, kernel=3, stride=stride, padding=1, name="conv2")
+    out = relu(batch_norm(out, name="bn2"), name="relu2")
     out = batch_norm(pointwise_conv2d(out, c_out, name="conv3"), name="bn3")
     return [as_output(relu(add(out, _shortcut(image, c_out, stride), name="add"), name="relu3"))]
 
 
-def mobilenet_inverted_residual(*, w: int, h: int, c_in: int, c_out: int, expand: int, stride: int) -> list[hl.Func]:
+def mobilenet_inverted_residual(
+    *, w: int, h: int, c_in: int, c_out: int, expand: int, stride: int
+) -> list[hl.Func]:
     """MobileNetV2's block: 1x1 expand + BN + ReLU6, 3x3 depthwise + BN + ReLU6, 1x1 project + BN.
 
     The expansion is skipped for ``expand == 1`` (as in the network's first block) and the input is
@@ -63,7 +76,8 @@ def mobilenet_inverted_residual(*, w: int, h: int, c_in: int, c_out: int, expand
     image = image_input("input", w, h, c_in)
     out = image
     if expand > 1:
-        out = relu6(batch_norm(pointwise_conv2d(out, c_in * expand, name="expand"), name="expand_bn"), name="expand_relu6")
+        out = pointwise_conv2d(out, c_in * expand, name="expand")
+        out = relu6(batch_norm(out, name="expand_bn"), name="expand_relu6")
     out = depthwise_conv2d(out, kernel=3, stride=stride, padding=1, name="dwconv")
     out = relu6(batch_norm(out, name="dwconv_bn"), name="dwconv_relu6")
     out = batch_norm(pointwise_conv2d(out, c_out, name="project"), name="project_bn")
@@ -76,7 +90,7 @@ def vgg(*, w: int, h: int, c_in: int, width: int, depth: int) -> list[hl.Func]:
     """A small VGG-style CNN: ``depth`` times 3x3 conv (+bias) + ReLU + 2x2 max pool, doubling channels."""
     check_positive("vgg", width=width, depth=depth)
     if min(w, h) < 2**depth:
-        raise WorkloadError(f"workload 'vgg': a {w}x{h} image is too small for depth {depth} (needs {2**depth} pixels)")
+        raise WorkloadError(f"workload 'vgg': w={w}, h={h} is too small for depth={depth} (needs {2**depth})")
     out = image_input("input", w, h, c_in)
     for i in range(1, depth + 1):
         out = conv2d(out, width * 2 ** (i - 1), kernel=3, padding=1, bias=True, name=f"conv{i}")
@@ -85,7 +99,7 @@ def vgg(*, w: int, h: int, c_in: int, width: int, depth: int) -> list[hl.Func]:
 
 
 def mlp(*, batch: int, d_in: int, hidden: int, d_out: int, depth: int) -> list[hl.Func]:
-    """A multi-layer perceptron on ``batch`` rows: ``depth`` hidden dense + ReLU layers, then a dense output."""
+    """A multi-layer perceptron on ``batch`` rows: ``depth`` times dense + ReLU, then a dense output."""
     check_positive("mlp", depth=depth)
     out = input_tensor("input", (d_in, batch))
     for i in range(1, depth + 1):

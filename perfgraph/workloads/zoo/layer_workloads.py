@@ -14,12 +14,14 @@ from perfgraph.workloads.zoo.tensor import as_output, image_input, input_tensor
 
 def conv2d(*, w: int, h: int, c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> list[hl.Func]:
     image = image_input("input", w, h, c_in)
-    return [as_output(layers.conv2d(image, c_out, kernel=kernel, stride=stride, padding=padding, bias=True, name="conv"))]
+    conv = layers.conv2d(image, c_out, kernel=kernel, stride=stride, padding=padding, bias=True, name="conv")
+    return [as_output(conv)]
 
 
 def depthwise_conv2d(*, w: int, h: int, c: int, kernel: int, stride: int, padding: int) -> list[hl.Func]:
     image = image_input("input", w, h, c)
-    return [as_output(layers.depthwise_conv2d(image, kernel=kernel, stride=stride, padding=padding, name="dwconv"))]
+    conv = layers.depthwise_conv2d(image, kernel=kernel, stride=stride, padding=padding, name="dwconv")
+    return [as_output(conv)]
 
 
 def pointwise_conv2d(*, w: int, h: int, c_in: int, c_out: int) -> list[hl.Func]:

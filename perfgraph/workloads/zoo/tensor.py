@@ -88,6 +88,6 @@ def weight(name: str, shape: Sequence[int]) -> Tensor:
 def as_output(tensor: Tensor) -> hl.Func:
     """The tensor's Func with output estimates set, ready to be returned by a workload builder."""
     if not isinstance(tensor.source, hl.Func):
-        raise WorkloadError(f"tensor {tensor.name!r}: an input cannot be a pipeline output; compute something from it")
+        raise WorkloadError(f"tensor {tensor.name!r}: an input cannot be a pipeline output; compute from it")
     tensor.source.set_estimates([(0, extent) for extent in tensor.shape])
     return tensor.source

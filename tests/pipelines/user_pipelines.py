@@ -1,0 +1,101 @@
+"""User pipeline files for the tests: good ones, broken ones, and ones that misbehave when measured."""
+
+import os
+
+import halide as hl
+
+
+def _blur(size: int, name: str = "blur") -> hl.Func:
+    inp = hl.ImageParam(hl.Float(32), 2, "input")
+    inp.set_estimates([(0, size), (0, size)])
+    x, y = hl.Var("x"), hl.Var("y")
+    clamped = hl.BoundaryConditions.repeat_edge(inp)
+    blur_x = hl.Func("blur_x")
+    blur_x[x, y] = (clamped[x - 1, y] + clamped[x, y] + clamped[x + 1, y]) / 3
+    out = hl.Func(name)
+    out[x, y] = (blur_x[x, y - 1] + blur_x[x, y] + blur_x[x, y + 1]) / 3
+    out.set_estimates([(0, size), (0, size)])
+    return out
+
+
+def blur():
+    """A good pipeline: a separable 3x3 blur."""
+    return [_blur(256)]
+
+
+def blur_pipeline():
+    """A good pipeline returned as an hl.Pipeline."""
+    return hl.Pipeline([_blur(128)])
+
+
+def not_a_pipeline():
+    return 42
+
+
+def raises():
+    raise RuntimeError("boom in user code")
+
+
+def output_without_estimates():
+    inp = hl.ImageParam(hl.Float(32), 1, "input")
+    inp.set_estimates([(0, 16)])
+    x = hl.Var("x")
+    out = hl.Func("out")
+    out[x] = inp[x] * 2
+    return [out]
+
+
+def input_without_estimates():
+    inp = hl.ImageParam(hl.Float(32), 1, "input")
+    x = hl.Var("x")
+    out = hl.Func("out")
+    out[x] = inp[x] * 2
+    out.set_estimates([(0, 16)])
+    return [out]
+
+
+def _measuring(counter_env: str) -> bool:
+    """True from the third build on: the analysis builds twice (autoscheduler, reference), candidates after."""
+    counter = os.environ[counter_env]
+    builds = int(open(counter).read()) if os.path.exists(counter) else 0
+    with open(counter, "w") as file:
+        file.write(str(builds + 1))
+    return builds >= 2
+
+
+def crashes_when_measured():
+    """Builds fine for the analysis, then every candidate's worker dies of a segmentation fault."""
+    if _measuring("PERFGRAPH_TEST_CRASH_COUNTER"):
+        import ctypes
+
+        ctypes.string_at(0)  # SIGSEGV
+    return [_blur(64, "crashy")]
+
+
+def slow():
+    """A correct pipeline that takes a long time per run (a large reduction), to hit the run time limit."""
+    inp = hl.ImageParam(hl.Float(32), 2, "input")
+    inp.set_estimates([(0, 512), (0, 512)])
+    x, y = hl.Var("x"), hl.Var("y")
+    r = hl.RDom([(0, 512), (0, 512)])
+    out = hl.Func("slow")
+    out[x, y] = 0.0
+    out[x, y] += inp[r.x, r.y] * hl.f32(x + y)
+    out.set_estimates([(0, 64), (0, 64)])
+    return [out]
+
+
+def conv_relu():
+    """A reduction (pure + update stage) feeding a pointwise stage, with a boundary condition."""
+    inp = hl.ImageParam(hl.Float(32), 3, "input")
+    inp.set_estimates([(0, 32), (0, 32), (0, 4)])
+    x, y, c = hl.Var("x"), hl.Var("y"), hl.Var("c")
+    clamped = hl.BoundaryConditions.repeat_edge(inp)
+    r = hl.RDom([(0, 3), (0, 3)])
+    conv = hl.Func("conv")
+    conv[x, y, c] = 0.0
+    conv[x, y, c] += clamped[x + r.x - 1, y + r.y - 1, c]
+    relu = hl.Func("relu")
+    relu[x, y, c] = hl.max(conv[x, y, c], 0.0)
+    relu.set_estimates([(0, 32), (0, 32), (0, 4)])
+    return [relu]

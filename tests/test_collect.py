@@ -1,0 +1,121 @@
+"""Collection end to end: real compiles and measurements, failures recorded, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perfgraph.data.store import Store
+from perfgraph.measure.runner import Timeouts
+
+from .conftest import TINY_SCHEDULES, TINY_WORKLOADS, USER_PIPELINES, collect_tiny
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_candidate_ends_measured_duplicate_or_failed(tiny_db):
+    with Store(tiny_db) as store:
+        for uri in TINY_WORKLOADS:
+            assert store.done_candidates(uri) == set(range(TINY_SCHEDULES))
+
+
+def test_measurements_keep_every_repeat_and_their_summary(tiny_db):
+    with Store(tiny_db) as store:
+        rows = store.execute("SELECT runtime_ms, median_ms, cv, repeats_ms FROM measurements").fetchall()
+    assert rows
+    for runtime_ms, median_ms, cv, repeats in rows:
+        repeats = json.loads(repeats)
+        assert len(repeats) >= 3
+        assert runtime_ms == min(repeats)
+        assert median_ms == pytest.approx(float(np.median(repeats)))
+        assert cv >= 0
+
+
+def test_machine_and_target_are_recorded(tiny_db):
+    with Store(tiny_db) as store:
+        (info,) = [json.loads(r[0]) for r in store.execute("SELECT info FROM machines")]
+    assert info["halide_version"].startswith("21.")
+    assert info["target"].startswith("x86-64-linux")
+    assert "avx512" not in info["target"]  # Halide's own training loop leaves AVX-512 out
+
+
+def test_schedules_with_equal_features_are_measured_once(tiny_db):
+    with Store(tiny_db) as store:
+        rows = store.execute("SELECT pipeline_id, features_hash FROM schedules WHERE duplicate_of IS NULL").fetchall()
+        duplicates = store.execute(
+            "SELECT d.features_hash, o.features_hash FROM schedules d JOIN schedules o "
+            "ON d.duplicate_of = o.schedule_id").fetchall()
+    assert len(rows) == len(set(rows))
+    assert all(a == b for a, b in duplicates)
+
+
+def test_samples_carry_one_feature_row_per_graph_node(real_samples):
+    for sample in real_samples:
+        assert sample.features.shape[0] == len(sample.stage_names)
+        assert sample.runtime_ms > 0
+
+
+def test_a_crashing_candidate_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERFGRAPH_TEST_CRASH_COUNTER", str(tmp_path / "builds"))
+    uri = f"file:{USER_PIPELINES}:crashes_when_measured"
+    with collect_tiny(tmp_path / "crash.db", [uri], schedules=2) as store:
+        failures = store.execute("SELECT candidate_index, kind, message FROM failures").fetchall()
+    assert sorted(f[0] for f in failures) == [0, 1]
+    assert {f[1] for f in failures} == {"crash"}
+    assert all("SIGSEGV" in f[2] for f in failures)
+
+
+def test_a_candidate_that_runs_too_long_is_a_timeout(tmp_path):
+    uri = f"file:{USER_PIPELINES}:slow"
+    with collect_tiny(tmp_path / "slow.db", [uri], schedules=1, timeouts=Timeouts(run_s=0.3)) as store:
+        failures = store.execute("SELECT kind, phase FROM failures WHERE candidate_index >= 0").fetchall()
+    assert failures == [("timeout", "run")]
+
+
+def test_an_output_that_differs_from_the_reference_is_a_failure(tmp_path):
+    uri = f"file:{USER_PIPELINES}:blur"
+    db = tmp_path / "wrong.db"
+    collect_tiny(db, [uri], schedules=1).close()
+    (reference,) = Path(str(db) + ".refs").glob("*.npz")
+    np.savez_compressed(reference, np.load(reference)["arr_0"] + 1.0)  # corrupt the reference output
+    with collect_tiny(db, [uri], schedules=2) as store:
+        failures = store.execute("SELECT candidate_index, kind FROM failures").fetchall()
+    assert failures == [(1, "wrong_output")]
+
+
+def test_resume_after_kill_9_loses_nothing_committed(tmp_path):
+    db = tmp_path / "killed.db"
+    command = [sys.executable, "-m", "perfgraph.cli", "collect", "--db", str(db), "--pipeline",
+               f"{USER_PIPELINES}:blur", "--schedules", "6", "--max-beam", "2", "--remeasure-fraction", "0", "--json"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    measured_before: list[int] = []
+    while time.monotonic() < deadline and not measured_before:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as connection:
+                    measured_before = [r[0] for r in connection.execute("SELECT schedule_id FROM measurements")]
+            except sqlite3.OperationalError:
+                pass
+    os.killpg(process.pid, signal.SIGKILL)  # the collector and its workers, mid-flight
+    process.wait()
+    assert measured_before, "nothing was measured before the deadline"
+
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    with Store(db) as store:
+        assert store.done_candidates(f"file:{USER_PIPELINES}:blur") == set(range(6))
+        after = {r[0] for r in store.execute("SELECT schedule_id FROM measurements")}
+    assert set(measured_before) <= after
