@@ -41,7 +41,11 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
     for name in names:
         if name not in ZOO:
             raise CliError(f"--zoo {name!r}: no such zoo entry; known: {', '.join(sorted(ZOO))}, or 'all'")
-        zoo_uris += zoo_variants(name, args.zoo_variants, seed=args.seed) if args.zoo_variants > 1 else [zoo_uri(name)]
+        zoo_uris += (
+            zoo_variants(name, args.zoo_variants, seed=args.seed)
+            if args.zoo_variants > 1
+            else [zoo_uri(name)]
+        )
     # Interleave families, so that a collection stopped early still covers every kind of workload.
     by_round = zip_longest(_round_robin(zoo_uris, args.zoo_variants), random_uris)
     uris = [uri for pair in by_round for uri in pair if uri is not None]
@@ -50,7 +54,7 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
             uri = user_uri(spec)
         except WorkloadError as error:
             raise CliError(str(error)) from None
-        path = Path(uri[len("file:"):].rsplit(":", 1)[0])
+        path = Path(uri[len("file:") :].rsplit(":", 1)[0])
         if not path.is_file():
             raise CliError(f"--pipeline {spec!r}: no such file {str(path)!r}")
         uris.append(uri)
@@ -70,21 +74,28 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     uris = _workload_uris(args)
     store = open_store(args.db, must_exist=False)
-    options = CollectOptions(schedules_per_pipeline=args.schedules, workers=args.workers,
-                             remeasure_fraction=args.remeasure_fraction,
-                             max_beam_size=args.max_beam, show_progress=not args.json)
+    options = CollectOptions(
+        schedules_per_pipeline=args.schedules,
+        workers=args.workers,
+        remeasure_fraction=args.remeasure_fraction,
+        max_beam_size=args.max_beam,
+        show_progress=not args.json,
+    )
     summary = Collector(store, options).collect(uris)
     bad_user = store.execute(
         "SELECT pipeline_uri, message FROM failures WHERE candidate_index = -1 AND kind = 'workload_error' "
-        "AND pipeline_uri LIKE 'file:%'").fetchall()
+        "AND pipeline_uri LIKE 'file:%'"
+    ).fetchall()
     bad_user = [(uri, message) for uri, message in bad_user if uri in uris]
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
         s = summary.to_json()
-        print(f"collected {s['measured']} samples ({s['duplicates']} duplicate schedules skipped, "
-              f"{s['remeasured']} re-measured) for {s['pipelines']} pipelines in {s['elapsed_s']:.0f} s "
-              f"({s['samples_per_min']:.1f} samples/min); failures: {s['failures'] or 'none'}")
+        print(
+            f"collected {s['measured']} samples ({s['duplicates']} duplicate schedules skipped, "
+            f"{s['remeasured']} re-measured) for {s['pipelines']} pipelines in {s['elapsed_s']:.0f} s "
+            f"({s['samples_per_min']:.1f} samples/min); failures: {s['failures'] or 'none'}"
+        )
     for _uri, message in bad_user:
         print(f"perfgraph: error: {message}", file=sys.stderr)
     return 2 if bad_user else 0
@@ -123,19 +134,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perfgraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    collect = sub.add_parser("collect", help="sample schedules with Adams2019, measure them, store the samples")
+    collect = sub.add_parser(
+        "collect", help="sample schedules with Adams2019, measure them, store the samples"
+    )
     collect.add_argument("--db", type=Path, help=f"SQLite store (default {DEFAULT_DB})")
     collect.add_argument("--random", type=int, default=0, metavar="N", help="N seeded random pipelines")
     collect.add_argument("--seed", type=int, default=0, help="first random-pipeline seed; zoo-variant seed")
     collect.add_argument("--zoo", nargs="+", metavar="NAME", help="zoo entries ('all' for every entry)")
-    collect.add_argument("--zoo-variants", type=int, default=1, metavar="V", help="shape variants per zoo entry")
+    collect.add_argument(
+        "--zoo-variants", type=int, default=1, metavar="V", help="shape variants per zoo entry"
+    )
     collect.add_argument("--pipeline", nargs="+", metavar="FILE.py:FUNCTION", help="your own pipelines")
     collect.add_argument("--schedules", type=int, default=32, metavar="K", help="candidates per pipeline")
     collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
-    collect.add_argument("--max-beam", type=int, metavar="B",
-                         help="cap the beam of the beam-search candidate (default: 32, less for big pipelines)")
-    collect.add_argument("--remeasure-fraction", type=float, default=0.05,
-                         help="share of schedules measured a second time, for the noise floor")
+    collect.add_argument(
+        "--max-beam",
+        type=int,
+        metavar="B",
+        help="cap the beam of the beam-search candidate (default: 32, less for big pipelines)",
+    )
+    collect.add_argument(
+        "--remeasure-fraction",
+        type=float,
+        default=0.05,
+        help="share of schedules measured a second time, for the noise floor",
+    )
     collect.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     collect.set_defaults(run=cmd_collect)
 
@@ -150,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.set_defaults(run=cmd_export)
 
-    shards = sub.add_parser("shards", help="export new rows as an immutable shard, or rebuild a store from shards")
+    shards = sub.add_parser(
+        "shards", help="export new rows as an immutable shard, or rebuild a store from shards"
+    )
     shards.add_argument("action", choices=("export", "rebuild"))
     shards.add_argument("--db", type=Path)
     shards.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)

@@ -27,8 +27,14 @@ TINY_SCHEDULES = 8  # Halide's trainer skips pipelines with fewer than 8 schedul
 
 def collect_tiny(db: Path, uris=TINY_WORKLOADS, schedules: int = TINY_SCHEDULES, **options) -> Store:
     store = Store(db)
-    defaults = {"schedules_per_pipeline": schedules, "workers": 2, "max_beam_size": 2, "remeasure_fraction": 0.25,
-                "show_progress": False, "timing": FAST_TIMING}
+    defaults = {
+        "schedules_per_pipeline": schedules,
+        "workers": 2,
+        "max_beam_size": 2,
+        "remeasure_fraction": 0.25,
+        "show_progress": False,
+        "timing": FAST_TIMING,
+    }
     Collector(store, CollectOptions(**{**defaults, **options})).collect(list(uris))
     return store
 

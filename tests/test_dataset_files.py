@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def halide_tool(name: str):
-    import halide as hl
-
     from pathlib import Path
+
+    import halide as hl
 
     return Path(hl.install_dir()) / "bin" / name
 
@@ -32,10 +32,21 @@ def test_exported_samples_are_read_by_halides_own_trainer(tiny_db, tmp_path):
         paths = export_samples(store, tmp_path / "samples")
         pipelines = store.counts()["pipelines"]
     trainer = subprocess.run(
-        [str(halide_tool("adams2019_retrain_cost_model")), "--epochs=1", "--rates=0.0001", "--num_cores=1",
-         "--randomize_weights=1", f"--weights_out={tmp_path / 'w.weights'}",
-         f"--best_benchmark={tmp_path / 'best.txt'}", f"--best_schedule={tmp_path / 'best.h'}"],
-        input="\n".join(map(str, paths)) + "\n", capture_output=True, text=True, timeout=300)
+        [
+            str(halide_tool("adams2019_retrain_cost_model")),
+            "--epochs=1",
+            "--rates=0.0001",
+            "--num_cores=1",
+            "--randomize_weights=1",
+            f"--weights_out={tmp_path / 'w.weights'}",
+            f"--best_benchmark={tmp_path / 'best.txt'}",
+            f"--best_schedule={tmp_path / 'best.h'}",
+        ],
+        input="\n".join(map(str, paths)) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = trainer.stdout + trainer.stderr
     assert f"Distinct pipelines: {pipelines}" in output
     assert len(re.findall(r"^Unique sample: ", output, re.MULTILINE)) == len(paths)
@@ -45,12 +56,14 @@ def test_exported_samples_are_read_by_halides_own_trainer(tiny_db, tmp_path):
 def test_a_sample_file_is_featurization_then_runtime_and_ids(tiny_db, tmp_path):
     with Store(tiny_db) as store:
         path = export_samples(store, tmp_path)[0]
-        sample = next(s for s in store.samples() if path.name == f"p{s.pipeline_id:05d}_s{s.schedule_id:07d}.sample")
+        sample = next(
+            s for s in store.samples() if path.name == f"p{s.pipeline_id:05d}_s{s.schedule_id:07d}.sample"
+        )
     raw = path.read_bytes()
     n = sample.features.size * 4
     np.testing.assert_array_equal(np.frombuffer(raw[:n], np.float32), sample.features.ravel())
-    assert np.frombuffer(raw[n:n + 4], np.float32)[0] == np.float32(sample.runtime_ms)
-    assert list(np.frombuffer(raw[n + 4:], np.int32)) == [sample.pipeline_id, sample.schedule_id]
+    assert np.frombuffer(raw[n : n + 4], np.float32)[0] == np.float32(sample.runtime_ms)
+    assert list(np.frombuffer(raw[n + 4 :], np.int32)) == [sample.pipeline_id, sample.schedule_id]
 
 
 def test_parquet_export_has_one_row_per_measurement(tiny_db, tmp_path):
@@ -71,17 +84,25 @@ def test_shards_rebuild_the_same_dataset_and_are_never_rewritten(tiny_db, tmp_pa
     with Store(copy) as store:
         first = export_new_shard(store, tmp_path / "shards")
         assert first is not None and export_new_shard(store, tmp_path / "shards") is None
-        expected = [(s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in store.samples()]
+        expected = [
+            (s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in store.samples()
+        ]
         pairs = store.repeat_pairs()
     rebuilt = rebuild_store(tmp_path / "shards", tmp_path / "rebuilt.db")
-    assert [(s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in rebuilt.samples()] == expected
+    assert [
+        (s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in rebuilt.samples()
+    ] == expected
     assert rebuilt.repeat_pairs() == pairs
     assert rebuilt.counts() == Store(copy).counts()
 
 
 def test_stats_json_has_the_documented_keys(tiny_db):
-    result = subprocess.run([sys.executable, "-m", "perfgraph.cli", "stats", "--db", str(tiny_db), "--json"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "perfgraph.cli", "stats", "--db", str(tiny_db), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     stats = json.loads(result.stdout)
     assert {"pipelines", "samples", "failures", "min_schedules_per_pipeline", "median_cv"} <= set(stats)
     assert stats["pipelines"] == 3 and stats["samples"] >= 3

@@ -15,8 +15,12 @@ from perfgraph.data.store import Store
 
 def sample_bytes(featurization: bytes, runtime_ms: float, pipeline_id: int, schedule_id: int) -> bytes:
     """One ``.sample`` file: featurization, float32 run time (ms), int32 pipeline id, int32 schedule id."""
-    return (featurization + np.float32(runtime_ms).tobytes() + np.int32(pipeline_id).tobytes()
-            + np.int32(schedule_id).tobytes())
+    return (
+        featurization
+        + np.float32(runtime_ms).tobytes()
+        + np.int32(pipeline_id).tobytes()
+        + np.int32(schedule_id).tobytes()
+    )
 
 
 def export_samples(store: Store, out_dir: str | Path, pipeline_ids: set[int] | None = None) -> list[Path]:
@@ -26,7 +30,8 @@ def export_samples(store: Store, out_dir: str | Path, pipeline_ids: set[int] | N
     written = []
     rows = store.execute(
         "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s JOIN measurements m "
-        "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 WHERE s.duplicate_of IS NULL ORDER BY s.schedule_id")
+        "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 WHERE s.duplicate_of IS NULL ORDER BY s.schedule_id"
+    )
     for pipeline_id, schedule_id, blob, runtime_ms in rows:
         if pipeline_ids is not None and pipeline_id not in pipeline_ids:
             continue
@@ -45,18 +50,54 @@ def export_parquet(store: Store, out_dir: str | Path) -> list[Path]:
         "SELECT s.pipeline_id, p.uri, p.family, s.schedule_id, s.candidate_index, s.config, m.runtime_ms, "
         "m.median_ms, m.cv, m.repeats_ms, m.is_repeat, m.machine_id, s.featurization FROM schedules s "
         "JOIN pipelines p USING (pipeline_id) JOIN measurements m ON m.schedule_id = s.schedule_id "
-        "ORDER BY m.measurement_id").fetchall()
-    columns = ["pipeline_id", "uri", "family", "schedule_id", "candidate_index", "config", "runtime_ms",
-               "median_ms", "cv", "repeats_ms", "is_repeat", "machine_id", "featurization"]
+        "ORDER BY m.measurement_id"
+    ).fetchall()
+    columns = [
+        "pipeline_id",
+        "uri",
+        "family",
+        "schedule_id",
+        "candidate_index",
+        "config",
+        "runtime_ms",
+        "median_ms",
+        "cv",
+        "repeats_ms",
+        "is_repeat",
+        "machine_id",
+        "featurization",
+    ]
     table = {c: [r[i] for r in samples] for i, c in enumerate(columns)}
     table["repeats_ms"] = [json.loads(v) for v in table["repeats_ms"]]
-    table["featurization"] = [np.frombuffer(zlib.decompress(b), np.float32).tolist() for b in table["featurization"]]
+    table["featurization"] = [
+        np.frombuffer(zlib.decompress(b), np.float32).tolist() for b in table["featurization"]
+    ]
     paths = [out / "samples.parquet", out / "pipelines.parquet", out / "failures.parquet"]
     pq.write_table(pa.table(table) if samples else pa.table({c: [] for c in columns}), paths[0])
-    pipelines = store.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines").fetchall()
-    pq.write_table(pa.table({c: [r[i] for r in pipelines] for i, c in enumerate(
-        ["pipeline_id", "uri", "identity", "family", "num_stages", "graph"])}), paths[1])
-    failures = store.execute("SELECT pipeline_uri, candidate_index, config, kind, phase, message FROM failures").fetchall()
-    pq.write_table(pa.table({c: [r[i] for r in failures] for i, c in enumerate(
-        ["pipeline_uri", "candidate_index", "config", "kind", "phase", "message"])}), paths[2])
+    pipelines = store.execute(
+        "SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines"
+    ).fetchall()
+    pq.write_table(
+        pa.table(
+            {
+                c: [r[i] for r in pipelines]
+                for i, c in enumerate(["pipeline_id", "uri", "identity", "family", "num_stages", "graph"])
+            }
+        ),
+        paths[1],
+    )
+    failures = store.execute(
+        "SELECT pipeline_uri, candidate_index, config, kind, phase, message FROM failures"
+    ).fetchall()
+    pq.write_table(
+        pa.table(
+            {
+                c: [r[i] for r in failures]
+                for i, c in enumerate(
+                    ["pipeline_uri", "candidate_index", "config", "kind", "phase", "message"]
+                )
+            }
+        ),
+        paths[2],
+    )
     return paths

@@ -29,32 +29,44 @@ class DatasetStats:
         return asdict(self)
 
     def to_text(self) -> str:
-        runtime = (f"{self.min_runtime_ms:.3g} .. {self.max_runtime_ms:.4g} ms" if self.min_runtime_ms is not None
-                   else "-")
+        runtime = (
+            f"{self.min_runtime_ms:.3g} .. {self.max_runtime_ms:.4g} ms"
+            if self.min_runtime_ms is not None
+            else "-"
+        )
         failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures_by_kind.items())) or "none"
         families = ", ".join(f"{k} {v}" for k, v in sorted(self.families.items())) or "-"
         lines = [
             f"pipelines            {self.pipelines}",
             f"samples (measured)   {self.samples}",
-            f"schedules/pipeline   min {self.min_schedules_per_pipeline}, median {self.median_schedules_per_pipeline:g}",
+            f"schedules/pipeline   min {self.min_schedules_per_pipeline}, "
+            f"median {self.median_schedules_per_pipeline:g}",
             f"duplicates skipped   {self.duplicates}",
             f"failures             {self.failures} ({failures})",
             f"run time             {runtime}",
-            f"median CV of repeats {self.median_cv:.3%}" if self.median_cv is not None else "median CV of repeats -",
+            f"median CV of repeats {self.median_cv:.3%}"
+            if self.median_cv is not None
+            else "median CV of repeats -",
             f"re-measured          {self.repeat_measurements}",
             f"families             {families}",
         ]
         for machine in self.machines:
-            lines.append(f"machine              {machine['cpu_model']}, {machine['logical_cores']} cores, "
-                         f"{machine['target']}, halide {machine['halide_version']}")
+            lines.append(
+                f"machine              {machine['cpu_model']}, {machine['logical_cores']} cores, "
+                f"{machine['target']}, halide {machine['halide_version']}"
+            )
         return "\n".join(lines)
 
 
 def dataset_stats(store: Store) -> DatasetStats:
     q = store.execute
-    per_pipeline = [r[0] for r in q(
-        "SELECT COUNT(m.measurement_id) FROM pipelines p LEFT JOIN schedules s ON s.pipeline_id = p.pipeline_id "
-        "LEFT JOIN measurements m ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 GROUP BY p.pipeline_id")]
+    per_pipeline = [
+        r[0]
+        for r in q(
+            "SELECT COUNT(m.measurement_id) FROM pipelines p LEFT JOIN schedules s ON s.pipeline_id = p.pipeline_id "
+            "LEFT JOIN measurements m ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 GROUP BY p.pipeline_id"
+        )
+    ]
     cvs = [r[0] for r in q("SELECT cv FROM measurements WHERE is_repeat = 0")]
     low, high = q("SELECT MIN(runtime_ms), MAX(runtime_ms) FROM measurements WHERE is_repeat = 0").fetchone()
     counts = store.counts()

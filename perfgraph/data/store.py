@@ -117,16 +117,25 @@ class Store:
     def _init_schema(self) -> None:
         found = self._meta("schema_version")
         if found is not None and int(found) != STORE_SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: store schema version {found}, this perfgraph reads {STORE_SCHEMA_VERSION}")
+            raise StoreError(
+                f"{self.path}: store schema version {found}, this perfgraph reads {STORE_SCHEMA_VERSION}"
+            )
         feature_version = self._meta("feature_schema_version")
         if feature_version is not None and int(feature_version) != FEATURE_SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: feature-schema version {feature_version}, this perfgraph reads "
-                             f"{FEATURE_SCHEMA_VERSION}")
+            raise StoreError(
+                f"{self.path}: feature-schema version {feature_version}, this perfgraph reads "
+                f"{FEATURE_SCHEMA_VERSION}"
+            )
         schema = resources.files("perfgraph.data").joinpath("schema.sql").read_text()
         self._db.executescript(schema)  # idempotent: every statement is IF NOT EXISTS
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),))
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('feature_schema_version', ?)", (str(FEATURE_SCHEMA_VERSION),))
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),)
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('feature_schema_version', ?)",
+                (str(FEATURE_SCHEMA_VERSION),),
+            )
 
     def _meta(self, key: str) -> str | None:
         try:
@@ -141,93 +150,174 @@ class Store:
 
     def machine_id(self, machine: MachineInfo) -> int:
         with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO machines (fingerprint, info) VALUES (?, ?)",
-                       (machine.fingerprint, json.dumps(machine.to_json())))
-            return db.execute("SELECT machine_id FROM machines WHERE fingerprint = ?", (machine.fingerprint,)).fetchone()[0]
+            db.execute(
+                "INSERT OR IGNORE INTO machines (fingerprint, info) VALUES (?, ?)",
+                (machine.fingerprint, json.dumps(machine.to_json())),
+            )
+            return db.execute(
+                "SELECT machine_id FROM machines WHERE fingerprint = ?", (machine.fingerprint,)
+            ).fetchone()[0]
 
-    def add_pipeline(self, uri: str, identity: str, family: str, graph: StageGraph, buffers: dict,
-                     algorithm: str) -> int:
+    def add_pipeline(
+        self, uri: str, identity: str, family: str, graph: StageGraph, buffers: dict, algorithm: str
+    ) -> int:
         """Insert a pipeline (or return the id of the same one); refuses a URI with another definition."""
         existing = self.pipeline_by_uri(uri)
         if existing is not None:
             if existing.identity != identity:
                 raise StoreError(
                     f"{self.path}: pipeline {uri!r} is stored with identity {existing.identity[:12]}, but it now "
-                    f"builds to {identity[:12]}: its Halide definition changed. Collect it into a new store.")
+                    f"builds to {identity[:12]}: its Halide definition changed. Collect it into a new store."
+                )
             return existing.pipeline_id
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO pipelines (uri, identity, family, num_stages, graph, buffers, algorithm_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (uri, identity, family, graph.num_stages, json.dumps(graph.to_json()), json.dumps(buffers), algorithm))
+                (
+                    uri,
+                    identity,
+                    family,
+                    graph.num_stages,
+                    json.dumps(graph.to_json()),
+                    json.dumps(buffers),
+                    algorithm,
+                ),
+            )
             return int(cursor.lastrowid)
 
-    def add_schedule(self, pipeline_id: int, candidate_index: int, config: dict, featurization: bytes,
-                     schedule_source: str, autoschedule_s: float, machine_id: int,
-                     measurement: MeasurementRecord | None, duplicate_of: int | None = None) -> int:
+    def add_schedule(
+        self,
+        pipeline_id: int,
+        candidate_index: int,
+        config: dict,
+        featurization: bytes,
+        schedule_source: str,
+        autoschedule_s: float,
+        machine_id: int,
+        measurement: MeasurementRecord | None,
+        duplicate_of: int | None = None,
+    ) -> int:
         """Commit one schedule with its measurement (or as a duplicate of a measured one) atomically."""
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO schedules (pipeline_id, candidate_index, config, features_hash, featurization, "
                 "schedule_source, autoschedule_s, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (pipeline_id, candidate_index, json.dumps(config), features_hash(featurization),
-                 zlib.compress(featurization, 6), schedule_source, autoschedule_s, duplicate_of))
+                (
+                    pipeline_id,
+                    candidate_index,
+                    json.dumps(config),
+                    features_hash(featurization),
+                    zlib.compress(featurization, 6),
+                    schedule_source,
+                    autoschedule_s,
+                    duplicate_of,
+                ),
+            )
             schedule_id = int(cursor.lastrowid)
             if measurement is not None:
                 self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=False)
         return schedule_id
 
-    def add_repeat_measurement(self, schedule_id: int, machine_id: int, measurement: MeasurementRecord) -> None:
+    def add_repeat_measurement(
+        self, schedule_id: int, machine_id: int, measurement: MeasurementRecord
+    ) -> None:
         with self.transaction() as db:
             self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=True)
 
     @staticmethod
-    def _insert_measurement(db: sqlite3.Connection, schedule_id: int, machine_id: int,
-                            m: MeasurementRecord, is_repeat: bool) -> None:
+    def _insert_measurement(
+        db: sqlite3.Connection, schedule_id: int, machine_id: int, m: MeasurementRecord, is_repeat: bool
+    ) -> None:
         db.execute(
             "INSERT INTO measurements (schedule_id, machine_id, runtime_ms, median_ms, cv, repeats_ms, threads, "
             "compile_s, is_repeat, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (schedule_id, machine_id, m.runtime_ms, m.median_ms, m.cv, json.dumps(list(m.repeats_ms)), m.threads,
-             m.compile_s, int(is_repeat), now()))
+            (
+                schedule_id,
+                machine_id,
+                m.runtime_ms,
+                m.median_ms,
+                m.cv,
+                json.dumps(list(m.repeats_ms)),
+                m.threads,
+                m.compile_s,
+                int(is_repeat),
+                now(),
+            ),
+        )
 
-    def add_failure(self, uri: str, candidate_index: int, config: dict | None, kind: str, phase: str,
-                    message: str, machine_id: int | None) -> None:
+    def add_failure(
+        self,
+        uri: str,
+        candidate_index: int,
+        config: dict | None,
+        kind: str,
+        phase: str,
+        message: str,
+        machine_id: int | None,
+    ) -> None:
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO failures (pipeline_uri, candidate_index, config, kind, phase, message, "
                 "machine_id, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (uri, candidate_index, json.dumps(config) if config else None, kind, phase, message[-4000:],
-                 machine_id, now()))
+                (
+                    uri,
+                    candidate_index,
+                    json.dumps(config) if config else None,
+                    kind,
+                    phase,
+                    message[-4000:],
+                    machine_id,
+                    now(),
+                ),
+            )
 
     # -- reading -------------------------------------------------------------------------------
 
     def pipeline_by_uri(self, uri: str) -> PipelineRecord | None:
-        row = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines "
-                               "WHERE uri = ?", (uri,)).fetchone()
+        row = self._db.execute(
+            "SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines "
+            "WHERE uri = ?",
+            (uri,),
+        ).fetchone()
         return None if row is None else _pipeline_record(row)
 
     def pipelines(self) -> list[PipelineRecord]:
-        rows = self._db.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines "
-                                "ORDER BY pipeline_id").fetchall()
+        rows = self._db.execute(
+            "SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines "
+            "ORDER BY pipeline_id"
+        ).fetchall()
         return [_pipeline_record(row) for row in rows]
 
     def done_candidates(self, uri: str) -> set[int]:
         """Candidate indices of a pipeline that already ended (measured, duplicate or failed)."""
-        done = {r[0] for r in self._db.execute(
-            "SELECT s.candidate_index FROM schedules s JOIN pipelines p USING (pipeline_id) WHERE p.uri = ?", (uri,))}
-        done |= {r[0] for r in self._db.execute(
-            "SELECT candidate_index FROM failures WHERE pipeline_uri = ?", (uri,))}
+        done = {
+            r[0]
+            for r in self._db.execute(
+                "SELECT s.candidate_index FROM schedules s JOIN pipelines p USING (pipeline_id) WHERE p.uri = ?",
+                (uri,),
+            )
+        }
+        done |= {
+            r[0]
+            for r in self._db.execute("SELECT candidate_index FROM failures WHERE pipeline_uri = ?", (uri,))
+        }
         return done
 
     def pipeline_failed(self, uri: str) -> bool:
-        return self._db.execute("SELECT 1 FROM failures WHERE pipeline_uri = ? AND candidate_index = -1",
-                                (uri,)).fetchone() is not None
+        return (
+            self._db.execute(
+                "SELECT 1 FROM failures WHERE pipeline_uri = ? AND candidate_index = -1", (uri,)
+            ).fetchone()
+            is not None
+        )
 
     def measured_hashes(self, pipeline_id: int) -> dict[str, int]:
         """Features hash -> schedule id of every measured schedule of a pipeline (for de-duplication)."""
         rows = self._db.execute(
             "SELECT features_hash, schedule_id FROM schedules WHERE pipeline_id = ? AND duplicate_of IS NULL",
-            (pipeline_id,))
+            (pipeline_id,),
+        )
         return {h: sid for h, sid in rows}
 
     def samples(self, measured_only: bool = True) -> list[Sample]:
@@ -237,23 +327,36 @@ class Store:
             "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s "
             f"{'JOIN' if measured_only else 'LEFT JOIN'} measurements m "
             "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 "
-            "WHERE s.duplicate_of IS NULL ORDER BY s.pipeline_id, s.schedule_id")
+            "WHERE s.duplicate_of IS NULL ORDER BY s.pipeline_id, s.schedule_id"
+        )
         samples = []
         for pipeline_id, schedule_id, blob, runtime_ms in self._db.execute(query):
             pipeline = graphs[pipeline_id]
-            samples.append(Sample(
-                pipeline_id=pipeline_id, schedule_id=schedule_id, pipeline_name=pipeline.uri, family=pipeline.family,
-                features=decode_featurization(blob), edges=pipeline.graph.edge_array(),
-                edge_features=pipeline.graph.edge_feature_array(), stage_names=pipeline.graph.stage_names,
-                runtime_ms=runtime_ms))
+            samples.append(
+                Sample(
+                    pipeline_id=pipeline_id,
+                    schedule_id=schedule_id,
+                    pipeline_name=pipeline.uri,
+                    family=pipeline.family,
+                    features=decode_featurization(blob),
+                    edges=pipeline.graph.edge_array(),
+                    edge_features=pipeline.graph.edge_feature_array(),
+                    stage_names=pipeline.graph.stage_names,
+                    runtime_ms=runtime_ms,
+                )
+            )
         return samples
 
     def repeat_pairs(self) -> list[tuple[int, int, float, float]]:
         """``(pipeline_id, schedule_id, first_ms, repeat_ms)`` for schedules measured twice, independently."""
-        return [tuple(r) for r in self._db.execute(
-            "SELECT s.pipeline_id, s.schedule_id, a.runtime_ms, b.runtime_ms FROM measurements a "
-            "JOIN measurements b ON a.schedule_id = b.schedule_id AND a.is_repeat = 0 AND b.is_repeat = 1 "
-            "JOIN schedules s ON s.schedule_id = a.schedule_id ORDER BY s.schedule_id")]
+        return [
+            tuple(r)
+            for r in self._db.execute(
+                "SELECT s.pipeline_id, s.schedule_id, a.runtime_ms, b.runtime_ms FROM measurements a "
+                "JOIN measurements b ON a.schedule_id = b.schedule_id AND a.is_repeat = 0 AND b.is_repeat = 1 "
+                "JOIN schedules s ON s.schedule_id = a.schedule_id ORDER BY s.schedule_id"
+            )
+        ]
 
     def counts(self) -> dict[str, int]:
         def one(sql: str) -> int:
@@ -273,5 +376,6 @@ class Store:
 
 def _pipeline_record(row: tuple) -> PipelineRecord:
     pipeline_id, uri, identity, family, num_stages, graph, algorithm = row
-    return PipelineRecord(pipeline_id, uri, identity, family, num_stages, StageGraph.from_json(json.loads(graph)),
-                          algorithm)
+    return PipelineRecord(
+        pipeline_id, uri, identity, family, num_stages, StageGraph.from_json(json.loads(graph)), algorithm
+    )

@@ -61,9 +61,30 @@ SCHEDULE_FEATURE_NAMES: tuple[str, ...] = (
 SCALAR_TYPES: tuple[str, ...] = ("Bool", "UInt8", "UInt16", "UInt32", "UInt64", "Float", "Double")
 
 OP_TYPES: tuple[str, ...] = (
-    "Const", "Cast", "Variable", "Param", "Add", "Sub", "Mod", "Mul", "Div", "Min", "Max",
-    "EQ", "NE", "LT", "LE", "And", "Or", "Not", "Select", "ImageCall", "FuncCall", "SelfCall",
-    "ExternCall", "Let",
+    "Const",
+    "Cast",
+    "Variable",
+    "Param",
+    "Add",
+    "Sub",
+    "Mod",
+    "Mul",
+    "Div",
+    "Min",
+    "Max",
+    "EQ",
+    "NE",
+    "LT",
+    "LE",
+    "And",
+    "Or",
+    "Not",
+    "Select",
+    "ImageCall",
+    "FuncCall",
+    "SelfCall",
+    "ExternCall",
+    "Let",
 )
 
 ACCESS_PATTERNS: tuple[str, ...] = ("Pointwise", "Transpose", "Broadcast", "Slice")

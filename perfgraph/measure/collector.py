@@ -26,8 +26,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash, features_hash
+from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.measure.host import current_machine
 from perfgraph.measure.runner import JobResult, Timeouts, run_job
 from perfgraph.measure.timing import TimingPolicy
@@ -67,9 +67,15 @@ class CollectSummary:
         return 60.0 * self.measured / self.elapsed_s if self.elapsed_s else 0.0
 
     def to_json(self) -> dict:
-        return {"pipelines": self.pipelines, "measured": self.measured, "duplicates": self.duplicates,
-                "remeasured": self.remeasured, "failures": self.failures, "elapsed_s": round(self.elapsed_s, 1),
-                "samples_per_min": round(self.samples_per_min, 2)}
+        return {
+            "pipelines": self.pipelines,
+            "measured": self.measured,
+            "duplicates": self.duplicates,
+            "remeasured": self.remeasured,
+            "failures": self.failures,
+            "elapsed_s": round(self.elapsed_s, 1),
+            "samples_per_min": round(self.samples_per_min, 2),
+        }
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,9 @@ class Collector:
         cpus_name = "-".join(map(str, sorted(self.benchmark_cpus)))
         self.lock_path = Path(tempfile.gettempdir()) / f"perfgraph-benchmark-cpus-{cpus_name}.lock"
         self._claims = threading.Condition()
-        self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
+        self._claimed: dict[
+            int, dict[str, int | None]
+        ] = {}  # pipeline id -> hash -> schedule id (None: in flight)
         self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
         self.summary = CollectSummary()
 
@@ -113,9 +121,13 @@ class Collector:
         started = time.monotonic()
         work: deque[_Analysis | _Candidate] = deque()
         for uri in dict.fromkeys(uris):
-            work.extend(self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)])
+            work.extend(
+                self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)]
+            )
         self._run(work, total=sum(self._estimated_jobs(uri) for uri in dict.fromkeys(uris)))
-        self.summary.pipelines = sum(1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None)
+        self.summary.pipelines = sum(
+            1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None
+        )
         self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
@@ -126,8 +138,9 @@ class Collector:
         pipeline = self.store.pipeline_by_uri(uri)
         assert pipeline is not None
         done = self.store.done_candidates(uri)
-        plan = sampling_plan(self.options.schedules_per_pipeline, pipeline.num_stages,
-                             max_beam_size=self.options.max_beam_size)
+        plan = sampling_plan(
+            self.options.schedules_per_pipeline, pipeline.num_stages, max_beam_size=self.options.max_beam_size
+        )
         with self._claims:
             self._claimed[pipeline.pipeline_id] = dict(self.store.measured_hashes(pipeline.pipeline_id))
             self._algorithm[pipeline.pipeline_id] = pipeline.algorithm_hash
@@ -171,11 +184,20 @@ class Collector:
                     bar.update()
 
     def _analyse(self, analysis: _Analysis) -> JobResult:
-        job = {"kind": "analyze", "uri": analysis.uri, "input_seed": INPUT_SEED,
-               "reference_path": str(self._reference(analysis.uri))}
-        limits = {"start": self.options.timeouts.build_s, "autoschedule": self.options.timeouts.analyze_s,
-                  "reference": self.options.timeouts.analyze_s}
-        return run_job(job, limits, self.compile_cpus, env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
+        job = {
+            "kind": "analyze",
+            "uri": analysis.uri,
+            "input_seed": INPUT_SEED,
+            "reference_path": str(self._reference(analysis.uri)),
+        }
+        limits = {
+            "start": self.options.timeouts.build_s,
+            "autoschedule": self.options.timeouts.analyze_s,
+            "reference": self.options.timeouts.analyze_s,
+        }
+        return run_job(
+            job, limits, self.compile_cpus, env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"}
+        )
 
     def _record_analysis(self, uri: str, result: JobResult) -> bool:
         """Store the pipeline described by an analysis job; ``False`` (and a failure row) if it failed."""
@@ -193,7 +215,9 @@ class Collector:
                 kind, message = "graph_mismatch", f"{rows} featurization rows but {graph.num_stages} stages"
             else:
                 try:
-                    self.store.add_pipeline(uri, identity, family_of(uri), graph, buffers, algorithm_hash(featurization))
+                    self.store.add_pipeline(
+                        uri, identity, family_of(uri), graph, buffers, algorithm_hash(featurization)
+                    )
                     return True
                 except StoreError as error:
                     kind, message = "definition_changed", str(error)
@@ -207,15 +231,30 @@ class Collector:
         def on_event(event: dict) -> str | None:
             if event["event"] != "scheduled" or candidate.repeat_of is not None:
                 return '{"go": true}' if event["event"] == "scheduled" else None
-            duplicate_of[0] = self._claim(candidate.pipeline_id, features_hash(base64.b64decode(event["featurization"])))
+            duplicate_of[0] = self._claim(
+                candidate.pipeline_id, features_hash(base64.b64decode(event["featurization"]))
+            )
             return '{"go": false}' if duplicate_of[0] is not None else '{"go": true}'
 
         timeouts = self.options.timeouts
-        job = {"kind": "measure", "uri": candidate.uri, "config": candidate.config.to_json(), "input_seed": INPUT_SEED,
-               "reference_path": str(self._reference(candidate.uri)), "lock_path": str(self.lock_path),
-               "benchmark_cpus": sorted(self.benchmark_cpus), "timing": vars(self.options.timing)}
-        limits = {"start": timeouts.build_s, "compile": timeouts.compile_s, "run": timeouts.run_s,
-                  "autoschedule": timeouts.beam_autoschedule_s if candidate.config.beam_size > 1 else timeouts.autoschedule_s}
+        job = {
+            "kind": "measure",
+            "uri": candidate.uri,
+            "config": candidate.config.to_json(),
+            "input_seed": INPUT_SEED,
+            "reference_path": str(self._reference(candidate.uri)),
+            "lock_path": str(self.lock_path),
+            "benchmark_cpus": sorted(self.benchmark_cpus),
+            "timing": vars(self.options.timing),
+        }
+        limits = {
+            "start": timeouts.build_s,
+            "compile": timeouts.compile_s,
+            "run": timeouts.run_s,
+            "autoschedule": timeouts.beam_autoschedule_s
+            if candidate.config.beam_size > 1
+            else timeouts.autoschedule_s,
+        }
         result = run_job(job, limits, self.compile_cpus, env={"HL_NUM_THREADS": "1"}, on_event=on_event)
         return result, duplicate_of[0]
 
@@ -225,35 +264,68 @@ class Collector:
         if candidate.repeat_of is not None:
             measured = result.events.get("measured")
             same = scheduled and self._schedule_hash(candidate.repeat_of) == features_hash(
-                base64.b64decode(scheduled["featurization"]))
+                base64.b64decode(scheduled["featurization"])
+            )
             if result.ok and measured and same:
-                self.store.add_repeat_measurement(candidate.repeat_of, self.machine_id, _measurement(measured))
+                self.store.add_repeat_measurement(
+                    candidate.repeat_of, self.machine_id, _measurement(measured)
+                )
                 self.summary.remeasured += 1
             return None
         config = candidate.config.to_json()
         if not result.ok:
-            self.store.add_failure(candidate.uri, candidate.index, config, result.failure_kind or "crash",
-                                   result.failure_phase, result.failure_message, self.machine_id)
+            self.store.add_failure(
+                candidate.uri,
+                candidate.index,
+                config,
+                result.failure_kind or "crash",
+                result.failure_phase,
+                result.failure_message,
+                self.machine_id,
+            )
             self.summary.count_failure(result.failure_kind or "crash")
             if scheduled is not None and duplicate_of is None:
                 self._settle_claim(candidate.pipeline_id, base64.b64decode(scheduled["featurization"]), None)
             return None
         featurization = base64.b64decode(scheduled["featurization"])  # type: ignore[index]
         if algorithm_hash(featurization) != self._algorithm[candidate.pipeline_id]:
-            self.store.add_failure(candidate.uri, candidate.index, config, "definition_changed", "autoschedule",
-                                   "the pipeline's features differ from its analysis: the workload code changed",
-                                   self.machine_id)
+            self.store.add_failure(
+                candidate.uri,
+                candidate.index,
+                config,
+                "definition_changed",
+                "autoschedule",
+                "the pipeline's features differ from its analysis: the workload code changed",
+                self.machine_id,
+            )
             self.summary.count_failure("definition_changed")
             return None
         source, autoschedule_s = scheduled["schedule_source"], scheduled["autoschedule_s"]  # type: ignore[index]
         if duplicate_of is not None:
-            self.store.add_schedule(candidate.pipeline_id, candidate.index, config, featurization, source,
-                                    autoschedule_s, self.machine_id, None, duplicate_of=duplicate_of)
+            self.store.add_schedule(
+                candidate.pipeline_id,
+                candidate.index,
+                config,
+                featurization,
+                source,
+                autoschedule_s,
+                self.machine_id,
+                None,
+                duplicate_of=duplicate_of,
+            )
             self.summary.duplicates += 1
             return None
         measured = result.events["measured"]
-        schedule_id = self.store.add_schedule(candidate.pipeline_id, candidate.index, config, featurization, source,
-                                              autoschedule_s, self.machine_id, _measurement(measured))
+        schedule_id = self.store.add_schedule(
+            candidate.pipeline_id,
+            candidate.index,
+            config,
+            featurization,
+            source,
+            autoschedule_s,
+            self.machine_id,
+            _measurement(measured),
+        )
         self._settle_claim(candidate.pipeline_id, featurization, schedule_id)
         self.summary.measured += 1
         return schedule_id
@@ -286,18 +358,29 @@ class Collector:
             self._claims.notify_all()
 
     def _schedule_hash(self, schedule_id: int) -> str:
-        return self.store.execute("SELECT features_hash FROM schedules WHERE schedule_id = ?", (schedule_id,)).fetchone()[0]
+        return self.store.execute(
+            "SELECT features_hash FROM schedules WHERE schedule_id = ?", (schedule_id,)
+        ).fetchone()[0]
 
     def _reference(self, uri: str) -> Path:
         return self.refs_dir / (hashlib.sha256(uri.encode()).hexdigest()[:24] + ".npz")
 
     def _bar(self, total: int) -> tqdm:
-        return tqdm(total=total, desc="collecting", unit="candidate", disable=not self.options.show_progress,
-                    dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc="collecting",
+            unit="candidate",
+            disable=not self.options.show_progress,
+            dynamic_ncols=True,
+        )
 
 
 def _measurement(event: dict) -> MeasurementRecord:
-    return MeasurementRecord(runtime_ms=event["min_ms"], median_ms=event["median_ms"], cv=event["cv"],
-                             repeats_ms=tuple(event["repeats_ms"]), threads=1, compile_s=event["compile_s"])
-
-
+    return MeasurementRecord(
+        runtime_ms=event["min_ms"],
+        median_ms=event["median_ms"],
+        cv=event["cv"],
+        repeats_ms=tuple(event["repeats_ms"]),
+        threads=1,
+        compile_s=event["compile_s"],
+    )

@@ -48,5 +48,11 @@ def halide_version() -> str:
 
 
 def current_machine(target: str) -> MachineInfo:
-    return MachineInfo(cpu_model(), os.cpu_count() or 1, target, halide_version(), socket.gethostname(),
-                       f"{platform.system()} {platform.release()}")
+    return MachineInfo(
+        cpu_model(),
+        os.cpu_count() or 1,
+        target,
+        halide_version(),
+        socket.gethostname(),
+        f"{platform.system()} {platform.release()}",
+    )

@@ -7,6 +7,7 @@ an :class:`JobResult`: the events received, and a failure kind and message when 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -21,8 +22,15 @@ from dataclasses import dataclass, field
 
 from perfgraph.measure.worker import EVENT_PREFIX
 
-FAILURE_KINDS = ("workload_error", "autoschedule_error", "compile_error", "run_error", "crash", "timeout",
-                 "wrong_output")
+FAILURE_KINDS = (
+    "workload_error",
+    "autoschedule_error",
+    "compile_error",
+    "run_error",
+    "crash",
+    "timeout",
+    "wrong_output",
+)
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,23 @@ class JobResult:
         return self.failure_kind is None
 
 
-_ERROR_KIND_BY_PHASE = {"autoschedule": "autoschedule_error", "compile": "compile_error", "run": "run_error",
-                        "reference": "reference_error", "wait": "run_error", "start": "workload_error"}
+_ERROR_KIND_BY_PHASE = {
+    "autoschedule": "autoschedule_error",
+    "compile": "compile_error",
+    "run": "run_error",
+    "reference": "reference_error",
+    "wait": "run_error",
+    "start": "workload_error",
+}
 
 
-def run_job(job: dict, limits: dict[str, float], cpus: set[int], env: dict[str, str] | None = None,
-            on_event: Callable[[dict], str | None] | None = None) -> JobResult:
+def run_job(
+    job: dict,
+    limits: dict[str, float],
+    cpus: set[int],
+    env: dict[str, str] | None = None,
+    on_event: Callable[[dict], str | None] | None = None,
+) -> JobResult:
     """Run ``job`` in a fresh worker pinned to ``cpus``; ``limits`` maps phase -> seconds.
 
     ``on_event`` sees every event and may return a line to send to the worker (the de-duplication
@@ -64,9 +83,15 @@ def run_job(job: dict, limits: dict[str, float], cpus: set[int], env: dict[str, 
     result = JobResult()
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "perfgraph.measure.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=stderr, text=True, env={**os.environ, **(env or {})}, start_new_session=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+            [sys.executable, "-m", "perfgraph.measure.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
         events: queue.Queue[dict | None] = queue.Queue()
         threading.Thread(target=_read_events, args=(process.stdout, events), daemon=True).start()
         assert process.stdin is not None
@@ -89,7 +114,9 @@ def run_job(job: dict, limits: dict[str, float], cpus: set[int], env: dict[str, 
                 phase = event["phase"]
                 deadline = time.monotonic() + limits.get(phase, 10**9)
             elif event["event"] in ("error", "workload_error", "wrong_output"):
-                result.failure_kind = {"error": _ERROR_KIND_BY_PHASE.get(phase, "crash")}.get(event["event"], event["event"])
+                result.failure_kind = {"error": _ERROR_KIND_BY_PHASE.get(phase, "crash")}.get(
+                    event["event"], event["event"]
+                )
                 result.failure_phase, result.failure_message = phase, event["message"]
             if on_event is not None and (reply := on_event(event)) is not None:
                 try:
@@ -102,8 +129,11 @@ def run_job(job: dict, limits: dict[str, float], cpus: set[int], env: dict[str, 
         result.stderr = stderr.read()
     if result.failure_kind is None and returncode != 0:
         result.failure_phase = phase
-        result.failure_kind = "autoschedule_error" if phase in ("start", "autoschedule") and returncode == -signal.SIGABRT \
+        result.failure_kind = (
+            "autoschedule_error"
+            if phase in ("start", "autoschedule") and returncode == -signal.SIGABRT
             else "crash"
+        )
         tail = "\n".join(result.stderr.strip().splitlines()[-5:])
         result.failure_message = f"worker exited with {_describe_exit(returncode)} during {phase}: {tail}"
     return result
@@ -112,15 +142,13 @@ def run_job(job: dict, limits: dict[str, float], cpus: set[int], env: dict[str, 
 def _read_events(stream, events: queue.Queue) -> None:  # type: ignore[no-untyped-def]
     for line in stream:
         if line.startswith(EVENT_PREFIX):
-            events.put(json.loads(line[len(EVENT_PREFIX):]))
+            events.put(json.loads(line[len(EVENT_PREFIX) :]))
     events.put(None)
 
 
 def _kill(process: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _describe_exit(returncode: int) -> str:

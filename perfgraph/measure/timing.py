@@ -56,6 +56,8 @@ def benchmark(run_once: Callable[[], object], policy: TimingPolicy = TimingPolic
         run_once()
         repeats.append((time.perf_counter() - begin) * 1e3)
         elapsed = time.perf_counter() - started
-        if len(repeats) >= policy.max_repeats or (len(repeats) >= policy.min_repeats and (
-                elapsed >= policy.min_duration_s or elapsed >= policy.max_duration_s)):
+        if len(repeats) >= policy.max_repeats or (
+            len(repeats) >= policy.min_repeats
+            and (elapsed >= policy.min_duration_s or elapsed >= policy.max_duration_s)
+        ):
             return Timing(tuple(repeats))

@@ -58,7 +58,7 @@ def _halide_type(dtype: str):  # type: ignore[no-untyped-def]
 
     if dtype == "bool":
         return hl.Bool()
-    kind, bits = dtype.rstrip("0123456789"), int(dtype[len(dtype.rstrip("0123456789")):])
+    kind, bits = dtype.rstrip("0123456789"), int(dtype[len(dtype.rstrip("0123456789")) :])
     return {"float": hl.Float, "uint": hl.UInt, "int": hl.Int}[kind](bits)
 
 
@@ -85,12 +85,18 @@ def analyze(job: dict) -> None:
 
     target = benchmark_target()
     built = build_pipeline(job["uri"])
-    emit("built", inputs=[vars(s) for s in built.input_buffers], scalars=[vars(s) for s in built.input_scalars],
-         outputs=[vars(s) for s in built.output_buffers])
+    emit(
+        "built",
+        inputs=[vars(s) for s in built.input_buffers],
+        scalars=[vars(s) for s in built.input_scalars],
+        outputs=[vars(s) for s in built.output_buffers],
+    )
     load_adams2019()
     emit("phase", phase="autoschedule")
     config = AutoschedulerConfig(beam_size=1, random_dropout=1, random_dropout_seed=1, disable_subtiling=True)
-    result = built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Adams2019", config.to_halide_params()))
+    result = built.pipeline.apply_autoscheduler(
+        target, hl.AutoschedulerParams("Adams2019", config.to_halide_params())
+    )
     featurization = bytes(result.featurization)
     emit("analyzed", featurization=base64.b64encode(featurization).decode())
     emit("phase", phase="reference")
@@ -141,9 +147,15 @@ def measure(job: dict) -> None:
     config = AutoschedulerConfig.from_json(job["config"])
     emit("phase", phase="autoschedule")
     started = time.perf_counter()
-    result = built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Adams2019", config.to_halide_params()))
-    emit("scheduled", featurization=base64.b64encode(bytes(result.featurization)).decode(),
-         schedule_source=result.schedule_source, autoschedule_s=time.perf_counter() - started)
+    result = built.pipeline.apply_autoscheduler(
+        target, hl.AutoschedulerParams("Adams2019", config.to_halide_params())
+    )
+    emit(
+        "scheduled",
+        featurization=base64.b64encode(bytes(result.featurization)).decode(),
+        schedule_source=result.schedule_source,
+        autoschedule_s=time.perf_counter() - started,
+    )
     reply = json.loads(sys.stdin.readline() or "{}")
     if not reply.get("go"):
         return
@@ -159,13 +171,25 @@ def measure(job: dict) -> None:
         emit("phase", phase="run")
         timing = benchmark(lambda: _run(callable_, names, inputs, outputs), TimingPolicy(**job["timing"]))
     reference = np.load(job["reference_path"])
-    mismatch = next((f"output {i}: {reason}" for i, out in enumerate(_outputs_as_numpy(outputs))
-                     if (reason := _matches(out, reference[f"arr_{i}"])) is not None), None)
+    mismatch = next(
+        (
+            f"output {i}: {reason}"
+            for i, out in enumerate(_outputs_as_numpy(outputs))
+            if (reason := _matches(out, reference[f"arr_{i}"])) is not None
+        ),
+        None,
+    )
     if mismatch:
         emit("wrong_output", message=mismatch)
         return
-    emit("measured", repeats_ms=list(timing.repeats_ms), min_ms=timing.min_ms, median_ms=timing.median_ms,
-         cv=timing.cv, compile_s=compile_s)
+    emit(
+        "measured",
+        repeats_ms=list(timing.repeats_ms),
+        min_ms=timing.min_ms,
+        median_ms=timing.median_ms,
+        cv=timing.cv,
+        compile_s=compile_s,
+    )
 
 
 def main() -> None:

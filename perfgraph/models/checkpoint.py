@@ -23,8 +23,12 @@ def save_checkpoint(path: str | Path, model_kind: str, payload: dict[str, Any]) 
     """Write ``payload`` (plain values and tensors) tagged with its model kind and schema version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"format": "perfgraph-checkpoint", "model_kind": model_kind,
-              "feature_schema_version": FEATURE_SCHEMA_VERSION, "payload": payload}
+    record = {
+        "format": "perfgraph-checkpoint",
+        "model_kind": model_kind,
+        "feature_schema_version": FEATURE_SCHEMA_VERSION,
+        "payload": payload,
+    }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(record, tmp)
     tmp.replace(path)  # never leave a half-written checkpoint under the real name

@@ -35,7 +35,9 @@ class AutoschedulerConfig:
 
     def __post_init__(self) -> None:
         if self.random_dropout_seed <= 0:
-            raise ValueError(f"random_dropout_seed must be > 0 (0 means 'use the time'), got {self.random_dropout_seed}")
+            raise ValueError(
+                f"random_dropout_seed must be > 0 (0 means 'use the time'), got {self.random_dropout_seed}"
+            )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
 
@@ -65,8 +67,9 @@ def beam_size_for(num_stages: int) -> int:
     return next(beam for limit, beam in _BEAM_BY_STAGES if num_stages <= limit)
 
 
-def sampling_plan(num_schedules: int, num_stages: int, parallelism: int = 1,
-                  max_beam_size: int | None = None) -> list[AutoschedulerConfig]:
+def sampling_plan(
+    num_schedules: int, num_stages: int, parallelism: int = 1, max_beam_size: int | None = None
+) -> list[AutoschedulerConfig]:
     """Candidate 0 is a beam search; candidates 1..K-1 are random, cycling through search spaces.
 
     ``max_beam_size`` caps the beam of candidate 0 (tests and quick demos use a small one).
@@ -83,9 +86,16 @@ def sampling_plan(num_schedules: int, num_stages: int, parallelism: int = 1,
     cycle = ((True, False), (False, False), (True, True), (True, False))
     for index in range(1, num_schedules):
         narrow, random_weights = cycle[(index - 1) % len(cycle)]
-        plan.append(AutoschedulerConfig(beam_size=1, random_dropout=1, random_dropout_seed=index,
-                                        disable_subtiling=narrow, random_weights=random_weights,
-                                        parallelism=parallelism))
+        plan.append(
+            AutoschedulerConfig(
+                beam_size=1,
+                random_dropout=1,
+                random_dropout_seed=index,
+                disable_subtiling=narrow,
+                random_weights=random_weights,
+                parallelism=parallelism,
+            )
+        )
     return plan
 
 
@@ -101,7 +111,14 @@ def benchmark_target() -> hl.Target:
     data matches what Halide's own cost model was designed for.
     """
     target = hl.get_jit_target_from_environment()
-    for feature in ("AVX512", "AVX512_Skylake", "AVX512_Cannonlake", "AVX512_Zen4", "AVX512_SapphireRapids", "AVX512_KNL"):
+    for feature in (
+        "AVX512",
+        "AVX512_Skylake",
+        "AVX512_Cannonlake",
+        "AVX512_Zen4",
+        "AVX512_SapphireRapids",
+        "AVX512_KNL",
+    ):
         if hasattr(hl.TargetFeature, feature):
             target = target.without_feature(getattr(hl.TargetFeature, feature))
     return target

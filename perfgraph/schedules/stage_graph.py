@@ -57,9 +57,13 @@ class StageGraph:
             "edges": [list(e) for e in self.edges],
             "edge_features": [list(f) for f in self.edge_features],
             "edge_info": [
-                None if info is None else {
-                    "producer": info.producer, "consumer": info.consumer,
-                    "footprint": list(info.footprint), "jacobians": [[list(r) for r in m] for m in info.jacobians],
+                None
+                if info is None
+                else {
+                    "producer": info.producer,
+                    "consumer": info.consumer,
+                    "footprint": list(info.footprint),
+                    "jacobians": [[list(r) for r in m] for m in info.jacobians],
                 }
                 for info in self.edge_info
             ],
@@ -68,14 +72,22 @@ class StageGraph:
     @classmethod
     def from_json(cls, data: dict) -> StageGraph:
         infos = tuple(
-            None if i is None else EdgeInfo(
-                i["producer"], i["consumer"], tuple(i["footprint"]),
+            None
+            if i is None
+            else EdgeInfo(
+                i["producer"],
+                i["consumer"],
+                tuple(i["footprint"]),
                 tuple(tuple(tuple(r) for r in m) for m in i["jacobians"]),
             )
             for i in data["edge_info"]
         )
-        return cls(tuple(data["stage_names"]), tuple(tuple(e) for e in data["edges"]),
-                   tuple(tuple(f) for f in data["edge_features"]), infos)
+        return cls(
+            tuple(data["stage_names"]),
+            tuple(tuple(e) for e in data["edges"]),
+            tuple(tuple(f) for f in data["edge_features"]),
+            infos,
+        )
 
 
 _NODE = re.compile(r"^Node: (\S+)\s*$")
@@ -130,7 +142,11 @@ def _read_edge(lines: list[str], i: int, producer: str, consumer: str) -> tuple[
     footprint: list[str] = []
     jacobians: list[tuple[tuple[str, ...], ...]] = []
     matrix: list[tuple[str, ...]] = []
-    while i < len(lines) and not lines[i].startswith(("Edge:", "Node:")) and (lines[i].startswith(" ") or not lines[i]):
+    while (
+        i < len(lines)
+        and not lines[i].startswith(("Edge:", "Node:"))
+        and (lines[i].startswith(" ") or not lines[i])
+    ):
         text = lines[i]
         row = _JACOBIAN_ROW.match(text)
         if row:
@@ -198,13 +214,27 @@ def edge_features(edge: EdgeInfo) -> tuple[float, ...]:
     nonzero = sum(1 for c in coefficients if c not in (None, 0.0)) / n
     unknown = sum(1 for c in coefficients if c is None) / n
     pointwise = float(
-        len(edge.jacobians) == 1 and rows > 0 and all(
-            _coefficient(first[r][c]) == (1.0 if r == c else 0.0) for r in range(rows) for c in range(min(cols, rows))
-        ) and all(_coefficient(first[r][c]) == 0.0 for r in range(rows) for c in range(rows, cols))
+        len(edge.jacobians) == 1
+        and rows > 0
+        and all(
+            _coefficient(first[r][c]) == (1.0 if r == c else 0.0)
+            for r in range(rows)
+            for c in range(min(cols, rows))
+        )
+        and all(_coefficient(first[r][c]) == 0.0 for r in range(rows) for c in range(rows, cols))
     )
     stencil = float(any("$" in term for term in edge.footprint) or len(edge.jacobians) > 1)
-    return (float(rows), float(cols), nonzero, unknown, max(known, default=0.0), pointwise, stencil,
-            float(len(edge.jacobians)), 0.0)
+    return (
+        float(rows),
+        float(cols),
+        nonzero,
+        unknown,
+        max(known, default=0.0),
+        pointwise,
+        stencil,
+        float(len(edge.jacobians)),
+        0.0,
+    )
 
 
 def _same_func_features() -> tuple[float, ...]:
@@ -217,6 +247,12 @@ def dag_dump_text(log: str) -> str:
     start = next((i for i, line in enumerate(lines) if _NODE.match(line)), None)
     if start is None:
         raise StageGraphError("no 'Node:' blocks in the autoscheduler log (was HL_DEBUG_AUTOSCHEDULE=2 set?)")
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith(("Loading weights", "Pass ", "Best cost"))),
-               len(lines))
+    end = next(
+        (
+            i
+            for i in range(start, len(lines))
+            if lines[i].startswith(("Loading weights", "Pass ", "Best cost"))
+        ),
+        len(lines),
+    )
     return "\n".join(lines[start:end])

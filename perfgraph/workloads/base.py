@@ -73,7 +73,9 @@ def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
     """
     kind, sep, rest = uri.partition(":")
     if not sep or kind not in ("zoo", "random", "file"):
-        raise WorkloadError(f"workload {uri!r}: expected 'zoo:NAME[?k=v&...]', 'random:SEED' or 'file:PATH.py:FUNCTION'")
+        raise WorkloadError(
+            f"workload {uri!r}: expected 'zoo:NAME[?k=v&...]', 'random:SEED' or 'file:PATH.py:FUNCTION'"
+        )
     target, _, query = rest.partition("?")
     return kind, target, dict(parse_qsl(query, keep_blank_values=True))
 
@@ -111,7 +113,9 @@ def resolve_builder(uri: str) -> Builder:
         try:
             seed = int(target)
         except ValueError:
-            raise WorkloadError(f"workload {uri!r}: the random seed must be an integer, got {target!r}") from None
+            raise WorkloadError(
+                f"workload {uri!r}: the random seed must be an integer, got {target!r}"
+            ) from None
         return lambda: random_pipeline(seed)
     from perfgraph.workloads.user import load_user_builder
 
@@ -198,7 +202,9 @@ def build_pipeline(uri: str, builder: Builder | None = None) -> BuiltPipeline:
         except WorkloadError:
             raise
         except Exception as error:  # the user's code: report which workload raised what
-            raise WorkloadError(f"workload {uri!r}: building the pipeline raised {type(error).__name__}: {error}") from error
+            raise WorkloadError(
+                f"workload {uri!r}: building the pipeline raised {type(error).__name__}: {error}"
+            ) from error
     if isinstance(result, hl.Pipeline):
         outputs = list(result.outputs())
     elif isinstance(result, hl.Func):
@@ -215,23 +221,41 @@ def build_pipeline(uri: str, builder: Builder | None = None) -> BuiltPipeline:
     for func in outputs:
         estimate = _output_estimate(func, recorded)
         if estimate is None:
-            raise WorkloadError(f"workload {uri!r}: output {func.name()!r} has no estimates; call set_estimates on it")
+            raise WorkloadError(
+                f"workload {uri!r}: output {func.name()!r} has no estimates; call set_estimates on it"
+            )
         output_buffers.append(
-            BufferSpec(func.name(), numpy_dtype(func.type()), tuple(lo for lo, _ in estimate), tuple(e for _, e in estimate))
+            BufferSpec(
+                func.name(),
+                numpy_dtype(func.type()),
+                tuple(lo for lo, _ in estimate),
+                tuple(e for _, e in estimate),
+            )
         )
     input_buffers, input_scalars = [], []
     for arg in pipeline.infer_arguments():
         estimates = arg.argument_estimates
         if arg.kind == hl.ArgumentKind.InputScalar:
             if not estimates.scalar_estimate.defined():
-                raise WorkloadError(f"workload {uri!r}: scalar input {arg.name!r} has no estimate; call set_estimate on it")
-            input_scalars.append(ScalarSpec(arg.name, numpy_dtype(arg.type), _float_of(estimates.scalar_estimate)))
+                raise WorkloadError(
+                    f"workload {uri!r}: scalar input {arg.name!r} has no estimate; call set_estimate on it"
+                )
+            input_scalars.append(
+                ScalarSpec(arg.name, numpy_dtype(arg.type), _float_of(estimates.scalar_estimate))
+            )
             continue
         bounds = estimates.buffer_estimates
         if len(bounds) != arg.dimensions or not all(r.min.defined() and r.extent.defined() for r in bounds):
-            raise WorkloadError(f"workload {uri!r}: input {arg.name!r} has no estimates; call set_estimates on it")
+            raise WorkloadError(
+                f"workload {uri!r}: input {arg.name!r} has no estimates; call set_estimates on it"
+            )
         input_buffers.append(
-            BufferSpec(arg.name, numpy_dtype(arg.type), tuple(_int_of(r.min) for r in bounds), tuple(_int_of(r.extent) for r in bounds))
+            BufferSpec(
+                arg.name,
+                numpy_dtype(arg.type),
+                tuple(_int_of(r.min) for r in bounds),
+                tuple(_int_of(r.extent) for r in bounds),
+            )
         )
     return BuiltPipeline(uri, pipeline, outputs, input_buffers, input_scalars, output_buffers)
 

@@ -37,7 +37,8 @@ def load_user_builder(target: str) -> Builder:
         spec.loader.exec_module(module)
     except Exception as error:
         raise WorkloadError(
-            f"pipeline file {str(path)!r}: importing it raised {type(error).__name__}: {error}") from error
+            f"pipeline file {str(path)!r}: importing it raised {type(error).__name__}: {error}"
+        ) from error
     builder = getattr(module, function, None)
     if builder is None:
         raise WorkloadError(f"pipeline file {str(path)!r}: no function {function!r}")

@@ -1,6 +1,7 @@
 """User pipeline files for the tests: good ones, broken ones, and ones that misbehave when measured."""
 
 import os
+from pathlib import Path
 
 import halide as hl
 
@@ -57,9 +58,9 @@ def input_without_estimates():
 def _measuring(counter_env: str) -> bool:
     """True from the third build on: the analysis builds twice (autoscheduler, reference), candidates after."""
     counter = os.environ[counter_env]
-    builds = int(open(counter).read()) if os.path.exists(counter) else 0
-    with open(counter, "w") as file:
-        file.write(str(builds + 1))
+    path = Path(counter)
+    builds = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(builds + 1))
     return builds >= 2
 
 
