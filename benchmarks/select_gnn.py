@@ -30,8 +30,16 @@ from perfgraph.models.train import evaluate_model
 
 
 def candidates(args: argparse.Namespace) -> list[tuple[str, NeuralCostModel]]:
-    common = {"hidden": args.hidden, "epochs": args.epochs, "patience": args.patience, "lr": args.lr,
-              "batch_size": args.batch_size, "seed": args.seed, "device": args.device, "progress": False}
+    common = {
+        "hidden": args.hidden,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": args.device,
+        "progress": False,
+    }
     models: list[tuple[str, NeuralCostModel]] = []
     for loss in args.losses:
         for conv in args.convs:
@@ -46,10 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", type=Path, required=True, help="perfgraph SQLite store")
     parser.add_argument("--cache-dir", type=Path, default=None, help="graph cache (default: beside the db)")
     parser.add_argument("--split", choices=SPLITS, default="fixed")
-    parser.add_argument("--convs", type=lambda s: s.split(","), default=list(CONVS),
-                        help=f"comma-separated, from {','.join(CONVS)}")
-    parser.add_argument("--losses", type=lambda s: s.split(","), default=["mse", "mse+rank", "relative"],
-                        help="comma-separated loss names, e.g. mse,mse+0.5*rank")
+    parser.add_argument(
+        "--convs", type=lambda s: s.split(","), default=list(CONVS), help=f"comma-separated, from {','.join(CONVS)}"
+    )
+    parser.add_argument(
+        "--losses",
+        type=lambda s: s.split(","),
+        default=["mse", "mse+rank", "relative"],
+        help="comma-separated loss names, e.g. mse,mse+0.5*rank",
+    )
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=200)
@@ -75,11 +88,19 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         model.fit(parts.train, parts.valid)
         metrics = evaluate_model(model, parts.valid)
-        row = {"model": label, "loss": model.loss, "epochs": len(model.log_),
-               "seconds": time.perf_counter() - started, **metrics}
+        row = {
+            "model": label,
+            "loss": model.loss,
+            "epochs": len(model.log_),
+            "seconds": time.perf_counter() - started,
+            **metrics,
+        }
         rows.append(row)
-        print(f"{label:<18} {model.loss:<16} {row['epochs']:>6} {row['mape']:>8.3f} {row['rmse_log']:>10.3f} "
-              f"{row['kendall_tau']:>6.3f} {row['seconds']:>7.1f}", flush=True)
+        print(
+            f"{label:<18} {model.loss:<16} {row['epochs']:>6} {row['mape']:>8.3f} {row['rmse_log']:>10.3f} "
+            f"{row['kendall_tau']:>6.3f} {row['seconds']:>7.1f}",
+            flush=True,
+        )
     best = min(rows, key=lambda r: r["rmse_log"])
     print(f"\nlowest validation RMSE(log): {best['model']} with loss {best['loss']}")
     if args.json:

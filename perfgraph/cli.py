@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from itertools import zip_longest
 from pathlib import Path
 
-from perfgraph.paths import DEFAULT_DB, DEFAULT_SHARDS
+from perfgraph.paths import DEFAULT_DB, DEFAULT_SHARDS, MODELS_DIR
 
 
 class CliError(Exception):
@@ -130,6 +130,80 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(samples, split: str):  # type: ignore[no-untyped-def]
+    from perfgraph.features.splits import SplitError, split_samples
+
+    try:
+        return split_samples(samples, "family" if split == "family" else "fixed")
+    except SplitError as error:
+        raise CliError(str(error)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from perfgraph.models.train import train_model
+
+    samples = open_store(args.db).samples()
+    hparams = {key: value for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target))
+               if value is not None}
+    try:
+        result = train_model(samples, args.model, args.out, epochs=args.epochs, device=args.device, seed=args.seed,
+                             split="family" if args.split == "family" else "fixed", **hparams)
+    except (TypeError, ValueError) as error:
+        raise CliError(f"train --model {args.model}: {error}") from None
+    print(result.split.describe())
+    for part, metrics in result.metrics.items():
+        print(f"{part:6s} " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    print(f"wrote {result.checkpoint_path}, {result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from perfgraph.models.predict import write_predictions_csv
+    from perfgraph.models.registry import load_model
+
+    model = load_model(args.model)
+    samples = open_store(args.db).samples()
+    path = write_predictions_csv(model, samples, args.out)
+    print(f"wrote {len(samples)} predictions of {args.model} to {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from perfgraph.evaluate.run import evaluate_models
+    from perfgraph.models.registry import load_model
+
+    checkpoints = args.models or sorted(MODELS_DIR.glob("*.pt"))
+    if not checkpoints:
+        raise CliError(f"no models given and none shipped in {MODELS_DIR}; train one with 'perfgraph train'")
+    models = {Path(path).stem: load_model(path) for path in checkpoints}
+    store = open_store(args.db)
+    test = _split(store.samples(), args.split).test
+    test_pipelines = {s.pipeline_id for s in test}
+    pairs = [p for p in store.repeat_pairs() if p[0] in test_pipelines]
+    noise = ([p[2] for p in pairs], [p[3] for p in pairs], [p[0] for p in pairs]) if pairs else None
+    extra = _halide_trainer_row(args.halide_trainer)
+    report, predictions = evaluate_models(models, test, noise, extra_rows=extra,
+                                          reference="gnn" if "gnn" in models else None, split=args.split)
+    if args.report:
+        from perfgraph.evaluate.report import write_report
+
+        stage_costs = None
+        if hasattr(models.get("gnn"), "stage_costs"):
+            example = max(test, key=lambda s: s.num_stages)
+            stage_costs = (example, models["gnn"].stage_costs(example))
+        write_report(report, predictions, test, args.report, stage_costs=stage_costs)
+    print(json.dumps(report.to_json_dict()) if args.json else report.to_table())
+    return 0
+
+
+def _halide_trainer_row(path: Path | None) -> dict | None:
+    """The correct-ordering rate of Halide's own trainer, as recorded by ``benchmarks/halide_trainer.py``."""
+    if path is None or not Path(path).is_file():
+        return None
+    recorded = json.loads(Path(path).read_text())
+    return {"halide_trainer": {"pairwise_accuracy": recorded["halide_trainer_correct_ordering"]}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perfgraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,14 +254,46 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--db", type=Path)
     shards.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
     shards.set_defaults(run=cmd_shards)
+    train = sub.add_parser("train", help="train a cost model on a dataset (split by pipeline)")
+    train.add_argument("--db", type=Path)
+    train.add_argument("--model", default="gnn", help="gnn, sequence, halide, xgboost or xgboost_sum")
+    train.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--split", default="test", choices=("test", "family"))
+    train.add_argument("--loss", help="gnn/sequence: mse, relative, rank, mse+rank; halide: halide, mse_log")
+    train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
+    train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")
+    train.set_defaults(run=cmd_train)
+
+    predict = sub.add_parser("predict", help="predict run times for every measured sample of a dataset")
+    predict.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
+    predict.add_argument("--db", type=Path)
+    predict.add_argument("--out", type=Path, default=Path("predictions.csv"))
+    predict.set_defaults(run=cmd_predict)
+
+    evaluate = sub.add_parser("evaluate", help="compare models on pipelines never seen in training")
+    evaluate.add_argument("--db", type=Path)
+    evaluate.add_argument("--models", type=Path, nargs="+", help=f"checkpoints (default: every {MODELS_DIR}/*.pt)")
+    evaluate.add_argument("--split", default="test", choices=("test", "family"))
+    evaluate.add_argument("--report", type=Path, metavar="DIR", help="write report.md, report.json and plots here")
+    evaluate.add_argument("--halide-trainer", type=Path, default=MODELS_DIR / "halide_trainer.json",
+                          help="recorded result of Halide's own trainer (benchmarks/halide_trainer.py)")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from perfgraph.data.store import StoreError
+    from perfgraph.models.base import SchemaMismatchError
+    from perfgraph.models.checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except CliError as error:
+    except (CliError, CheckpointError, SchemaMismatchError, StoreError) as error:
         print(f"perfgraph: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head & co.

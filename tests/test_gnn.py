@@ -31,8 +31,16 @@ def one_thread():
 
 
 def tiny(model_class=GNNCostModel, **overrides):
-    params = {"hidden": 16, "layers": 2, "epochs": 60, "patience": 1000, "lr": 1e-2, "device": "cpu",
-              "progress": False, **overrides}
+    params = {
+        "hidden": 16,
+        "layers": 2,
+        "epochs": 60,
+        "patience": 1000,
+        "lr": 1e-2,
+        "device": "cpu",
+        "progress": False,
+        **overrides,
+    }
     if model_class is SequenceCostModel:
         params["layers"] = 1
     return model_class(**params)
@@ -116,8 +124,9 @@ def test_predict_before_fit_says_what_to_do():
         GNNCostModel().predict([])
 
 
-@pytest.mark.parametrize(("argument", "value"), [("conv", "chebnet"), ("hidden", 0), ("loss", "hinge"),
-                                                 ("device", "tpu"), ("epochs", -1)])
+@pytest.mark.parametrize(
+    ("argument", "value"), [("conv", "chebnet"), ("hidden", 0), ("loss", "hinge"), ("device", "tpu"), ("epochs", -1)]
+)
 def test_bad_hyper_parameters_are_refused_naming_argument_and_value(argument, value):
     with pytest.raises(ValueError, match=f"{argument}.*{value}"):
         GNNCostModel(**{argument: value})
@@ -178,8 +187,7 @@ def test_predictions_csv_has_the_agreed_header_and_blank_unmeasured_times(fitted
 
 def test_train_model_writes_checkpoint_log_and_loss_curve(real_samples, tmp_path):
     out = tmp_path / "gnn.pt"
-    result = train_model(real_samples, "gnn", out, epochs=3, device="cpu", seed=1, hidden=8, layers=1,
-                         progress=False)
+    result = train_model(real_samples, "gnn", out, epochs=3, device="cpu", seed=1, hidden=8, layers=1, progress=False)
     log = json.loads(result.log_path.read_text())
     assert result.checkpoint_path == out and out.is_file() and result.plot_path.is_file()
     assert len(log["epochs"]) == 3 and log["params"]["seed"] == 1

@@ -16,17 +16,29 @@ from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES
 from perfgraph.features.normalization import FeatureNormalizer
 
 
-def make_sample(pipeline_id: int = 0, schedule_id: int = 0, stages: int = 3, runtime_ms: float | None = 2.0,
-                seed: int = 0, name: str | None = None, family: str = "conv2d") -> Sample:
+def make_sample(
+    pipeline_id: int = 0,
+    schedule_id: int = 0,
+    stages: int = 3,
+    runtime_ms: float | None = 2.0,
+    seed: int = 0,
+    name: str | None = None,
+    family: str = "conv2d",
+) -> Sample:
     """A chain of stages, output first (as Halide lists them): row i+1 produces row i."""
     rng = np.random.default_rng(seed)
     edges = np.array([range(1, stages), range(stages - 1)], dtype=np.int64).reshape(2, -1)
     magnitudes = 10.0 ** rng.integers(0, 6, (stages, 1))  # counts and bytes span orders of magnitude
     return Sample(
-        pipeline_id=pipeline_id, schedule_id=schedule_id, pipeline_name=name or f"zoo:toy?p={pipeline_id}",
-        family=family, features=(rng.random((stages, FEATURES_PER_STAGE)) * magnitudes).astype(np.float32),
-        edges=edges, edge_features=rng.random((stages - 1, NUM_EDGE_FEATURES)).astype(np.float32),
-        stage_names=tuple(f"f{i}" for i in range(stages)), runtime_ms=runtime_ms,
+        pipeline_id=pipeline_id,
+        schedule_id=schedule_id,
+        pipeline_name=name or f"zoo:toy?p={pipeline_id}",
+        family=family,
+        features=(rng.random((stages, FEATURES_PER_STAGE)) * magnitudes).astype(np.float32),
+        edges=edges,
+        edge_features=rng.random((stages - 1, NUM_EDGE_FEATURES)).astype(np.float32),
+        stage_names=tuple(f"f{i}" for i in range(stages)),
+        runtime_ms=runtime_ms,
     )
 
 

@@ -13,14 +13,21 @@ from perfgraph.features.splits import SplitError, split_samples
 
 
 def toy(name: str, family: str = "conv2d", schedule_id: int = 0) -> Sample:
-    return Sample(0, schedule_id, name, family, np.zeros((1, 326), np.float32), np.zeros((2, 0), np.int64),
-                  np.zeros((0, 9), np.float32), runtime_ms=1.0)
+    return Sample(
+        0,
+        schedule_id,
+        name,
+        family,
+        np.zeros((1, 326), np.float32),
+        np.zeros((2, 0), np.int64),
+        np.zeros((0, 9), np.float32),
+        runtime_ms=1.0,
+    )
 
 
 def dataset(pipelines: int = 20, schedules: int = 3) -> list[Sample]:
     families = ["conv2d", "attention", "depthwise", "matmul", "pooling"]
-    return [toy(f"zoo:layer?i={p}", families[p % len(families)], s)
-            for p in range(pipelines) for s in range(schedules)]
+    return [toy(f"zoo:layer?i={p}", families[p % len(families)], s) for p in range(pipelines) for s in range(schedules)]
 
 
 def names(samples: list) -> set[str]:

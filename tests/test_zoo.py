@@ -14,6 +14,7 @@ from perfgraph.workloads.base import (
     WorkloadError,
     build_pipeline,
     family_of,
+    parse_uri,
     random_input,
     resolve_builder,
     zoo_uri,
@@ -214,7 +215,8 @@ def test_entry_matches_numpy_reference(name: str, shapes: dict[str, int]):
         for seed, spec in enumerate(built.input_buffers)
     }
     (output,) = realize(built, inputs)
-    expected = REFERENCES[name]({k: v.astype(np.float64) for k, v in inputs.items()}, {**ZOO[name].defaults, **shapes})
+    as_float64 = {key: value.astype(np.float64) for key, value in inputs.items()}
+    expected = REFERENCES[name](as_float64, {**ZOO[name].defaults, **shapes})
     assert output.shape == expected.shape
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
 
@@ -256,8 +258,8 @@ def test_kernel_larger_than_the_image_is_a_workload_error_naming_the_layer():
 
 
 def test_residual_block_with_mismatched_shapes_gets_a_projection_shortcut():
-    names = [spec.name for spec in build_pipeline(zoo_uri("resnet_basic_block", c_in=16, c_out=32)).input_buffers]
-    assert "downsample_conv_w" in names
+    built = build_pipeline(zoo_uri("resnet_basic_block", c_in=16, c_out=32))
+    assert "downsample_conv_w" in [spec.name for spec in built.input_buffers]
 
 
 def test_zoo_variants_are_deterministic():
@@ -285,7 +287,8 @@ def test_zoo_variants_name_their_entry_and_build():
 
 def test_zoo_variants_are_estimated_within_the_measurement_band():
     for uri in zoo_variants("depthwise_conv2d", 8, seed=0):
-        shapes = {key: int(value) for key, value in (pair.split("=") for pair in uri.split("?")[1].split("&"))}
+        _, _, params = parse_uri(uri)
+        shapes = {key: int(value) for key, value in params.items()}
         assert VARIANT_MS[0] <= ZOO["depthwise_conv2d"].estimated_ms(shapes) <= VARIANT_MS[1]
 
 

@@ -184,6 +184,7 @@ class Store:
                     algorithm,
                 ),
             )
+            db.execute("DELETE FROM failures WHERE pipeline_uri = ? AND candidate_index = -1", (uri,))  # retried
             return int(cursor.lastrowid)
 
     def add_schedule(

@@ -41,8 +41,9 @@ class StageGraphDataset(Sequence[Data]):
         return cls([sample_to_graph(s) for s in samples])
 
     @classmethod
-    def from_store(cls, db_path: str | Path, cache_dir: str | Path | None = None,
-                   measured_only: bool = True) -> StageGraphDataset:
+    def from_store(
+        cls, db_path: str | Path, cache_dir: str | Path | None = None, measured_only: bool = True
+    ) -> StageGraphDataset:
         """The store's samples as graphs, from the cache when it matches the database's content.
 
         ``cache_dir`` defaults to ``<db folder>/cache/graphs``. Older cache files of the same
@@ -83,9 +84,11 @@ class StageGraphDataset(Sequence[Data]):
         path.parent.mkdir(parents=True, exist_ok=True)
         graphs = self._graphs
         record: dict = {
-            "format": _FORMAT, "feature_schema_version": FEATURE_SCHEMA_VERSION,
+            "format": _FORMAT,
+            "feature_schema_version": FEATURE_SCHEMA_VERSION,
             "graph_format_version": GRAPH_FORMAT_VERSION,
-            "pipeline_name": [g.pipeline_name for g in graphs], "family": [g.family for g in graphs],
+            "pipeline_name": [g.pipeline_name for g in graphs],
+            "family": [g.family for g in graphs],
             "node_counts": torch.tensor([g.num_nodes for g in graphs], dtype=torch.long),
             "edge_counts": torch.tensor([g.edge_index.shape[1] for g in graphs], dtype=torch.long),
         }
@@ -105,8 +108,10 @@ class StageGraphDataset(Sequence[Data]):
             raise ValueError(f"{path}: not a perfgraph graph cache")
         versions = (record["feature_schema_version"], record["graph_format_version"])
         if versions != (FEATURE_SCHEMA_VERSION, GRAPH_FORMAT_VERSION):
-            raise ValueError(f"{path}: graph cache of schema/format {versions}, this perfgraph reads "
-                             f"{(FEATURE_SCHEMA_VERSION, GRAPH_FORMAT_VERSION)}")
+            raise ValueError(
+                f"{path}: graph cache of schema/format {versions}, this perfgraph reads "
+                f"{(FEATURE_SCHEMA_VERSION, GRAPH_FORMAT_VERSION)}"
+            )
         node_counts = record["node_counts"].tolist()
         if not node_counts:
             return cls([])
@@ -115,10 +120,17 @@ class StageGraphDataset(Sequence[Data]):
         edge_indices = record["edge_index"].split(edge_counts, dim=1)
         edge_attrs = record["edge_attr"].split(edge_counts)
         graphs = [
-            Data(x=xs[i], edge_index=edge_indices[i], edge_attr=edge_attrs[i], y=record["y"][i:i + 1],
-                 pipeline_id=record["pipeline_id"][i:i + 1], schedule_id=record["schedule_id"][i:i + 1],
-                 pipeline_name=record["pipeline_name"][i], family=record["family"][i],
-                 num_nodes=node_counts[i])
+            Data(
+                x=xs[i],
+                edge_index=edge_indices[i],
+                edge_attr=edge_attrs[i],
+                y=record["y"][i : i + 1],
+                pipeline_id=record["pipeline_id"][i : i + 1],
+                schedule_id=record["schedule_id"][i : i + 1],
+                pipeline_name=record["pipeline_name"][i],
+                family=record["family"][i],
+                num_nodes=node_counts[i],
+            )
             for i in range(len(node_counts))
         ]
         return cls(graphs)

@@ -80,8 +80,7 @@ def as_graphs(items: Iterable[Sample | Data]) -> list[Data]:
         elif isinstance(item, Data):
             graphs.append(item)
         else:
-            raise TypeError(f"samples[{position}]: expected a Sample or a graph Data, "
-                            f"got {type(item).__name__}")
+            raise TypeError(f"samples[{position}]: expected a Sample or a graph Data, got {type(item).__name__}")
     return graphs
 
 
@@ -89,6 +88,8 @@ def measured_only(graphs: Sequence[Data], argument: str = "samples") -> list[Dat
     """``graphs`` unchanged if all carry a measured run time; otherwise a ``ValueError`` naming them."""
     missing = [(int(g.pipeline_id), int(g.schedule_id)) for g in graphs if not torch.isfinite(g.y).all()]
     if missing:
-        raise ValueError(f"{argument}: {len(missing)} samples have no measured run time, e.g. "
-                         f"(pipeline_id, schedule_id) {missing[:3]}")
+        raise ValueError(
+            f"{argument}: {len(missing)} samples have no measured run time, e.g. "
+            f"(pipeline_id, schedule_id) {missing[:3]}"
+        )
     return list(graphs)

@@ -56,8 +56,7 @@ class FeatureNormalizer:
             raise ValueError("graphs: cannot fit a FeatureNormalizer on an empty training split")
         x = torch.cat([g.x for g in graphs]).double()
         if x.shape[1] != FEATURES_PER_STAGE:
-            raise ValueError(f"graphs: node features must have {FEATURES_PER_STAGE} columns, "
-                             f"got {x.shape[1]}")
+            raise ValueError(f"graphs: node features must have {FEATURES_PER_STAGE} columns, got {x.shape[1]}")
         self.node_mean, self.node_std = self._moments(x)
         edges = torch.cat([g.edge_attr[:, :NUM_EDGE_FEATURES] for g in graphs]).double()
         if edges.shape[0] == 0:  # no edges at all in training: identity on edges
@@ -80,9 +79,9 @@ class FeatureNormalizer:
         out = graph.__copy__()  # shallow: the other tensors are shared, not copied
         out.x = ((graph.x - self.node_mean) / self.node_std).clamp(-self.clip, self.clip)
         edge_attr = graph.edge_attr.clone()
-        edge_attr[:, :NUM_EDGE_FEATURES] = (
-            (edge_attr[:, :NUM_EDGE_FEATURES] - self.edge_mean) / self.edge_std
-        ).clamp(-self.clip, self.clip)
+        edge_attr[:, :NUM_EDGE_FEATURES] = ((edge_attr[:, :NUM_EDGE_FEATURES] - self.edge_mean) / self.edge_std).clamp(
+            -self.clip, self.clip
+        )
         out.edge_attr = edge_attr
         return out
 
@@ -93,9 +92,14 @@ class FeatureNormalizer:
         """Plain tensors and floats, loadable with ``torch.load(weights_only=True)``."""
         if not self.is_fitted:
             raise RuntimeError("FeatureNormalizer.state_dict called before fit")
-        return {"node_mean": self.node_mean.clone(), "node_std": self.node_std.clone(),
-                "edge_mean": self.edge_mean.clone(), "edge_std": self.edge_std.clone(),
-                "min_std": self.min_std, "clip": self.clip}
+        return {
+            "node_mean": self.node_mean.clone(),
+            "node_std": self.node_std.clone(),
+            "edge_mean": self.edge_mean.clone(),
+            "edge_std": self.edge_std.clone(),
+            "min_std": self.min_std,
+            "clip": self.clip,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor | float]) -> FeatureNormalizer:
@@ -103,6 +107,8 @@ class FeatureNormalizer:
         for key in ("node_mean", "node_std", "edge_mean", "edge_std"):
             setattr(normalizer, key, torch.as_tensor(state[key], dtype=torch.float32).clone())
         if normalizer.node_mean.shape != (FEATURES_PER_STAGE,):
-            raise ValueError(f"normaliser state: node_mean has shape {tuple(normalizer.node_mean.shape)}, "
-                             f"expected ({FEATURES_PER_STAGE},)")
+            raise ValueError(
+                f"normaliser state: node_mean has shape {tuple(normalizer.node_mean.shape)}, "
+                f"expected ({FEATURES_PER_STAGE},)"
+            )
         return normalizer

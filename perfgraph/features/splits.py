@@ -65,8 +65,10 @@ class DatasetSplit(Generic[T]):
 
     def describe(self) -> str:
         """One line with the number of samples and pipelines per part, for logs."""
-        return ", ".join(f"{part}: {len(getattr(self, part))} samples / {len(self.pipelines(part))} pipelines"
-                         for part in ("train", "valid", "test"))
+        return ", ".join(
+            f"{part}: {len(getattr(self, part))} samples / {len(self.pipelines(part))} pipelines"
+            for part in ("train", "valid", "test")
+        )
 
 
 def pipeline_hash(pipeline_name: str) -> int:
@@ -74,8 +76,9 @@ def pipeline_hash(pipeline_name: str) -> int:
     return int.from_bytes(hashlib.sha256(pipeline_name.encode("utf-8")).digest()[:8], "big")
 
 
-def split_samples(samples: Sequence[T], split: str = "fixed", *,
-                  held_out_families: Iterable[str] = DEFAULT_HELD_OUT_FAMILIES) -> DatasetSplit[T]:
+def split_samples(
+    samples: Sequence[T], split: str = "fixed", *, held_out_families: Iterable[str] = DEFAULT_HELD_OUT_FAMILIES
+) -> DatasetSplit[T]:
     """Split ``samples`` by pipeline, ``"fixed"`` (by hash) or ``"family"`` (held-out families as test).
 
     Raises :class:`SplitError` when a part would be empty.
@@ -88,21 +91,24 @@ def split_samples(samples: Sequence[T], split: str = "fixed", *,
             raise SplitError(f"split 'fixed' needs at least 3 pipelines (one per part), got {len(names)}")
         num_test = max(1, round(TEST_FRACTION * len(names)))
         num_valid = max(1, round(VALID_FRACTION * len(names)))
-        test = set(names[len(names) - num_test:])
-        valid = set(names[len(names) - num_test - num_valid:len(names) - num_test])
+        test = set(names[len(names) - num_test :])
+        valid = set(names[len(names) - num_test - num_valid : len(names) - num_test])
     else:
         held_out = frozenset(held_out_families)
         test = {s.pipeline_name for s in samples if s.family in held_out}
         if not test:
             present = sorted({s.family for s in samples})
-            raise SplitError(f"split 'family': no samples of the held-out families {sorted(held_out)}; "
-                             f"families present: {present}")
+            raise SplitError(
+                f"split 'family': no samples of the held-out families {sorted(held_out)}; families present: {present}"
+            )
         rest = [n for n in names if n not in test]
         if len(rest) < 2:
-            raise SplitError(f"split 'family': {len(rest)} pipelines outside the held-out families "
-                             f"{sorted(held_out)}, need at least 2 (train and valid)")
+            raise SplitError(
+                f"split 'family': {len(rest)} pipelines outside the held-out families "
+                f"{sorted(held_out)}, need at least 2 (train and valid)"
+            )
         num_valid = max(1, round(VALID_FRACTION / (1 - TEST_FRACTION) * len(rest)))
-        valid = set(rest[len(rest) - num_valid:])
+        valid = set(rest[len(rest) - num_valid :])
     return DatasetSplit(
         train=[s for s in samples if s.pipeline_name not in test and s.pipeline_name not in valid],
         valid=[s for s in samples if s.pipeline_name in valid],

@@ -103,7 +103,7 @@ class Collector:
         self.compile_cpus = set(cpus) - self.benchmark_cpus or set(cpus)
         self.target = str(benchmark_target())
         self.machine_id = store.machine_id(current_machine(self.target))
-        self.refs_dir = Path(str(store.path) + ".refs")
+        self.refs_dir = Path(str(store.path.resolve()) + ".refs")
         # One lock per set of benchmark cores on this machine, shared by every collector running here.
         cpus_name = "-".join(map(str, sorted(self.benchmark_cpus)))
         self.lock_path = Path(tempfile.gettempdir()) / f"perfgraph-benchmark-cpus-{cpus_name}.lock"

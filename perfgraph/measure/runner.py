@@ -90,6 +90,7 @@ def run_job(
             text=True,
             env={**os.environ, **(env or {})},
             start_new_session=True,
+            cwd=tempfile.gettempdir(),  # `python -m` puts the working directory first on sys.path
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),
         )
         events: queue.Queue[dict | None] = queue.Queue()

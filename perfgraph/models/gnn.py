@@ -26,11 +26,25 @@ class GNNCostModel(NeuralCostModel):
 
     name = "gnn"
 
-    def __init__(self, conv: str = "gatv2", hidden: int = 64, layers: int = 3, heads: int = 4,
-                 dropout: float = 0.0, loss: str = "mse", lr: float = 3e-3, epochs: int = 200,
-                 patience: int = 20, batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0,
-                 device: str = "auto", update_epochs: int = 5, update_lr_factor: float = 0.1,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        conv: str = "gatv2",
+        hidden: int = 64,
+        layers: int = 3,
+        heads: int = 4,
+        dropout: float = 0.0,
+        loss: str = "mse",
+        lr: float = 3e-3,
+        epochs: int = 200,
+        patience: int = 20,
+        batch_size: int = 64,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        device: str = "auto",
+        update_epochs: int = 5,
+        update_lr_factor: float = 0.1,
+        progress: bool = True,
+    ) -> None:
         if conv not in CONVS:
             raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
         check_positive("hidden", hidden)
@@ -42,9 +56,19 @@ class GNNCostModel(NeuralCostModel):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.conv, self.hidden, self.layers, self.heads, self.dropout = conv, hidden, layers, heads, dropout
-        super().__init__(loss=loss, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
-                         weight_decay=weight_decay, seed=seed, device=device, update_epochs=update_epochs,
-                         update_lr_factor=update_lr_factor, progress=progress)
+        super().__init__(
+            loss=loss,
+            lr=lr,
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            seed=seed,
+            device=device,
+            update_epochs=update_epochs,
+            update_lr_factor=update_lr_factor,
+            progress=progress,
+        )
 
     def build_network(self) -> StageGNN:
         return StageGNN(self.conv, self.hidden, self.layers, self.heads, self.dropout)

@@ -48,9 +48,21 @@ class NeuralCostModel(CostModel):
 
     name = "neural"
 
-    def __init__(self, *, loss: str = "mse", lr: float = 3e-3, epochs: int = 200, patience: int = 20,
-                 batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
-                 update_epochs: int = 5, update_lr_factor: float = 0.1, progress: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        loss: str = "mse",
+        lr: float = 3e-3,
+        epochs: int = 200,
+        patience: int = 20,
+        batch_size: int = 64,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        device: str = "auto",
+        update_epochs: int = 5,
+        update_lr_factor: float = 0.1,
+        progress: bool = True,
+    ) -> None:
         make_loss(loss)  # validates the name now rather than after an hour of data loading
         check_positive("lr", lr, float)
         check_positive("epochs", epochs)
@@ -114,9 +126,18 @@ class NeuralCostModel(CostModel):
         mean_stages = float(np.mean([g.num_nodes for g in train_graphs]))
         network.set_runtime_scale(math.exp(float(log_runtimes.mean())) / mean_stages)
         self.log_ = train_network(
-            network, train_graphs, valid_graphs, make_loss(self.loss), epochs=self.epochs, lr=self.lr,
-            patience=self.patience, batch_size=self.batch_size, seed=self.seed,
-            device=resolve_device(self.device), weight_decay=self.weight_decay, progress=self.progress,
+            network,
+            train_graphs,
+            valid_graphs,
+            make_loss(self.loss),
+            epochs=self.epochs,
+            lr=self.lr,
+            patience=self.patience,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=resolve_device(self.device),
+            weight_decay=self.weight_decay,
+            progress=self.progress,
             desc=f"fit {self.name}",
         )
         self.network_ = network
@@ -146,10 +167,20 @@ class NeuralCostModel(CostModel):
             return
         first = (self.log_[-1]["epoch"] + 1) if self.log_ else 1
         log = train_network(
-            network, graphs, [], make_loss(self.loss), epochs=self.update_epochs,
-            lr=self.lr * self.update_lr_factor, patience=self.update_epochs, batch_size=self.batch_size,
-            seed=self.seed + first, device=resolve_device(self.device), weight_decay=self.weight_decay,
-            progress=self.progress, desc=f"update {self.name}", first_epoch=first,
+            network,
+            graphs,
+            [],
+            make_loss(self.loss),
+            epochs=self.update_epochs,
+            lr=self.lr * self.update_lr_factor,
+            patience=self.update_epochs,
+            batch_size=self.batch_size,
+            seed=self.seed + first,
+            device=resolve_device(self.device),
+            weight_decay=self.weight_decay,
+            progress=self.progress,
+            desc=f"update {self.name}",
+            first_epoch=first,
         )
         self.log_.extend({**entry, "phase": "update"} for entry in log)
 
@@ -165,12 +196,16 @@ class NeuralCostModel(CostModel):
 
     def save(self, path: str | Path) -> None:
         network = self._require_fitted("save")
-        save_checkpoint(path, self.name, {
-            "params": self.get_params(),
-            "network": {key: value.detach().cpu().clone() for key, value in network.state_dict().items()},
-            "normalizer": self.normalizer_.state_dict(),  # type: ignore[union-attr]
-            "log": list(self.log_),
-        })
+        save_checkpoint(
+            path,
+            self.name,
+            {
+                "params": self.get_params(),
+                "network": {key: value.detach().cpu().clone() for key, value in network.state_dict().items()},
+                "normalizer": self.normalizer_.state_dict(),  # type: ignore[union-attr]
+                "log": list(self.log_),
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> NeuralCostModel:

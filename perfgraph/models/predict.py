@@ -21,8 +21,7 @@ def write_predictions_csv(model: CostModel, samples: Sequence[Sample], path: str
     path.parent.mkdir(parents=True, exist_ok=True)
     predicted = model.predict(samples)
     if len(predicted) != len(samples):
-        raise ValueError(f"{type(model).__name__}.predict returned {len(predicted)} values "
-                         f"for {len(samples)} samples")
+        raise ValueError(f"{type(model).__name__}.predict returned {len(predicted)} values for {len(samples)} samples")
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_HEADER)

@@ -20,19 +20,43 @@ class SequenceCostModel(NeuralCostModel):
 
     name = "sequence"
 
-    def __init__(self, hidden: int = 64, layers: int = 2, bidirectional: bool = False, dropout: float = 0.0,
-                 loss: str = "mse", lr: float = 3e-3, epochs: int = 200, patience: int = 20,
-                 batch_size: int = 64, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
-                 update_epochs: int = 5, update_lr_factor: float = 0.1, progress: bool = True) -> None:
+    def __init__(
+        self,
+        hidden: int = 64,
+        layers: int = 2,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        loss: str = "mse",
+        lr: float = 3e-3,
+        epochs: int = 200,
+        patience: int = 20,
+        batch_size: int = 64,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+        device: str = "auto",
+        update_epochs: int = 5,
+        update_lr_factor: float = 0.1,
+        progress: bool = True,
+    ) -> None:
         check_positive("hidden", hidden)
         check_positive("layers", layers)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.hidden, self.layers, self.dropout = hidden, layers, dropout
         self.bidirectional = bool(bidirectional)
-        super().__init__(loss=loss, lr=lr, epochs=epochs, patience=patience, batch_size=batch_size,
-                         weight_decay=weight_decay, seed=seed, device=device, update_epochs=update_epochs,
-                         update_lr_factor=update_lr_factor, progress=progress)
+        super().__init__(
+            loss=loss,
+            lr=lr,
+            epochs=epochs,
+            patience=patience,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            seed=seed,
+            device=device,
+            update_epochs=update_epochs,
+            update_lr_factor=update_lr_factor,
+            progress=progress,
+        )
 
     def build_network(self) -> StageLSTM:
         return StageLSTM(self.hidden, self.layers, self.bidirectional, self.dropout)

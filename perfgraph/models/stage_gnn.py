@@ -45,8 +45,9 @@ def make_conv(kind: str, hidden: int, heads: int = 4) -> nn.Module:
 class StageGNN(StageCostNetwork):
     """``conv`` in :data:`CONVS`; ``hidden`` channels; ``layers`` message-passing rounds (0 = no graph)."""
 
-    def __init__(self, conv: str = "gatv2", hidden: int = 64, layers: int = 3, heads: int = 4,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, conv: str = "gatv2", hidden: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.uses_edge_attr = CONVS.get(conv, False)
         self.encoder = stage_encoder(hidden)
@@ -60,10 +61,7 @@ class StageGNN(StageCostNetwork):
     def node_log_costs(self, batch: Batch) -> torch.Tensor:
         h = self.encoder(batch.x)
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            z = norm(h)
-            if self.uses_edge_attr:
-                z = conv(z, batch.edge_index, batch.edge_attr)
-            else:
-                z = conv(z, batch.edge_index)
+            edge_args = (batch.edge_attr,) if self.uses_edge_attr else ()
+            z = conv(norm(h), batch.edge_index, *edge_args)
             h = h + self.dropout(nn.functional.gelu(z))
         return self.head(h).squeeze(-1)

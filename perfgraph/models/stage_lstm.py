@@ -28,12 +28,17 @@ def reversed_stage_order(batch: Batch) -> torch.Tensor:
 class StageLSTM(StageCostNetwork):
     """Node encoder, ``layers``-deep LSTM over the stages (inputs first), per-stage cost head."""
 
-    def __init__(self, hidden: int = 64, layers: int = 2, bidirectional: bool = False,
-                 dropout: float = 0.0) -> None:
+    def __init__(self, hidden: int = 64, layers: int = 2, bidirectional: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         self.encoder = stage_encoder(hidden)
-        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
-                            dropout=dropout if layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            hidden,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         width = hidden * (2 if bidirectional else 1)
         self.head = cost_head(width, hidden)
 

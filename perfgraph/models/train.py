@@ -1,4 +1,4 @@
-"""``perfgraph train``: split by pipeline, fit a neural cost model, write checkpoint, log and curve.
+"""``perfgraph train``: split by pipeline, fit any cost model, write checkpoint, log and loss curve.
 
 >>> result = train_model(Store("data/perfgraph.db").samples(), "gnn", Path("out/gnn.pt"),
 ...                      epochs=100, device="auto", seed=0)                    # doctest: +SKIP
@@ -10,6 +10,7 @@ part, per-epoch losses, final metrics) and ``OUT.loss.png`` (the loss curve).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -24,30 +25,25 @@ from torch_geometric.data import Data
 from perfgraph.data.records import Sample
 from perfgraph.features.layout import FEATURE_SCHEMA_VERSION
 from perfgraph.features.splits import DatasetSplit, split_samples
-from perfgraph.models.gnn import GNNCostModel
-from perfgraph.models.neural import NeuralCostModel
-from perfgraph.models.sequence import SequenceCostModel
+from perfgraph.models.base import CostModel
+from perfgraph.models.registry import MODEL_CLASSES, make_model
 from perfgraph.models.training import plot_loss_curve
-
-#: The neural models ``perfgraph train --model`` knows.
-MODELS: dict[str, type[NeuralCostModel]] = {"gnn": GNNCostModel, "sequence": SequenceCostModel}
 
 
 @dataclass(frozen=True)
 class TrainingResult:
     """A trained model, the split it was trained on, its log and where its files went."""
 
-    model: NeuralCostModel
+    model: CostModel
     split: DatasetSplit
     log: list[dict]
     metrics: dict[str, dict[str, float]]  # part ("valid", "test") -> metric name -> value
     checkpoint_path: Path
     log_path: Path
-    plot_path: Path
+    plot_path: Path | None  # None for models trained without epochs (XGBoost)
 
 
-def summary_metrics(predicted_ms: np.ndarray, measured_ms: np.ndarray,
-                    groups: Sequence[Any]) -> dict[str, float]:
+def summary_metrics(predicted_ms: np.ndarray, measured_ms: np.ndarray, groups: Sequence[Any]) -> dict[str, float]:
     """MAPE, RMSE of the log run time, and the mean within-pipeline Kendall tau (NaN if undefined)."""
     predicted_ms, measured_ms = np.asarray(predicted_ms, float), np.asarray(measured_ms, float)
     if predicted_ms.size == 0:
@@ -61,12 +57,15 @@ def summary_metrics(predicted_ms: np.ndarray, measured_ms: np.ndarray,
             tau = kendalltau(predicted_ms[members], measured_ms[members]).statistic
             if np.isfinite(tau):
                 taus.append(float(tau))
-    return {"mape": float(np.mean(np.abs(predicted_ms / measured_ms - 1))),
-            "rmse_log": float(np.sqrt(np.mean(gap ** 2))),
-            "kendall_tau": float(np.mean(taus)) if taus else math.nan, "samples": int(predicted_ms.size)}
+    return {
+        "mape": float(np.mean(np.abs(predicted_ms / measured_ms - 1))),
+        "rmse_log": float(np.sqrt(np.mean(gap**2))),
+        "kendall_tau": float(np.mean(taus)) if taus else math.nan,
+        "samples": int(predicted_ms.size),
+    }
 
 
-def evaluate_model(model: NeuralCostModel, items: Sequence[Sample | Data]) -> dict[str, float]:
+def evaluate_model(model: CostModel, items: Sequence[Sample | Data]) -> dict[str, float]:
     """:func:`summary_metrics` of ``model`` on measured samples or graphs."""
     measured = np.array([s.runtime_ms if isinstance(s, Sample) else math.exp(float(s.y)) for s in items])
     return summary_metrics(model.predict(items), measured, [s.pipeline_name for s in items])
@@ -83,27 +82,59 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def train_model(samples: Sequence[Sample | Data], model_name: str, out: str | Path, epochs: int | None = None,
-                device: str = "auto", seed: int = 0, split: str = "fixed", **hparams: Any) -> TrainingResult:
-    """Split ``samples`` by pipeline, fit ``model_name`` (``gnn`` or ``sequence``) and save it to ``out``.
+def train_model(
+    samples: Sequence[Sample | Data],
+    model_name: str,
+    out: str | Path,
+    epochs: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    split: str = "fixed",
+    **hparams: Any,
+) -> TrainingResult:
+    """Split ``samples`` by pipeline, fit ``model_name`` (any of ``MODEL_CLASSES``) and save it to ``out``.
 
-    ``epochs=None`` keeps the model's default; ``hparams`` go to the model's constructor.
+    ``hparams`` go to the model's constructor, as do ``device`` and ``epochs`` for the models that
+    train by epochs (``epochs=None`` keeps the model's default).
     """
-    if model_name not in MODELS:
-        raise ValueError(f"model_name must be one of {sorted(MODELS)}, got {model_name!r}")
+    if model_name not in MODEL_CLASSES:
+        raise ValueError(f"model_name must be one of {sorted(MODEL_CLASSES)}, got {model_name!r}")
     out = Path(out)
     parts = split_samples(samples, split)
-    if epochs is not None:
-        hparams["epochs"] = epochs
-    model = MODELS[model_name](device=device, seed=seed, **hparams)
+    accepted = inspect.signature(MODEL_CLASSES[model_name]).parameters
+    epochs_name = "epochs" if "epochs" in accepted else "max_epochs"
+    options = {"device": device, "seed": seed, epochs_name: epochs}
+    hparams.update({k: v for k, v in options.items() if k in accepted and v is not None})
+    model = make_model(model_name, **hparams)
     model.fit(parts.train, parts.valid)
     model.save(out)
     metrics = {part: evaluate_model(model, getattr(parts, part)) for part in ("train", "valid", "test")}
     log_path = Path(f"{out}.log.json")
-    plot_path = plot_loss_curve(model.log_, Path(f"{out}.loss.png"))
-    log_path.write_text(json.dumps(_json_safe({
-        "model": model_name, "params": model.get_params(), "feature_schema_version": FEATURE_SCHEMA_VERSION,
-        "split": {"kind": split, **{part: parts.pipelines(part) for part in ("train", "valid", "test")}},
-        "metrics": metrics, "epochs": model.log_,
-    }), indent=1, allow_nan=False) + "\n")
-    return TrainingResult(model, parts, model.log_, metrics, out, log_path, plot_path)
+    epoch_log = training_log(model)
+    plot_path = plot_loss_curve(epoch_log, Path(f"{out}.loss.png")) if epoch_log else None
+    log_path.write_text(
+        json.dumps(
+            _json_safe(
+                {
+                    "model": model_name,
+                    "params": model.get_params(),
+                    "feature_schema_version": FEATURE_SCHEMA_VERSION,
+                    "split": {"kind": split, **{part: parts.pipelines(part) for part in ("train", "valid", "test")}},
+                    "metrics": metrics,
+                    "epochs": epoch_log,
+                }
+            ),
+            indent=1,
+            allow_nan=False,
+        )
+        + "\n"
+    )
+    return TrainingResult(model, parts, epoch_log, metrics, out, log_path, plot_path)
+
+
+def training_log(model: CostModel) -> list[dict]:
+    """Per-epoch losses of a model that trains by epochs (empty for XGBoost)."""
+    if hasattr(model, "log_"):
+        return list(model.log_)
+    return [{"epoch": epoch, "train_loss": train, "valid_loss": valid}
+            for epoch, train, valid in getattr(model, "history_", [])]

@@ -37,8 +37,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def pipeline_batches(groups: Sequence[int], batch_size: int,
-                     rng: np.random.Generator | None = None) -> list[list[int]]:
+def pipeline_batches(groups: Sequence[int], batch_size: int, rng: np.random.Generator | None = None) -> list[list[int]]:
     """Indices into ``groups`` cut into batches of at most ``batch_size`` that keep pipelines together.
 
     A pipeline with more schedules than ``batch_size`` is cut into chunks of ``batch_size``. With
@@ -50,7 +49,7 @@ def pipeline_batches(groups: Sequence[int], batch_size: int,
     chunks = []
     for members in by_group.values():
         order = list(rng.permutation(members)) if rng is not None else members
-        chunks.extend(order[start:start + batch_size] for start in range(0, len(order), batch_size))
+        chunks.extend(order[start : start + batch_size] for start in range(0, len(order), batch_size))
     if rng is not None:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
     batches: list[list[int]] = []
@@ -65,8 +64,9 @@ def pipeline_batches(groups: Sequence[int], batch_size: int,
     return batches
 
 
-def collate_batches(graphs: Sequence[Data], batch_size: int, rng: np.random.Generator | None,
-                    device: torch.device) -> Iterator[tuple[list[int], Batch]]:
+def collate_batches(
+    graphs: Sequence[Data], batch_size: int, rng: np.random.Generator | None, device: torch.device
+) -> Iterator[tuple[list[int], Batch]]:
     """``(indices, Batch)`` pairs following :func:`pipeline_batches`, moved to ``device``."""
     groups = [int(g.pipeline_id) for g in graphs]
     for indices in pipeline_batches(groups, batch_size, rng):
@@ -74,8 +74,9 @@ def collate_batches(graphs: Sequence[Data], batch_size: int, rng: np.random.Gene
 
 
 @torch.no_grad()
-def predict_log_runtimes(network: StageCostNetwork, graphs: Sequence[Data], batch_size: int = 256,
-                         device: torch.device | str = "cpu") -> np.ndarray:
+def predict_log_runtimes(
+    network: StageCostNetwork, graphs: Sequence[Data], batch_size: int = 256, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Predicted natural-log run times (ms), in the order of ``graphs``."""
     device = torch.device(device)
     network.eval()
@@ -96,14 +97,31 @@ def evaluate(network: StageCostNetwork, batches: Sequence[Batch], loss: LossFunc
         predicted.append(pred.double().cpu())
         measured.append(batch.y.double().cpu())
     gap = (torch.cat(predicted) - torch.cat(measured)).numpy()
-    return {"loss": total / len(gap), "mape": float(np.mean(np.abs(np.expm1(gap)))),
-            "rmse_log": float(np.sqrt(np.mean(gap ** 2)))}
+    return {
+        "loss": total / len(gap),
+        "mape": float(np.mean(np.abs(np.expm1(gap)))),
+        "rmse_log": float(np.sqrt(np.mean(gap**2))),
+    }
 
 
-def train_network(network: StageCostNetwork, train_graphs: Sequence[Data], valid_graphs: Sequence[Data],
-                  loss: LossFunction, *, epochs: int, lr: float, patience: int, batch_size: int, seed: int,
-                  device: torch.device | str = "cpu", weight_decay: float = 0.0, grad_clip: float = 5.0,
-                  progress: bool = True, desc: str = "training", first_epoch: int = 1) -> list[dict]:
+def train_network(
+    network: StageCostNetwork,
+    train_graphs: Sequence[Data],
+    valid_graphs: Sequence[Data],
+    loss: LossFunction,
+    *,
+    epochs: int,
+    lr: float,
+    patience: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    weight_decay: float = 0.0,
+    grad_clip: float = 5.0,
+    progress: bool = True,
+    desc: str = "training",
+    first_epoch: int = 1,
+) -> list[dict]:
     """Train ``network`` in place and return the per-epoch log; the best weights are restored.
 
     Early stopping watches the validation loss, or the training loss when ``valid_graphs`` is empty
@@ -131,12 +149,16 @@ def train_network(network: StageCostNetwork, train_graphs: Sequence[Data], valid
             torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
             optimizer.step()
             total += float(value.detach()) * batch.num_graphs
-        entry = {"epoch": epoch, "train_loss": total / len(train_graphs),
-                 "valid_loss": None, "valid_mape": None, "valid_rmse_log": None}
+        entry = {
+            "epoch": epoch,
+            "train_loss": total / len(train_graphs),
+            "valid_loss": None,
+            "valid_mape": None,
+            "valid_rmse_log": None,
+        }
         if valid_graphs:
             metrics = evaluate(network, valid_batches, loss)
-            entry.update(valid_loss=metrics["loss"], valid_mape=metrics["mape"],
-                         valid_rmse_log=metrics["rmse_log"])
+            entry.update(valid_loss=metrics["loss"], valid_mape=metrics["mape"], valid_rmse_log=metrics["rmse_log"])
         entry["seconds"] = time.perf_counter() - started
         log.append(entry)
         score = entry["valid_loss"] if valid_graphs else entry["train_loss"]
@@ -146,8 +168,10 @@ def train_network(network: StageCostNetwork, train_graphs: Sequence[Data], valid
             best_score, best_state, since_best = score, copy.deepcopy(network.state_dict()), 0
         else:
             since_best += 1
-        bar.set_postfix(train=f"{entry['train_loss']:.4f}",
-                        valid="-" if entry["valid_loss"] is None else f"{entry['valid_loss']:.4f}")
+        bar.set_postfix(
+            train=f"{entry['train_loss']:.4f}",
+            valid="-" if entry["valid_loss"] is None else f"{entry['valid_loss']:.4f}",
+        )
         if since_best > patience:
             break
     bar.close()

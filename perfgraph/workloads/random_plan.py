@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+MIN_LEVEL, MAX_LEVEL = -1, 4  # spatial levels: a stage's size is the input size times 2**-level
+MIN_DIM, MAX_DIM = 64, 2048  # input width and height, multiples of 2**MAX_LEVEL
 FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("uint8", "uint16", "int16", "int32")
 ITEMSIZE = {"float32": 4, "float64": 8, "uint8": 1, "uint16": 2, "int16": 2, "int32": 4}

@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -206,30 +207,31 @@ ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
 def zoo_variants(name: str, count: int, seed: int) -> list[str]:
     """``count`` distinct URIs of zoo entry ``name`` with shapes drawn from its choices.
 
-    Only shapes that build and whose estimated run time lies in :data:`VARIANT_MS` are kept. The
-    result depends only on ``(name, count, seed)``; a larger ``count`` extends a smaller one's list.
+    Shapes are visited in a seeded random order of the whole choice space, and only those that
+    build and whose estimated run time lies in :data:`VARIANT_MS` are kept. The result depends only
+    on ``(name, count, seed)``, and a larger ``count`` extends a smaller one's list.
     """
     if name not in ZOO:
         raise WorkloadError(f"zoo_variants: no zoo entry {name!r}; known: {', '.join(sorted(ZOO))}")
     if count < 0 or seed < 0:
         raise ValueError(f"zoo_variants: count and seed must be non-negative, got count={count}, seed={seed}")
     entry = ZOO[name]
+    keys, options = list(entry.choices), list(entry.choices.values())
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    tried: set[str] = set()
     uris: list[str] = []
-    for _ in range(200 * count + 1000):
+    for index in rng.permutation(math.prod(len(values) for values in options)):
         if len(uris) == count:
-            return uris
-        shapes = {**entry.defaults, **{key: int(rng.choice(values)) for key, values in entry.choices.items()}}
-        uri = zoo_uri(name, **shapes)
-        if uri not in tried:
-            tried.add(uri)
-            if _fits_measurement(entry, shapes):
-                uris.append(uri)
+            break
+        shapes = dict(entry.defaults)
+        for key, values in zip(keys, options, strict=True):  # index in mixed radix: one digit per parameter
+            index, digit = divmod(int(index), len(values))
+            shapes[key] = values[digit]
+        if _fits_measurement(entry, shapes):
+            uris.append(zoo_uri(name, **shapes))
     if len(uris) < count:
         raise WorkloadError(
-            f"zoo_variants: found only {len(uris)} of count={count} distinct shapes of {name!r} "
-            f"estimated to run {VARIANT_MS[0]}-{VARIANT_MS[1]} ms"
+            f"zoo_variants: {name!r} has only {len(uris)} shapes estimated to run "
+            f"{VARIANT_MS[0]}-{VARIANT_MS[1]} ms, fewer than count={count}"
         )
     return uris
 
