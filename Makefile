@@ -23,12 +23,17 @@ test: $(STAMP)
 	$(BIN)/ruff check perfgraph tests benchmarks
 	$(BIN)/pytest -q
 
+# The demo: collect a small dataset of new pipelines end to end, predict it with the shipped GNN,
+# then evaluate the shipped models on the shipped dataset's test split.
 demo: $(STAMP)
 	rm -rf out/demo
-	$(BIN)/perfgraph collect --db $(DEMO_DB) --zoo relu conv2d --random 1 --schedules 6 --workers 2
+	$(BIN)/perfgraph collect --db $(DEMO_DB) --zoo conv2d resnet_basic_block --random 1 --seed 9000 \
+		--schedules 8 --max-beam 2 --workers 2
 	$(BIN)/perfgraph stats --db $(DEMO_DB)
 	$(BIN)/perfgraph export --db $(DEMO_DB) --format samples --out out/demo/samples
+	$(BIN)/perfgraph predict --db $(DEMO_DB) --out out/demo/predictions.csv
 	$(BIN)/perfgraph stats
+	$(BIN)/perfgraph evaluate --report out/demo/report
 
 lint: $(STAMP)
 	$(BIN)/ruff check perfgraph tests benchmarks

@@ -67,6 +67,12 @@ def beam_size_for(num_stages: int) -> int:
     return next(beam for limit, beam in _BEAM_BY_STAGES if num_stages <= limit)
 
 
+# The core count the autoscheduler tunes for, varied across random candidates: on small DL layers
+# the random search alone finds only a handful of distinct schedules, while a schedule tuned for 8 or
+# 32 cores (outer parallel loops, other tile sizes) is still valid, and timed as it runs here.
+_ASSUMED_CORES = (1, 4, 16, 2, 8, 32)
+
+
 def sampling_plan(
     num_schedules: int, num_stages: int, parallelism: int = 1, max_beam_size: int | None = None
 ) -> list[AutoschedulerConfig]:
@@ -75,6 +81,8 @@ def sampling_plan(
     ``max_beam_size`` caps the beam of candidate 0 (tests and quick demos use a small one).
     The cycle is: narrow space, full space, narrow space with random weights, narrow space. The
     narrow space (``disable_subtiling``) is ~8x faster to search; random weights spread run times.
+    After each cycle the assumed core count (``parallelism``) changes: 1, 4, 16, 2, 8, 32 times
+    ``parallelism``; the beam-search candidate keeps ``parallelism``.
 
     >>> [(c.beam_size, c.disable_subtiling, c.random_weights) for c in sampling_plan(5, 3)]
     [(32, False, False), (1, True, False), (1, False, False), (1, True, True), (1, True, False)]
@@ -86,6 +94,7 @@ def sampling_plan(
     cycle = ((True, False), (False, False), (True, True), (True, False))
     for index in range(1, num_schedules):
         narrow, random_weights = cycle[(index - 1) % len(cycle)]
+        cores = _ASSUMED_CORES[((index - 1) // len(cycle)) % len(_ASSUMED_CORES)] * parallelism
         plan.append(
             AutoschedulerConfig(
                 beam_size=1,
@@ -93,7 +102,7 @@ def sampling_plan(
                 random_dropout_seed=index,
                 disable_subtiling=narrow,
                 random_weights=random_weights,
-                parallelism=parallelism,
+                parallelism=cores,
             )
         )
     return plan

@@ -48,9 +48,14 @@ def describe_random_pipeline(seed: int) -> list[str]:
     return [header, *plan.describe()]
 
 
-def build_random_pipeline(plan: PipelinePlan) -> list[hl.Func]:
-    """Write a plan as Halide Funcs and return the outputs, with estimates set."""
-    return _Emitter(plan).build()
+def build_random_pipeline(plan: PipelinePlan, all_at_root: bool = False) -> list[hl.Func]:
+    """Write a plan as Halide Funcs and return the outputs, with estimates set.
+
+    ``all_at_root`` schedules every stage ``compute_root``: a simple schedule that compiles and
+    runs any plan in reasonable time (Halide's default inlines everything, which recomputes
+    chains of stencils exponentially often). Leave it off for the autoschedulers.
+    """
+    return _Emitter(plan).build(all_at_root)
 
 
 def _const(dtype: str, value: float) -> hl.Expr:
@@ -76,10 +81,12 @@ class _Emitter:
         self.input.set_estimates([(0, plan.width), (0, plan.height), (0, plan.channels)])
         self.funcs: list[hl.Func] = []
 
-    def build(self) -> list[hl.Func]:
+    def build(self, all_at_root: bool) -> list[hl.Func]:
         for stage in self.plan.stages:
             func = hl.Func(stage.name)
             getattr(self, f"_{stage.op}")(func, stage)
+            if all_at_root:
+                func.compute_root()
             self.funcs.append(func)
         output = self.funcs[-1]
         output.set_estimates([(0, extent) for extent in self.plan.extent(self.plan.output)])
@@ -229,7 +236,7 @@ class _Emitter:
         if "input_scale" in p:
             v = v * _const(stage.dtype, p["input_scale"])
         if fn == "exp":
-            value = hl.exp(v)
+            value = hl.exp(-hl.abs(v))
         elif fn == "log":
             value = hl.log(hl.abs(v) + _const(stage.dtype, 1))
         elif fn == "sqrt":

@@ -44,8 +44,10 @@ class StagePlan:
 
     ``level_x``/``level_y`` give the size relative to the input (``width * 2**-level_x``).
     ``bound`` is an upper bound on ``|value|`` when inputs and weights lie in [-1, 1] (as
-    :func:`perfgraph.workloads.base.random_input` draws them); the planner uses it to keep floats
-    finite and integers from overflowing, and to choose quantization scales.
+    :func:`perfgraph.workloads.base.random_input` draws them): it keeps floats finite and
+    integers from overflowing. ``rms`` is a rough typical magnitude: it scales quantization and
+    the arguments of exp and sin, so that values neither collapse to a constant nor drift into
+    denormals (whose slow arithmetic would make run times depend on the data).
     ``rows`` counts the Halide stages the Func adds (1 + its update definitions): the rows of
     Adams2019's featurization. ``params`` holds the op's own choices (taps, weights, axes...).
     """
@@ -60,6 +62,7 @@ class StagePlan:
     level_y: int
     channels: int
     bound: float
+    rms: float
     rows: int
     ns_per_point: float
     params: dict[str, Any] = field(default_factory=dict)

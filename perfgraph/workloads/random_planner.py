@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 from perfgraph.workloads import random_stages as kinds
 from perfgraph.workloads.random_plan import MAX_DIM, MAX_LEVEL, MIN_DIM, PipelinePlan, StagePlan
-from perfgraph.workloads.random_stages import Draw
+from perfgraph.workloads.random_stages import UNIFORM_RMS, Draw
 
 MIN_ROWS, MAX_ROWS = 2, 20  # Halide stages (featurization rows) per pipeline
 MAX_STAGE_POINTS = 2_000_000  # values in one stage (8 MB as float32)
 MAX_FOOTPRINT_BYTES = 24 * 2**20  # all stages together, so compute_root schedules still fit in L3
-MIN_TARGET_MS, MAX_TARGET_MS = 0.5, 8.0  # the cost model's run time, drawn log-uniformly
+MIN_TARGET_MS, MAX_TARGET_MS = 0.8, 8.0  # the cost model's run time, drawn log-uniformly
 BRANCH_PROBABILITY = 0.25  # a stage reads an older stage instead of the newest one
 INPUT_CHANNELS = (1, 3, 3, 4, 8, 16)
 
@@ -75,7 +75,9 @@ class _Planner:
         self.max_bytes_per_pixel = MAX_FOOTPRINT_BYTES / MIN_DIM**2
         self.row_budget = self.rng.randint(MIN_ROWS, MAX_ROWS) - 1  # one row kept for a final cast
         self.input_channels = self.rng.choice(INPUT_CHANNELS)
-        first = StagePlan(0, "s0_input", "input", "", (), "float32", 0, 0, self.input_channels, 1.0, 1, 0.05)
+        first = StagePlan(
+            0, "s0_input", "input", "", (), "float32", 0, 0, self.input_channels, 1.0, UNIFORM_RMS, 1, 0.05
+        )
         self.stages: list[StagePlan] = [first]
         self.heads: list[int] = [0]  # stages that no later stage reads yet
 

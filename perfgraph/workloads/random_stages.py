@@ -27,12 +27,18 @@ from perfgraph.workloads.random_plan import (
     is_float,
 )
 
-FLOAT_RESCALE_ABOVE = 1e4  # float results with a larger bound are multiplied back to bound 1
+# Float results with a larger bound get normalized; products of two smaller bounds stay far below
+# float32's 3.4e38, so no intermediate can overflow.
+FLOAT_RESCALE_ABOVE = 1e12
+FLOAT_RESCALE_BELOW = 1e-3  # typical magnitudes below this are normalized too, far from denormals
 INT_SAFE = 2**30  # integer intermediates stay below this, so int32 arithmetic cannot overflow
+UNIFORM_RMS = 1 / math.sqrt(3)  # of values uniform in [-1, 1]: the inputs and the weights
+QUANTIZE_SPREAD = 4.0  # quantization maps +-4 rms onto the integer range (outliers saturate)
 MAX_SCAN_EXTENT = MAX_DIM << -MIN_LEVEL
 CHANNEL_CHOICES = (4, 8, 16, 24, 32, 48, 64)
 # The |value| bound a quantizing cast produces, and the offset it adds (unsigned types are centred).
 QUANTIZED = {"uint8": (127.0, 128.0), "uint16": (32767.0, 32768.0), "int16": (32767.0, 0.0), "int32": (2.0**20, 0)}
+INT_MAX = {"uint8": 255.0, "uint16": 65535.0, "int16": 32768.0, "int32": 2.0**31}
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ def new_stage(draw: Draw, op: str, variant: str, sources: tuple[StagePlan, ...],
         "level_y": like.level_y,
         "channels": like.channels,
         "bound": like.bound,
+        "rms": like.rms,
         "rows": 1,
         "ns_per_point": TAP_NS,
         "params": {},
@@ -68,24 +75,27 @@ def int_fits(src: StagePlan, factor: float) -> bool:
     return not is_float(src.dtype) and src.bound * factor < INT_SAFE
 
 
-def rescaled_bound(bound: float, params: dict[str, Any]) -> float:
-    """Rescale a float result whose bound grew too large; the factor goes into ``params["scale"]``."""
-    if bound > FLOAT_RESCALE_ABOVE:
-        params["scale"] = 1.0 / bound
-        return 1.0
-    return bound
+def rescaled(bound: float, rms: float, params: dict[str, Any]) -> tuple[float, float]:
+    """Normalize a float result whose bound grew too large or whose typical magnitude became tiny.
 
-
-def weighted_sum_scale(bound: float, terms: int) -> tuple[float, float]:
-    """The factor for a sum of ``terms`` products with weights in [-1, 1], and the result's bound.
-
-    ``1/sqrt(terms)`` keeps typical magnitudes steady through chains of convolutions (no drift
-    into denormals, which would make run times depend on the data); ``1/terms`` takes over when
-    the worst-case bound would grow too large.
+    The factor goes into ``params["scale"]``. Dividing by the typical magnitude brings values
+    near 1; only when outliers are extreme is the bound itself used. Returns ``(bound, rms)``.
     """
-    if bound * math.sqrt(terms) <= FLOAT_RESCALE_ABOVE:
-        return 1.0 / math.sqrt(terms), bound * math.sqrt(terms)
-    return 1.0 / terms, bound
+    if bound <= FLOAT_RESCALE_ABOVE and rms >= FLOAT_RESCALE_BELOW:
+        return bound, rms
+    factor = 1.0 / rms if bound / rms <= FLOAT_RESCALE_ABOVE else 1.0 / bound
+    params["scale"] = factor
+    return bound * factor, rms * factor
+
+
+def weighted_sum(bound: float, rms: float, terms: int) -> tuple[float, float, float]:
+    """The factor for a sum of ``terms`` products with weights in [-1, 1]; and the new bound and rms.
+
+    ``1/sqrt(terms)`` keeps typical magnitudes steady through chains of convolutions;
+    ``1/terms`` takes over when the worst-case bound would grow too large.
+    """
+    factor = 1.0 / math.sqrt(terms) if bound * math.sqrt(terms) <= FLOAT_RESCALE_ABOVE else 1.0 / terms
+    return factor, bound * terms * factor, rms * UNIFORM_RMS * math.sqrt(terms) * factor
 
 
 def _channels_out(draw: Draw, src: StagePlan, ns_per_point: float) -> int | None:
@@ -107,16 +117,17 @@ def stencil(draw: Draw, src: StagePlan) -> StagePlan:
     integer = int_fits(src, 3 * len(taps))
     if integer:  # small positive weights, divided by their sum
         weights = [float(rng.randint(1, 3)) for _ in taps]
-        bound, dtype = src.bound, src.dtype
+        bound, rms, dtype = src.bound, src.rms, src.dtype
     else:
         raw = [rng.gauss(0.0, 1.0) for _ in taps]
         norm = sum(abs(w) for w in raw) or 1.0
         weights = [round(w / norm, 4) for w in raw]
         bound, dtype = src.bound * sum(abs(w) for w in weights), float_result(src.dtype)
+        rms = src.rms * max(math.sqrt(sum(w * w for w in weights)), abs(sum(weights)))
     variant = f"{k}x{k}" if shape == "xy" else f"{k}-tap along {shape}"
     params = {"taps": tuple(taps), "weights": tuple(weights), "integer": integer}
-    return new_stage(draw, "stencil", variant, (src,), dtype=dtype, bound=bound, ns_per_point=TAP_NS * len(taps),
-                     params=params)
+    return new_stage(draw, "stencil", variant, (src,), dtype=dtype, bound=bound, rms=rms,
+                     ns_per_point=TAP_NS * len(taps), params=params)
 
 
 def conv(draw: Draw, src: StagePlan) -> StagePlan | None:
@@ -126,9 +137,9 @@ def conv(draw: Draw, src: StagePlan) -> StagePlan | None:
     out = _channels_out(draw, src, cost)
     if out is None:
         return None
-    scale, bound = weighted_sum_scale(src.bound, k * k * src.channels)
+    scale, bound, rms = weighted_sum(src.bound, src.rms, k * k * src.channels)
     return new_stage(draw, "conv", f"{k}x{k} {src.channels}->{out}", (src,), dtype=float_result(src.dtype),
-                     channels=out, bound=bound, rows=2, ns_per_point=cost,
+                     channels=out, bound=bound, rms=rms, rows=2, ns_per_point=cost,
                      params={"kernel": k, "scale": scale})
 
 
@@ -141,10 +152,10 @@ def mix(draw: Draw, src: StagePlan) -> StagePlan | None:
     if out is None:
         return None
     unrolled = src.channels <= 8 and draw.rng.random() < 0.5
-    scale, bound = weighted_sum_scale(src.bound, src.channels)
+    scale, bound, rms = weighted_sum(src.bound, src.rms, src.channels)
     variant = f"{'unrolled' if unrolled else 'rdom'} {src.channels}->{out}"
     return new_stage(draw, "mix", variant, (src,), dtype=float_result(src.dtype), channels=out, bound=bound,
-                     rows=1 if unrolled else 2, ns_per_point=cost,
+                     rms=rms, rows=1 if unrolled else 2, ns_per_point=cost,
                      params={"unrolled": unrolled, "scale": scale})
 
 
@@ -159,8 +170,9 @@ def pool(draw: Draw, src: StagePlan) -> StagePlan | None:
         return None
     rdom = not integer_avg and draw.rng.random() < 0.5
     dtype = src.dtype if kind == "max" or integer_avg else float_result(src.dtype)
+    rms = src.rms if kind == "max" else src.rms / window**0.5  # neighbours are partly correlated
     variant = f"{kind} {window}x{window} stride 2{' rdom' if rdom else ''}"
-    return new_stage(draw, "pool", variant, (src,), label=f"{kind}pool", dtype=dtype, level_x=src.level_x + 1,
+    return new_stage(draw, "pool", variant, (src,), label=f"{kind}pool", dtype=dtype, rms=rms, level_x=src.level_x + 1,
                      level_y=src.level_y + 1, rows=2 if rdom else 1, ns_per_point=TAP_NS * window**2,
                      params={"kind": kind, "window": window, "rdom": rdom})
 
@@ -202,16 +214,21 @@ def unary(draw: Draw, src: StagePlan) -> StagePlan:
     """Pointwise maths, in floating point (integer sources are converted)."""
     fn = draw.rng.choice(sorted(UNARY_NS))
     params: dict[str, Any] = {"fn": fn}
-    b = src.bound
-    if fn in ("exp", "sin"):  # bounded arguments: no overflow, and sin stays on libm's fast path
-        params["input_scale"] = min(1.0, (8.0 if fn == "exp" else math.pi) / b)
-    if fn == "exp":
-        bound = math.exp(b * params["input_scale"])
-    else:
-        bound = {"log": math.log1p(b), "sqrt": math.sqrt(b), "sin": 1.0, "tanh": 1.0, "relu": b, "abs": b,
-                 "square": b * b}[fn]
-    bound = rescaled_bound(bound, params)
-    return new_stage(draw, "unary", fn, (src,), label=fn, dtype=float_result(src.dtype), bound=bound,
+    b, r = src.bound, src.rms
+    if fn in ("exp", "sin"):  # arguments of typical magnitude 1: exp(-|v|) and sin(v) stay lively
+        params["input_scale"] = 1.0 / r
+    bound, rms = {
+        "exp": (1.0, 0.5),  # exp(-|v|): never overflows
+        "log": (math.log1p(b), math.log1p(r)),  # log(|v| + 1)
+        "sqrt": (math.sqrt(b), math.sqrt(r)),  # sqrt(|v|)
+        "sin": (1.0, 0.7),
+        "tanh": (1.0, min(r, 0.76)),
+        "relu": (b, r / math.sqrt(2)),
+        "abs": (b, r),
+        "square": (b * b, r * r),
+    }[fn]
+    bound, rms = rescaled(bound, rms, params)
+    return new_stage(draw, "unary", fn, (src,), label=fn, dtype=float_result(src.dtype), bound=bound, rms=rms,
                      ns_per_point=UNARY_NS[fn], params=params)
 
 
@@ -224,16 +241,18 @@ def binary(draw: Draw, f: StagePlan, g: StagePlan) -> StagePlan:
     same_int = f.dtype == g.dtype and not is_float(f.dtype)
     fn = draw.rng.choice(("add", "sub", "max", "min") if same_int else ("add", "sub", "mul", "max", "min"))
     params: dict[str, Any] = {"fn": fn}
+    bound, rms = {
+        "add": (f.bound + g.bound, math.hypot(f.rms, g.rms)),
+        "sub": (f.bound + g.bound, math.hypot(f.rms, g.rms)),
+        "mul": (f.bound * g.bound, f.rms * g.rms),
+    }.get(fn, (max(f.bound, g.bound), max(f.rms, g.rms)))
     if same_int:  # computed in the integer type, saturating
         dtype = f.dtype
-        bound = max(f.bound, g.bound) if fn in ("max", "min") else f.bound + g.bound
+        bound, rms = min(bound, INT_MAX[dtype]), min(rms, INT_MAX[dtype])
     else:
         dtype = float_result(f.dtype, g.dtype)
-        bound = {"add": f.bound + g.bound, "sub": f.bound + g.bound, "mul": f.bound * g.bound}.get(
-            fn, max(f.bound, g.bound)
-        )
-        bound = rescaled_bound(bound, params)
-    return new_stage(draw, "binary", fn, (f, g), label=fn, dtype=dtype, bound=bound,
+        bound, rms = rescaled(bound, rms, params)
+    return new_stage(draw, "binary", fn, (f, g), label=fn, dtype=dtype, bound=bound, rms=rms,
                      level_x=min(f.level_x, g.level_x), level_y=min(f.level_y, g.level_y),
                      channels=max(f.channels, g.channels), ns_per_point=0.05, params=params)
 
@@ -244,11 +263,12 @@ def scan(draw: Draw, src: StagePlan) -> StagePlan:
     extent = src.channels if axis == "c" else MAX_SCAN_EXTENT
     if int_fits(src, extent):
         return new_stage(draw, "scan", f"cumulative sum along {axis}", (src,), dtype="int32",
-                         bound=src.bound * extent, rows=2, ns_per_point=0.5,
+                         bound=src.bound * extent, rms=src.rms * math.sqrt(extent), rows=2, ns_per_point=0.5,
                          params={"axis": axis, "decay": None})
     decay = draw.rng.choice((0.5, 0.8, 0.9, 0.95))
+    rms = src.rms * math.sqrt((1 - decay) / (1 + decay))  # exact for independent inputs
     return new_stage(draw, "scan", f"decaying sum along {axis} ({decay})", (src,), dtype=float_result(src.dtype),
-                     rows=2, ns_per_point=0.5, params={"axis": axis, "decay": decay})
+                     rms=rms, rows=2, ns_per_point=0.5, params={"axis": axis, "decay": decay})
 
 
 def cast(draw: Draw, src: StagePlan, dtype: str | None = None) -> StagePlan:
@@ -256,13 +276,13 @@ def cast(draw: Draw, src: StagePlan, dtype: str | None = None) -> StagePlan:
     if dtype is None:
         floats_to = [t for t in (*INT_DTYPES, "float32", "float64") if t != src.dtype]
         dtype = draw.rng.choice(floats_to if is_float(src.dtype) else ["float32"])
-    if dtype in QUANTIZED:
+    if dtype in QUANTIZED:  # saturating, so the bound is the type's range whatever the source
         half_range, offset = QUANTIZED[dtype]
-        params: dict[str, Any] = {"scale": half_range / src.bound, "offset": offset}
-        bound = half_range + offset
+        params: dict[str, Any] = {"scale": half_range / (QUANTIZE_SPREAD * src.rms), "offset": offset}
+        bound, rms = half_range + offset, math.hypot(half_range / QUANTIZE_SPREAD, offset)
     elif is_float(src.dtype):
-        params, bound = {"scale": 1.0, "offset": 0.0}, src.bound
-    else:  # back from integers to floats, normalized to bound 1
-        params, bound = {"scale": 1.0 / src.bound, "offset": 0.0}, 1.0
+        params, bound, rms = {"scale": 1.0, "offset": 0.0}, src.bound, src.rms
+    else:  # back from integers to floats, normalized to typical magnitude 1
+        params, bound, rms = {"scale": 1.0 / src.rms, "offset": 0.0}, src.bound / src.rms, 1.0
     return new_stage(draw, "cast", f"{src.dtype}->{dtype}", (src,), label=f"to_{dtype}", dtype=dtype, bound=bound,
-                     ns_per_point=0.1, params=params)
+                     rms=rms, ns_per_point=0.1, params=params)
