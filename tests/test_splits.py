@@ -51,9 +51,15 @@ def test_every_sample_lands_in_exactly_one_part(kind):
 
 
 def test_fixed_split_is_about_70_15_15_of_pipelines():
-    parts = split_samples(dataset(pipelines=40), "fixed")
-    sizes = [len(parts.pipelines(part)) for part in ("train", "valid", "test")]
-    assert sizes == [28, 6, 6]
+    parts = split_samples(dataset(pipelines=400), "fixed")
+    shares = [len(parts.pipelines(part)) / 400 for part in ("train", "valid", "test")]
+    assert shares == pytest.approx([0.70, 0.15, 0.15], abs=0.05)  # each pipeline is placed by its own hash
+
+
+def test_adding_pipelines_never_moves_a_pipeline_to_another_part():
+    small, large = split_samples(dataset(pipelines=60), "fixed"), split_samples(dataset(pipelines=200), "fixed")
+    for part in ("train", "valid", "test"):
+        assert set(small.pipelines(part)) <= set(large.pipelines(part))
 
 
 def test_fixed_split_depends_only_on_the_pipelines_not_on_sample_order():

@@ -182,8 +182,9 @@ REFERENCES: dict[str, Callable[[Arrays, dict[str, int]], np.ndarray]] = {
     "attention": np_attention,
 }
 
-#: Inputs scaled beyond [-1, 1) so that ReLU6's clip, GELU's curve and softmax's max subtraction matter.
-INPUT_SCALE = {"relu6": 8.0, "gelu": 4.0, "softmax": 4.0, "channel_softmax": 4.0}
+#: Inputs scaled beyond [-1, 1) so that ReLU6's clip and GELU's curve matter, and so that a softmax
+#: without its max subtraction would overflow float32 (exp(100) > 3.4e38).
+INPUT_SCALE = {"relu6": 8.0, "gelu": 4.0, "softmax": 100.0, "channel_softmax": 100.0}
 
 #: Shapes beyond each entry's ``small`` that take other branches: projection shortcuts, no expansion.
 OTHER_BRANCHES = [

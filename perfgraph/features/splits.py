@@ -76,6 +76,28 @@ def pipeline_hash(pipeline_name: str) -> int:
     return int.from_bytes(hashlib.sha256(pipeline_name.encode("utf-8")).digest()[:8], "big")
 
 
+def _hash_fraction(name: str) -> float:
+    return pipeline_hash(name) / 2**64
+
+
+def _fixed_parts(names: list[str]) -> tuple[set[str], set[str]]:
+    """Test and validation pipelines, each pipeline placed by its own hash alone.
+
+    A pipeline whose hash falls in the top ``TEST_FRACTION`` of the hash range is a test pipeline,
+    the next ``VALID_FRACTION`` validation, so adding pipelines to a dataset never moves a pipeline
+    from one part to another (a model trained on an older dataset never saw a newer test pipeline).
+    Only when that leaves a part empty (a handful of pipelines) are the last pipelines in hash order
+    used instead; ``names`` is sorted by hash.
+    """
+    test = {n for n in names if _hash_fraction(n) >= 1 - TEST_FRACTION}
+    valid = {n for n in names if 1 - TEST_FRACTION - VALID_FRACTION <= _hash_fraction(n) < 1 - TEST_FRACTION}
+    if test and valid and len(test) + len(valid) < len(names):
+        return test, valid
+    num_test = max(1, round(TEST_FRACTION * len(names)))
+    num_valid = max(1, round(VALID_FRACTION * len(names)))
+    return set(names[len(names) - num_test :]), set(names[len(names) - num_test - num_valid : len(names) - num_test])
+
+
 def split_samples(
     samples: Sequence[T], split: str = "fixed", *, held_out_families: Iterable[str] = DEFAULT_HELD_OUT_FAMILIES
 ) -> DatasetSplit[T]:
@@ -89,10 +111,7 @@ def split_samples(
     if split == "fixed":
         if len(names) < 3:
             raise SplitError(f"split 'fixed' needs at least 3 pipelines (one per part), got {len(names)}")
-        num_test = max(1, round(TEST_FRACTION * len(names)))
-        num_valid = max(1, round(VALID_FRACTION * len(names)))
-        test = set(names[len(names) - num_test :])
-        valid = set(names[len(names) - num_test - num_valid : len(names) - num_test])
+        test, valid = _fixed_parts(names)
     else:
         held_out = frozenset(held_out_families)
         test = {s.pipeline_name for s in samples if s.family in held_out}

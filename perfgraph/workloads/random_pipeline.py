@@ -14,6 +14,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import halide as hl
 
 from perfgraph.workloads.random_plan import PipelinePlan, StagePlan, is_float
@@ -27,6 +29,8 @@ HALIDE_TYPES: dict[str, hl.Type] = {
     "int16": hl.Int(16),
     "int32": hl.Int(32),
 }
+# Resampling along one axis: (source coordinate, integer weight) pairs and the weights' denominator.
+AxisTaps = tuple[list[tuple[hl.Expr, hl.Expr | int]], int]
 
 
 def random_pipeline(seed: int) -> list[hl.Func]:
@@ -111,6 +115,7 @@ class _Emitter:
 
     # -- one method per op ---------------------------------------------------------------------
     def _input(self, func: hl.Func, stage: StagePlan) -> None:
+        """The input read through a boundary condition: edge pixels repeat, or zeros outside."""
         x, y, c = self.xyc
         w, h, channels = self.plan.width, self.plan.height, self.plan.channels
         value = self.input[hl.clamp(x, 0, w - 1), hl.clamp(y, 0, h - 1), hl.clamp(c, 0, channels - 1)]
@@ -190,7 +195,7 @@ class _Emitter:
     def _downsample(self, func: hl.Func, stage: StagePlan) -> None:
         box = stage.params["mode"] == "box"
 
-        def axis(v: hl.Var) -> tuple[list[tuple[hl.Expr, hl.Expr | int]], int]:
+        def axis(v: hl.Var) -> AxisTaps:
             return ([(2 * v, 1), (2 * v + 1, 1)], 2) if box else ([(2 * v, 1)], 1)
 
         self._resampled(func, stage, axis)
@@ -198,7 +203,7 @@ class _Emitter:
     def _upsample(self, func: hl.Func, stage: StagePlan) -> None:
         linear = stage.params["mode"] == "linear"
 
-        def axis(v: hl.Var) -> tuple[list[tuple[hl.Expr, hl.Expr | int]], int]:
+        def axis(v: hl.Var) -> AxisTaps:
             if not linear:
                 return [(v / 2, 1)], 1
             odd = v % 2
@@ -206,9 +211,8 @@ class _Emitter:
 
         self._resampled(func, stage, axis)
 
-    def _resampled(self, func: hl.Func, stage: StagePlan, axis) -> None:  # type: ignore[no-untyped-def]
-        """Sum of weighted taps, separably per resampled axis: ``axis(v)`` gives (coord, weight) pairs
-        and their common denominator."""
+    def _resampled(self, func: hl.Func, stage: StagePlan, axis: Callable[[hl.Var], AxisTaps]) -> None:
+        """The weighted sum of taps of a separable resampling, in integers for integer stages."""
         x, y, c = self.xyc
         on_x, on_y = stage.params["axes"]
         xs, dx = axis(x) if on_x else ([(x, 1)], 1)
@@ -250,8 +254,7 @@ class _Emitter:
         func[x, y, c] = value * _const(stage.dtype, p["scale"]) if "scale" in p else value
 
     def _binary(self, func: hl.Func, stage: StagePlan) -> None:
-        """``f op g`` at the finer resolution of the two (nearest upsampling of the other) and the
-        larger channel count (the other operand's channels repeat)."""
+        """``f op g`` at the finer resolution and larger channel count of the two operands."""
         x, y, c = self.xyc
         f, g = (self.plan.stages[i] for i in stage.inputs)
         compute = None if f.dtype == g.dtype else stage.dtype
@@ -297,6 +300,7 @@ class _Emitter:
             func[here] = func[here] + func[before] * _const(stage.dtype, decay)
 
     def _cast(self, func: hl.Func, stage: StagePlan) -> None:
+        """Saturating quantization of floats into an integer type, or a scaled conversion to float."""
         x, y, c = self.xyc
         src = self.src(stage)
         v = self.load(src.index, x, y, c)

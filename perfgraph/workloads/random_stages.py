@@ -3,8 +3,9 @@
 Every kind takes a :class:`Draw` (the seeded generator, the new stage's index and the time budget
 left) and its source stage(s), and returns a :class:`StagePlan` -- or ``None`` when it does not
 apply (pooling an already tiny stage, a convolution too expensive for the budget). Each kind also
-carries the value bookkeeping: the bound on ``|value|`` and the scale factors that keep floats
-finite and integers from overflowing for inputs in [-1, 1].
+keeps the books on values: a bound on ``|value|`` and a typical magnitude, from which it picks the
+scale factors that keep floats finite and lively and integers from overflowing, for inputs and
+weights in [-1, 1].
 """
 
 from __future__ import annotations
@@ -211,7 +212,11 @@ def _resample(draw: Draw, op: str, mode: str, src: StagePlan, axes: tuple[bool, 
 
 
 def unary(draw: Draw, src: StagePlan) -> StagePlan:
-    """Pointwise maths, in floating point (integer sources are converted)."""
+    """Pointwise maths in floating point (integer sources are converted).
+
+    ``exp`` computes ``exp(-|v| s)`` and ``log`` and ``sqrt`` take ``|v|`` (+1), so that no input
+    can overflow or leave the domain.
+    """
     fn = draw.rng.choice(sorted(UNARY_NS))
     params: dict[str, Any] = {"fn": fn}
     b, r = src.bound, src.rms

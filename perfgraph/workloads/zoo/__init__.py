@@ -97,7 +97,7 @@ def _entry(
     return ZooEntry(name, family, build, dict(defaults), dict(small), choices, schedule_slowdown)
 
 
-_ENTRIES = [
+_LAYERS = [
     _entry(
         "conv2d", "conv", layer_workloads.conv2d,
         {"w": 56, "h": 56, "c_in": 32, "c_out": 32, "kernel": 3, "stride": 1, "padding": 1},
@@ -167,16 +167,24 @@ _ENTRIES = [
         "upsample2x", "upsample", layer_workloads.upsample2x, {"w": 112, "h": 112, "c": 128}, _TINY,
         w=(56, 112, 160, 224), h=(56, 112, 160, 224), c=(32, 64, 128, 256),
     ),
+]
+
+# Blocks' schedule slowdowns: measured / estimated run time under greedy and small-beam Adams2019
+# schedules on one core, rounded across a few shapes (the ratio varies with shape by up to 10x; single
+# layers matched their estimates within about 2x).
+_BLOCKS = [
     _entry(
         "resnet_basic_block", "resnet", blocks.resnet_basic_block,
         {"w": 28, "h": 28, "c_in": 32, "c_out": 32, "stride": 1},
         {"w": 6, "h": 5, "c_in": 4, "c_out": 4, "stride": 1},
+        schedule_slowdown=2.0,
         w=(7, 14, 28, 56), h=(7, 14, 28, 56), c_in=_CHANNELS, c_out=_CHANNELS, stride=(1, 2),
     ),
     _entry(
         "resnet_bottleneck_block", "resnet", blocks.resnet_bottleneck_block,
         {"w": 14, "h": 14, "c_in": 256, "c_mid": 64, "c_out": 256, "stride": 1},
         {"w": 6, "h": 5, "c_in": 8, "c_mid": 3, "c_out": 8, "stride": 1},
+        schedule_slowdown=2.0,
         w=(7, 14, 28, 56), h=(7, 14, 28, 56), c_in=(64, 128, 256, 512), c_mid=(16, 32, 64, 128),
         c_out=(64, 128, 256, 512), stride=(1, 2),
     ),
@@ -184,32 +192,36 @@ _ENTRIES = [
         "mobilenet_inverted_residual", "mobilenet", blocks.mobilenet_inverted_residual,
         {"w": 28, "h": 28, "c_in": 32, "c_out": 32, "expand": 6, "stride": 1},
         {"w": 6, "h": 5, "c_in": 3, "c_out": 3, "expand": 2, "stride": 1},
+        schedule_slowdown=2.5,
         w=(14, 28, 56, 112), h=(14, 28, 56, 112), c_in=(16, 24, 32, 64, 96), c_out=(16, 24, 32, 64, 96),
         expand=(1, 4, 6), stride=(1, 2),
     ),
     _entry(
         "vgg", "vgg", blocks.vgg,
-        {"w": 64, "h": 64, "c_in": 3, "width": 16, "depth": 3},
+        {"w": 48, "h": 48, "c_in": 3, "width": 16, "depth": 3},
         {"w": 8, "h": 6, "c_in": 2, "width": 3, "depth": 2},
+        schedule_slowdown=5.0,
         w=(32, 48, 64, 96, 128), h=(32, 48, 64, 96, 128), c_in=(1, 3, 8), width=(8, 16, 32, 64),
         depth=(1, 2, 3),
     ),
     _entry(
         "mlp", "mlp", blocks.mlp,
-        {"batch": 32, "d_in": 512, "hidden": 512, "d_out": 128, "depth": 2},
+        {"batch": 32, "d_in": 256, "hidden": 256, "d_out": 128, "depth": 2},
         {"batch": 3, "d_in": 6, "hidden": 5, "d_out": 4, "depth": 2},
+        schedule_slowdown=3.0,
         batch=(16, 32, 64, 128, 256), d_in=(128, 256, 512, 1024), hidden=(128, 256, 512, 1024),
         d_out=(10, 128, 512), depth=(1, 2, 3),
     ),
     _entry(
         "attention", "attention", blocks.attention,
         {"tokens": 128, "heads": 4, "head_dim": 32}, {"tokens": 5, "heads": 2, "head_dim": 3},
-        tokens=(64, 128, 196, 256, 384), heads=(1, 2, 4, 8), head_dim=(16, 32, 64),
+        schedule_slowdown=1.5,
+        tokens=(49, 64, 96, 128, 196, 256, 384), heads=(1, 2, 3, 4, 6, 8), head_dim=(16, 32, 48, 64),
     ),
 ]
 
 #: Every zoo entry by name.
-ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
+ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in _LAYERS + _BLOCKS}
 
 
 def zoo_variants(name: str, count: int, seed: int) -> list[str]:

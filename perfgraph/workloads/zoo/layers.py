@@ -4,6 +4,8 @@ Every layer takes :class:`~perfgraph.workloads.zoo.tensor.Tensor` s and a ``name
 weight inputs (``ImageParam`` s named ``{name}_w``, ``{name}_b``, ``{name}_scale`` ...), and returns
 a new Tensor whose Func carries ``name``: those names become the stage names of the program graph
 the performance model sees, so ``conv1`` / ``bn1`` / ``relu1`` read like the network they come from.
+(Halide keeps Func names unique per process: a second ``relu`` built in the same process is named
+``relu$1``; ImageParam names are kept as given. Build in a fresh process for stable stage names.)
 
 Reductions are written as explicit update definitions over a named ``RDom`` rather than with
 ``hl.sum`` / ``hl.maximum``, whose hidden anonymous Funcs would make stages with meaningless names.
