@@ -7,40 +7,17 @@ import pytest
 import torch
 
 from perfgraph.data.records import Sample
-from perfgraph.features.layout import NUM_EDGE_FEATURES, NUM_SCHEDULE_FEATURES, SCHEDULE_FEATURE_NAMES
+from perfgraph.features.layout import NUM_SCHEDULE_FEATURES, SCHEDULE_FEATURE_NAMES
 from perfgraph.models.halide_net import HalideCostModel
 from perfgraph.models.halide_terms import halide_throughput_loss, log_mse_loss, stage_costs
+
+from .synthetic import synthetic_samples
 
 torch.set_num_threads(1)
 
 
-def make_samples(
-    num_pipelines: int = 2, num_schedules: int = 6, num_stages: int = 3, seed: int = 0
-) -> list[Sample]:
-    """Random non-negative featurizations; run time grows with the points computed (schedule feature 4)."""
-    rng = np.random.default_rng(seed)
-    samples = []
-    for pipeline_id in range(num_pipelines):
-        pipeline_part = rng.integers(0, 20, (num_stages, 287)).astype(np.float32)
-        for schedule_id in range(num_schedules):
-            schedule_part = rng.integers(1, 4096, (num_stages, NUM_SCHEDULE_FEATURES)).astype(np.float32)
-            features = np.concatenate([schedule_part, pipeline_part], axis=1)
-            runtime_ms = float(1e-3 * schedule_part[:, 4].sum() * rng.uniform(0.9, 1.1))
-            edges = np.array([np.arange(1, num_stages), np.arange(num_stages - 1)], dtype=np.int64)
-            samples.append(
-                Sample(
-                    pipeline_id,
-                    schedule_id,
-                    f"p{pipeline_id}",
-                    "test",
-                    features,
-                    edges,
-                    np.zeros((num_stages - 1, NUM_EDGE_FEATURES), np.float32),
-                    (),
-                    runtime_ms,
-                )
-            )
-    return samples
+def make_samples(num_pipelines: int = 2, num_schedules: int = 6, num_stages: int = 3, seed: int = 0) -> list[Sample]:
+    return synthetic_samples(num_pipelines, num_schedules, num_stages, seed)
 
 
 def quick_model(loss: str = "halide", **overrides) -> HalideCostModel:
@@ -59,9 +36,7 @@ def test_prediction_is_the_sum_of_the_stage_costs():
 def test_predicted_milliseconds_are_network_output_times_the_calibrated_scale():
     samples = make_samples()
     model = quick_model(max_epochs=3).fit(samples, [])
-    np.testing.assert_allclose(
-        model.predict(samples), model.predict_halide_units(samples) * np.exp(model.log_scale_)
-    )
+    np.testing.assert_allclose(model.predict(samples), model.predict_halide_units(samples) * np.exp(model.log_scale_))
 
 
 def test_output_stage_pays_its_own_store_coefficient():

@@ -16,7 +16,6 @@ import torch
 
 from perfgraph.data.export import sample_bytes
 from perfgraph.data.records import Sample
-from perfgraph.features.layout import NUM_EDGE_FEATURES, NUM_SCHEDULE_FEATURES
 from perfgraph.models.halide_net import AdamsNetwork, HalideCostModel, pipeline_batches
 from perfgraph.models.halide_terms import coefficient_regularizer, halide_throughput_loss
 from perfgraph.models.halide_trainer import (
@@ -28,34 +27,13 @@ from perfgraph.models.halide_trainer import (
     write_halide_weights,
 )
 
+from .synthetic import synthetic_samples
+
 torch.set_num_threads(1)
 
 
-def make_samples(
-    num_pipelines: int, num_schedules: int = 8, num_stages: int = 3, seed: int = 0
-) -> list[Sample]:
-    rng = np.random.default_rng(seed)
-    samples = []
-    for pipeline_id in range(num_pipelines):
-        pipeline_part = rng.integers(0, 20, (num_stages, 287)).astype(np.float32)
-        for schedule_id in range(num_schedules):
-            schedule_part = rng.integers(1, 4096, (num_stages, NUM_SCHEDULE_FEATURES)).astype(np.float32)
-            features = np.concatenate([schedule_part, pipeline_part], axis=1)
-            edges = np.array([np.arange(1, num_stages), np.arange(num_stages - 1)], dtype=np.int64)
-            samples.append(
-                Sample(
-                    pipeline_id,
-                    schedule_id,
-                    f"p{pipeline_id}",
-                    "test",
-                    features,
-                    edges,
-                    np.zeros((num_stages - 1, NUM_EDGE_FEATURES), np.float32),
-                    (),
-                    float(np.float32(rng.uniform(0.5, 20.0))),
-                )
-            )
-    return samples
+def make_samples(num_pipelines: int, num_schedules: int = 8, num_stages: int = 3, seed: int = 0) -> list[Sample]:
+    return synthetic_samples(num_pipelines, num_schedules, num_stages, seed, runtime="uniform")
 
 
 def write_sample_files(samples: list[Sample], directory: Path) -> list[Path]:
@@ -118,9 +96,7 @@ def test_weights_file_round_trips(tmp_path):
 
 def test_parses_epoch_lines_including_nan_validation_rates(tmp_path):
     stdout = (
-        "Distinct pipelines: 3\n"
-        "Loss: 12.5000  Rate: 0.7115 -nan  Worst: 3.2 a.sample\n"
-        "Loss: 11.0000  Rate: 0.7 -nan \n"
+        "Distinct pipelines: 3\nLoss: 12.5000  Rate: 0.7115 -nan  Worst: 3.2 a.sample\nLoss: 11.0000  Rate: 0.7 -nan \n"
     )
     result = parse_retrain_output(stdout, tmp_path / "w.weights", tmp_path / "log")
     assert result.losses == (12.5, 11.0) and result.train_correct_ordering == (0.7115, 0.7)
@@ -146,9 +122,7 @@ def test_halide_holds_out_the_pipelines_we_predict(evaluation_by_halide):
     held_out = [s for s in samples if is_halide_validation_pipeline(s.features)]
     assert held_out, "the fixture needs at least one held-out pipeline"
     predicted = model.predict_halide_units(held_out)
-    ours = correct_ordering_rate(
-        predicted, [s.runtime_ms for s in held_out], [s.pipeline_id for s in held_out]
-    )
+    ours = correct_ordering_rate(predicted, [s.runtime_ms for s in held_out], [s.pipeline_id for s in held_out])
     assert ours == pytest.approx(result.valid_correct_ordering[0], abs=1e-4)
 
 

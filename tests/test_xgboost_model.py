@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from perfgraph.data.records import Sample
-from perfgraph.features.layout import NUM_EDGE_FEATURES, NUM_SCHEDULE_FEATURES
 from perfgraph.models.checkpoint import CheckpointError
 from perfgraph.models.xgboost_model import (
     PackSumXGBoost,
@@ -15,33 +14,11 @@ from perfgraph.models.xgboost_model import (
     pack_sum_square_error,
 )
 
+from .synthetic import synthetic_samples
+
 
 def make_samples(num_pipelines: int = 2, num_schedules: int = 8, seed: int = 0) -> list[Sample]:
-    """Random featurizations with 2-4 stages; run time grows with the points computed (schedule feature 4)."""
-    rng = np.random.default_rng(seed)
-    samples = []
-    for pipeline_id in range(num_pipelines):
-        num_stages = 2 + pipeline_id % 3
-        pipeline_part = rng.integers(0, 20, (num_stages, 287)).astype(np.float32)
-        for schedule_id in range(num_schedules):
-            schedule_part = rng.integers(1, 4096, (num_stages, NUM_SCHEDULE_FEATURES)).astype(np.float32)
-            features = np.concatenate([schedule_part, pipeline_part], axis=1)
-            runtime_ms = float(1e-3 * schedule_part[:, 4].sum() * rng.uniform(0.9, 1.1))
-            edges = np.array([np.arange(1, num_stages), np.arange(num_stages - 1)], dtype=np.int64)
-            samples.append(
-                Sample(
-                    pipeline_id,
-                    schedule_id,
-                    f"p{pipeline_id}",
-                    "test",
-                    features,
-                    edges,
-                    np.zeros((num_stages - 1, NUM_EDGE_FEATURES), np.float32),
-                    (),
-                    runtime_ms,
-                )
-            )
-    return samples
+    return synthetic_samples(num_pipelines, num_schedules, num_stages=None, seed=seed)
 
 
 MODELS = {
@@ -71,9 +48,7 @@ def test_pack_sum_gradient_matches_finite_differences():
         up, down = predictions.copy(), predictions.copy()
         up[row] += step
         down[row] -= step
-        numeric = (half_loss(up, labels, weights, pack_ids) - half_loss(down, labels, weights, pack_ids)) / (
-            2 * step
-        )
+        numeric = (half_loss(up, labels, weights, pack_ids) - half_loss(down, labels, weights, pack_ids)) / (2 * step)
         assert gradient[row] == pytest.approx(numeric, rel=1e-6)
 
 
