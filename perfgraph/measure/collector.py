@@ -108,9 +108,7 @@ class Collector:
         cpus_name = "-".join(map(str, sorted(self.benchmark_cpus)))
         self.lock_path = Path(tempfile.gettempdir()) / f"perfgraph-benchmark-cpus-{cpus_name}.lock"
         self._claims = threading.Condition()
-        self._claimed: dict[
-            int, dict[str, int | None]
-        ] = {}  # pipeline id -> hash -> schedule id (None: in flight)
+        self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
         self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
         self.summary = CollectSummary()
 
@@ -121,13 +119,9 @@ class Collector:
         started = time.monotonic()
         work: deque[_Analysis | _Candidate] = deque()
         for uri in dict.fromkeys(uris):
-            work.extend(
-                self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)]
-            )
+            work.extend(self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)])
         self._run(work, total=sum(self._estimated_jobs(uri) for uri in dict.fromkeys(uris)))
-        self.summary.pipelines = sum(
-            1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None
-        )
+        self.summary.pipelines = sum(1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None)
         self.summary.elapsed_s = time.monotonic() - started
         return self.summary
 
@@ -195,9 +189,7 @@ class Collector:
             "autoschedule": self.options.timeouts.analyze_s,
             "reference": self.options.timeouts.analyze_s,
         }
-        return run_job(
-            job, limits, self.compile_cpus, env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"}
-        )
+        return run_job(job, limits, self.compile_cpus, env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
 
     def _record_analysis(self, uri: str, result: JobResult) -> bool:
         """Store the pipeline described by an analysis job; ``False`` (and a failure row) if it failed."""
@@ -221,8 +213,7 @@ class Collector:
                     return True
                 except StoreError as error:
                     kind, message = "definition_changed", str(error)
-        self.store.add_failure(uri, -1, None, kind, "analyze", message, self.machine_id)
-        self.summary.count_failure(kind)
+        self._fail(uri, -1, None, kind, "analyze", message)
         return False
 
     def _measure(self, candidate: _Candidate) -> tuple[JobResult, int | None]:
@@ -251,9 +242,7 @@ class Collector:
             "start": timeouts.build_s,
             "compile": timeouts.compile_s,
             "run": timeouts.run_s,
-            "autoschedule": timeouts.beam_autoschedule_s
-            if candidate.config.beam_size > 1
-            else timeouts.autoschedule_s,
+            "autoschedule": timeouts.beam_autoschedule_s if candidate.config.beam_size > 1 else timeouts.autoschedule_s,
         }
         result = run_job(job, limits, self.compile_cpus, env={"HL_NUM_THREADS": "1"}, on_event=on_event)
         return result, duplicate_of[0]
@@ -267,68 +256,64 @@ class Collector:
                 base64.b64decode(scheduled["featurization"])
             )
             if result.ok and measured and same:
-                self.store.add_repeat_measurement(
-                    candidate.repeat_of, self.machine_id, _measurement(measured)
-                )
+                self.store.add_repeat_measurement(candidate.repeat_of, self.machine_id, _measurement(measured))
                 self.summary.remeasured += 1
             return None
         config = candidate.config.to_json()
+        featurization = base64.b64decode(scheduled["featurization"]) if scheduled is not None else None
+        # A candidate that is nobody's duplicate holds the claim on its features hash until it settles.
+        claim = featurization if duplicate_of is None else None
         if not result.ok:
-            self.store.add_failure(
+            self._fail(
                 candidate.uri,
                 candidate.index,
                 config,
                 result.failure_kind or "crash",
                 result.failure_phase,
                 result.failure_message,
-                self.machine_id,
             )
-            self.summary.count_failure(result.failure_kind or "crash")
-            if scheduled is not None and duplicate_of is None:
-                self._settle_claim(candidate.pipeline_id, base64.b64decode(scheduled["featurization"]), None)
+            self._release(candidate.pipeline_id, claim)
             return None
-        featurization = base64.b64decode(scheduled["featurization"])  # type: ignore[index]
+        assert featurization is not None
         if algorithm_hash(featurization) != self._algorithm[candidate.pipeline_id]:
-            self.store.add_failure(
+            self._fail(
                 candidate.uri,
                 candidate.index,
                 config,
                 "definition_changed",
                 "autoschedule",
                 "the pipeline's features differ from its analysis: the workload code changed",
-                self.machine_id,
             )
-            self.summary.count_failure("definition_changed")
+            self._release(candidate.pipeline_id, claim)
             return None
-        source, autoschedule_s = scheduled["schedule_source"], scheduled["autoschedule_s"]  # type: ignore[index]
-        if duplicate_of is not None:
-            self.store.add_schedule(
-                candidate.pipeline_id,
-                candidate.index,
-                config,
-                featurization,
-                source,
-                autoschedule_s,
-                self.machine_id,
-                None,
-                duplicate_of=duplicate_of,
-            )
-            self.summary.duplicates += 1
-            return None
-        measured = result.events["measured"]
+        measurement = _measurement(result.events["measured"]) if duplicate_of is None else None
         schedule_id = self.store.add_schedule(
             candidate.pipeline_id,
             candidate.index,
             config,
             featurization,
-            source,
-            autoschedule_s,
+            scheduled["schedule_source"],
+            scheduled["autoschedule_s"],
             self.machine_id,
-            _measurement(measured),
+            measurement,
+            duplicate_of=duplicate_of,
         )
+        if duplicate_of is not None:
+            self.summary.duplicates += 1
+            return None
         self._settle_claim(candidate.pipeline_id, featurization, schedule_id)
         self.summary.measured += 1
         return schedule_id
+
+    def _fail(self, uri: str, index: int, config: dict | None, kind: str, phase: str, message: str) -> None:
+        """Record a failed job (``index`` -1: the pipeline's analysis) and count it in the summary."""
+        self.store.add_failure(uri, index, config, kind, phase, message, self.machine_id)
+        self.summary.count_failure(kind)
+
+    def _release(self, pipeline_id: int, claimed_featurization: bytes | None) -> None:
+        """Give up a claim on a features hash after a failure, so a waiting twin is measured instead."""
+        if claimed_featurization is not None:
+            self._settle_claim(pipeline_id, claimed_featurization, None)
 
     def _claim(self, pipeline_id: int, digest: str) -> int | None:
         """Claim a features hash for measuring; returns the measured twin's schedule id if there is one.
