@@ -21,6 +21,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check perfgraph tests benchmarks
+	$(BIN)/ruff format --check perfgraph tests benchmarks
 	$(BIN)/pytest -q
 
 # The demo: collect a small dataset of new pipelines end to end, predict it with the shipped GNN,
@@ -37,6 +38,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check perfgraph tests benchmarks
+	$(BIN)/ruff format --check perfgraph tests benchmarks
 
 clean:
 	rm -rf $(VENV) out

@@ -58,8 +58,9 @@ def main() -> None:
 
     def rate(model: HalideCostModel) -> float:
         predicted = model.predict_halide_units(validation)
-        return correct_ordering_rate(predicted, np.array([s.runtime_ms for s in validation]),
-                                     [s.pipeline_id for s in validation])
+        return correct_ordering_rate(
+            predicted, np.array([s.runtime_ms for s in validation]), [s.pipeline_id for s in validation]
+        )
 
     result = {
         "command": f"python benchmarks/halide_trainer.py --epochs {args.epochs}",

@@ -41,11 +41,7 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
     for name in names:
         if name not in ZOO:
             raise CliError(f"--zoo {name!r}: no such zoo entry; known: {', '.join(sorted(ZOO))}, or 'all'")
-        zoo_uris += (
-            zoo_variants(name, args.zoo_variants, seed=args.seed)
-            if args.zoo_variants > 1
-            else [zoo_uri(name)]
-        )
+        zoo_uris += zoo_variants(name, args.zoo_variants, seed=args.seed) if args.zoo_variants > 1 else [zoo_uri(name)]
     # Interleave families, so that a collection stopped early still covers every kind of workload.
     by_round = zip_longest(_round_robin(zoo_uris, args.zoo_variants), random_uris)
     uris = [uri for pair in by_round for uri in pair if uri is not None]
@@ -143,11 +139,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from perfgraph.models.train import train_model
 
     samples = open_store(args.db).samples()
-    hparams = {key: value for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target))
-               if value is not None}
+    hparams = {
+        key: value
+        for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target))
+        if value is not None
+    }
     try:
-        result = train_model(samples, args.model, args.out, epochs=args.epochs, device=args.device, seed=args.seed,
-                             split="family" if args.split == "family" else "fixed", **hparams)
+        result = train_model(
+            samples,
+            args.model,
+            args.out,
+            epochs=args.epochs,
+            device=args.device,
+            seed=args.seed,
+            split="family" if args.split == "family" else "fixed",
+            **hparams,
+        )
     except (TypeError, ValueError) as error:
         raise CliError(f"train --model {args.model}: {error}") from None
     print(result.split.describe())
@@ -182,8 +189,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pairs = [p for p in store.repeat_pairs() if p[0] in test_pipelines]
     noise = ([p[2] for p in pairs], [p[3] for p in pairs], [p[0] for p in pairs]) if pairs else None
     extra = _halide_trainer_row(args.halide_trainer)
-    report, predictions = evaluate_models(models, test, noise, extra_rows=extra,
-                                          reference="gnn" if "gnn" in models else None, split=args.split)
+    report, predictions = evaluate_models(
+        models, test, noise, extra_rows=extra, reference="gnn" if "gnn" in models else None, split=args.split
+    )
     if args.report:
         from perfgraph.evaluate.report import write_report
 
@@ -208,16 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perfgraph", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    collect = sub.add_parser(
-        "collect", help="sample schedules with Adams2019, measure them, store the samples"
-    )
+    collect = sub.add_parser("collect", help="sample schedules with Adams2019, measure them, store the samples")
     collect.add_argument("--db", type=Path, help=f"SQLite store (default {DEFAULT_DB})")
     collect.add_argument("--random", type=int, default=0, metavar="N", help="N seeded random pipelines")
     collect.add_argument("--seed", type=int, default=0, help="first random-pipeline seed; zoo-variant seed")
     collect.add_argument("--zoo", nargs="+", metavar="NAME", help="zoo entries ('all' for every entry)")
-    collect.add_argument(
-        "--zoo-variants", type=int, default=1, metavar="V", help="shape variants per zoo entry"
-    )
+    collect.add_argument("--zoo-variants", type=int, default=1, metavar="V", help="shape variants per zoo entry")
     collect.add_argument("--pipeline", nargs="+", metavar="FILE.py:FUNCTION", help="your own pipelines")
     collect.add_argument("--schedules", type=int, default=32, metavar="K", help="candidates per pipeline")
     collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
@@ -247,9 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.set_defaults(run=cmd_export)
 
-    shards = sub.add_parser(
-        "shards", help="export new rows as an immutable shard, or rebuild a store from shards"
-    )
+    shards = sub.add_parser("shards", help="export new rows as an immutable shard, or rebuild a store from shards")
     shards.add_argument("action", choices=("export", "rebuild"))
     shards.add_argument("--db", type=Path)
     shards.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
@@ -278,8 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models", type=Path, nargs="+", help=f"checkpoints (default: every {MODELS_DIR}/*.pt)")
     evaluate.add_argument("--split", default="test", choices=("test", "family"))
     evaluate.add_argument("--report", type=Path, metavar="DIR", help="write report.md, report.json and plots here")
-    evaluate.add_argument("--halide-trainer", type=Path, default=MODELS_DIR / "halide_trainer.json",
-                          help="recorded result of Halide's own trainer (benchmarks/halide_trainer.py)")
+    evaluate.add_argument(
+        "--halide-trainer",
+        type=Path,
+        default=MODELS_DIR / "halide_trainer.json",
+        help="recorded result of Halide's own trainer (benchmarks/halide_trainer.py)",
+    )
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=cmd_evaluate)
     return parser

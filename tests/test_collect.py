@@ -50,9 +50,7 @@ def test_machine_and_target_are_recorded(tiny_db):
 
 def test_schedules_with_equal_features_are_measured_once(tiny_db):
     with Store(tiny_db) as store:
-        rows = store.execute(
-            "SELECT pipeline_id, features_hash FROM schedules WHERE duplicate_of IS NULL"
-        ).fetchall()
+        rows = store.execute("SELECT pipeline_id, features_hash FROM schedules WHERE duplicate_of IS NULL").fetchall()
         duplicates = store.execute(
             "SELECT d.features_hash, o.features_hash FROM schedules d JOIN schedules o "
             "ON d.duplicate_of = o.schedule_id"
@@ -114,9 +112,7 @@ def test_resume_after_kill_9_loses_nothing_committed(tmp_path):
         "0",
         "--json",
     ]
-    process = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     measured_before: list[int] = []
     while time.monotonic() < deadline and not measured_before:
@@ -124,9 +120,7 @@ def test_resume_after_kill_9_loses_nothing_committed(tmp_path):
         if db.exists():
             try:
                 with sqlite3.connect(db) as connection:
-                    measured_before = [
-                        r[0] for r in connection.execute("SELECT schedule_id FROM measurements")
-                    ]
+                    measured_before = [r[0] for r in connection.execute("SELECT schedule_id FROM measurements")]
             except sqlite3.OperationalError:
                 pass
     os.killpg(process.pid, signal.SIGKILL)  # the collector and its workers, mid-flight

@@ -58,9 +58,7 @@ def test_exported_samples_are_read_by_halides_own_trainer(tiny_db, tmp_path):
 def test_a_sample_file_is_featurization_then_runtime_and_ids(tiny_db, tmp_path):
     with Store(tiny_db) as store:
         path = export_samples(store, tmp_path)[0]
-        sample = next(
-            s for s in store.samples() if path.name == f"p{s.pipeline_id:05d}_s{s.schedule_id:07d}.sample"
-        )
+        sample = next(s for s in store.samples() if path.name == f"p{s.pipeline_id:05d}_s{s.schedule_id:07d}.sample")
     raw = path.read_bytes()
     n = sample.features.size * 4
     np.testing.assert_array_equal(np.frombuffer(raw[:n], np.float32), sample.features.ravel())
@@ -86,14 +84,10 @@ def test_shards_rebuild_the_same_dataset_and_are_never_rewritten(tiny_db, tmp_pa
     with Store(copy) as store:
         first = export_new_shard(store, tmp_path / "shards")
         assert first is not None and export_new_shard(store, tmp_path / "shards") is None
-        expected = [
-            (s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in store.samples()
-        ]
+        expected = [(s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in store.samples()]
         pairs = store.repeat_pairs()
     rebuilt = rebuild_store(tmp_path / "shards", tmp_path / "rebuilt.db")
-    assert [
-        (s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in rebuilt.samples()
-    ] == expected
+    assert [(s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in rebuilt.samples()] == expected
     assert rebuilt.repeat_pairs() == pairs
     assert rebuilt.counts() == Store(copy).counts()
 

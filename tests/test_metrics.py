@@ -37,6 +37,7 @@ PIPELINES = np.array([0, 0, 0, 1, 1, 1])
 
 # --- errors -------------------------------------------------------------------------------------
 
+
 def test_mape_averages_percentage_errors_over_samples():
     # |2-1|/1 = 100 %, |1-2|/2 = 50 %, four exact predictions: 150 / 6 = 25 %
     assert mape(SWAPPED, MEASURED) == pytest.approx(25.0)
@@ -75,6 +76,7 @@ def test_mismatched_lengths_are_refused():
 
 
 # --- ranking ------------------------------------------------------------------------------------
+
 
 def test_kendall_tau_is_averaged_over_pipelines():
     # pipeline 0: pairs (1,2) discordant, (1,4) and (2,4) concordant: (2 - 1) / 3 = 1/3;
@@ -152,6 +154,7 @@ def test_top_k_refuses_a_non_positive_k():
 
 # --- all scores together ------------------------------------------------------------------------
 
+
 def test_perfect_predictions_score_perfectly():
     scores = evaluate_predictions(MEASURED, MEASURED, PIPELINES)
     assert (scores.mape, scores.rmse_log, scores.r2) == (0.0, 0.0, 1.0)
@@ -180,12 +183,21 @@ def test_scores_without_anything_to_rank_are_none():
 
 def test_score_dict_has_exactly_the_report_keys():
     assert list(evaluate_predictions(SWAPPED, MEASURED, PIPELINES, samples_per_s=10.0).as_dict()) == [
-        "mape", "median_ape", "rmse_log", "r2", "kendall_tau", "spearman",
-        "pairwise_accuracy", "top1", "top5", "samples_per_s",
+        "mape",
+        "median_ape",
+        "rmse_log",
+        "r2",
+        "kendall_tau",
+        "spearman",
+        "pairwise_accuracy",
+        "top1",
+        "top5",
+        "samples_per_s",
     ]
 
 
 # --- noise floor --------------------------------------------------------------------------------
+
 
 def test_noise_floor_from_pairs_averages_both_directions():
     floor = noise_floor_from_pairs([100.0, 100.0], [125.0, 125.0])
@@ -218,6 +230,7 @@ def test_noise_floor_from_repeats_needs_a_sample_with_two_repeats():
 
 
 # --- bootstrap ratios ---------------------------------------------------------------------------
+
 
 def test_error_ratio_is_the_baseline_error_over_the_model_error():
     measured = np.array([1.0, 2.0, 4.0, 8.0])

@@ -22,8 +22,18 @@ from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES
 from perfgraph.models.base import CostModel
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SCORE_KEYS = ["mape", "median_ape", "rmse_log", "r2", "kendall_tau", "spearman",
-              "pairwise_accuracy", "top1", "top5", "samples_per_s"]
+SCORE_KEYS = [
+    "mape",
+    "median_ape",
+    "rmse_log",
+    "r2",
+    "kendall_tau",
+    "spearman",
+    "pairwise_accuracy",
+    "top1",
+    "top5",
+    "samples_per_s",
+]
 
 
 class ScaledRuntimeModel(CostModel):
@@ -53,10 +63,15 @@ def make_sample(pipeline_id: int, schedule_id: int, runtime_ms: float) -> Sample
     """A diamond of four stages: input -> (blur_x, blur_y) -> output."""
     edges = np.array([[0, 0, 1, 2], [1, 2, 3, 3]])
     return Sample(
-        pipeline_id=pipeline_id, schedule_id=schedule_id, pipeline_name=f"pipe{pipeline_id}", family="conv",
-        features=np.zeros((4, FEATURES_PER_STAGE), dtype=np.float32), edges=edges,
+        pipeline_id=pipeline_id,
+        schedule_id=schedule_id,
+        pipeline_name=f"pipe{pipeline_id}",
+        family="conv",
+        features=np.zeros((4, FEATURES_PER_STAGE), dtype=np.float32),
+        edges=edges,
         edge_features=np.zeros((4, NUM_EDGE_FEATURES), dtype=np.float32),
-        stage_names=("input", "blur_x", "blur_y", "output"), runtime_ms=runtime_ms,
+        stage_names=("input", "blur_x", "blur_y", "output"),
+        runtime_ms=runtime_ms,
     )
 
 
@@ -155,8 +170,12 @@ def test_write_report_writes_markdown_json_and_plots(evaluated, samples, tmp_pat
     assert json.loads((tmp_path / "out" / "report.json").read_text())["split"] == "test"
     assert (tmp_path / "out" / "report.md").read_text().startswith("# Evaluation")
     pngs = [path for path in written.values() if path.suffix == ".png"]
-    assert {path.name for path in pngs} == {"predicted_vs_measured.png", "error_cdf.png",
-                                           "kendall_tau_by_pipeline.png", "stage_graph.png"}
+    assert {path.name for path in pngs} == {
+        "predicted_vs_measured.png",
+        "error_cdf.png",
+        "kendall_tau_by_pipeline.png",
+        "stage_graph.png",
+    }
     for png in pngs:
         assert Path(png).read_bytes()[:8] == PNG_SIGNATURE
 

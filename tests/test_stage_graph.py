@@ -38,9 +38,7 @@ def printed_schedule_features(log: str) -> dict[str, np.ndarray]:
         if m := re.match(r"Schedule features for (\S+)", line):
             current = m.group(1)
             features[current] = []
-        elif (
-            current and (m := re.match(r"\s+(\w+):\s+(\S+)$", line)) and m.group(1) in SCHEDULE_FEATURE_NAMES
-        ):
+        elif current and (m := re.match(r"\s+(\w+):\s+(\S+)$", line)) and m.group(1) in SCHEDULE_FEATURE_NAMES:
             features[current].append(float(m.group(2)))
     return {name: np.array(values) for name, values in features.items()}
 

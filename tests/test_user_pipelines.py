@@ -69,11 +69,7 @@ def test_collect_reports_a_broken_user_pipeline_and_exits_2(tmp_path):
         timeout=300,
     )
     assert result.returncode == 2
-    assert (
-        f"{USER_PIPELINES}" in result.stderr
-        and "raises" in result.stderr
-        and "boom in user code" in result.stderr
-    )
+    assert f"{USER_PIPELINES}" in result.stderr and "raises" in result.stderr and "boom in user code" in result.stderr
 
 
 def test_collect_refuses_a_pipeline_argument_without_a_function(tmp_path):

@@ -154,9 +154,7 @@ def np_attention(a: Arrays, s: dict[str, int]) -> np.ndarray:
 
 
 REFERENCES: dict[str, Callable[[Arrays, dict[str, int]], np.ndarray]] = {
-    "conv2d": lambda a, s: (
-        np_conv2d(a["input"], a["conv_w"], s["stride"], s["padding"]) + np_channelwise(a["conv_b"])
-    ),
+    "conv2d": lambda a, s: np_conv2d(a["input"], a["conv_w"], s["stride"], s["padding"]) + np_channelwise(a["conv_b"]),
     "depthwise_conv2d": lambda a, s: np_depthwise(a["input"], a["dwconv_w"], s["stride"], s["padding"]),
     "pointwise_conv2d": lambda a, s: np_pointwise(a["input"], a["pwconv_w"]),
     "dense": lambda a, s: a["input"] @ a["dense_w"] + a["dense_b"],

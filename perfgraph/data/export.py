@@ -69,14 +69,10 @@ def export_parquet(store: Store, out_dir: str | Path) -> list[Path]:
     ]
     table = {c: [r[i] for r in samples] for i, c in enumerate(columns)}
     table["repeats_ms"] = [json.loads(v) for v in table["repeats_ms"]]
-    table["featurization"] = [
-        np.frombuffer(zlib.decompress(b), np.float32).tolist() for b in table["featurization"]
-    ]
+    table["featurization"] = [np.frombuffer(zlib.decompress(b), np.float32).tolist() for b in table["featurization"]]
     paths = [out / "samples.parquet", out / "pipelines.parquet", out / "failures.parquet"]
     pq.write_table(pa.table(table) if samples else pa.table({c: [] for c in columns}), paths[0])
-    pipelines = store.execute(
-        "SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines"
-    ).fetchall()
+    pipelines = store.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines").fetchall()
     pq.write_table(
         pa.table(
             {
@@ -93,9 +89,7 @@ def export_parquet(store: Store, out_dir: str | Path) -> list[Path]:
         pa.table(
             {
                 c: [r[i] for r in failures]
-                for i, c in enumerate(
-                    ["pipeline_uri", "candidate_index", "config", "kind", "phase", "message"]
-                )
+                for i, c in enumerate(["pipeline_uri", "candidate_index", "config", "kind", "phase", "message"])
             }
         ),
         paths[2],

@@ -148,9 +148,9 @@ def _replay(store: Store, row: dict, shard: str) -> None:
         return
     machine = None
     if row.get("machine"):
-        machine = store.execute(
-            "SELECT machine_id FROM machines WHERE fingerprint = ?", (row["machine"],)
-        ).fetchone()[0]
+        machine = store.execute("SELECT machine_id FROM machines WHERE fingerprint = ?", (row["machine"],)).fetchone()[
+            0
+        ]
     if kind == "pipeline":
         store.add_pipeline(
             row["uri"],

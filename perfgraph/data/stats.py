@@ -30,9 +30,7 @@ class DatasetStats:
 
     def to_text(self) -> str:
         runtime = (
-            f"{self.min_runtime_ms:.3g} .. {self.max_runtime_ms:.4g} ms"
-            if self.min_runtime_ms is not None
-            else "-"
+            f"{self.min_runtime_ms:.3g} .. {self.max_runtime_ms:.4g} ms" if self.min_runtime_ms is not None else "-"
         )
         failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures_by_kind.items())) or "none"
         families = ", ".join(f"{k} {v}" for k, v in sorted(self.families.items())) or "-"
@@ -44,9 +42,7 @@ class DatasetStats:
             f"duplicates skipped   {self.duplicates}",
             f"failures             {self.failures} ({failures})",
             f"run time             {runtime}",
-            f"median CV of repeats {self.median_cv:.3%}"
-            if self.median_cv is not None
-            else "median CV of repeats -",
+            f"median CV of repeats {self.median_cv:.3%}" if self.median_cv is not None else "median CV of repeats -",
             f"re-measured          {self.repeat_measurements}",
             f"families             {families}",
         ]

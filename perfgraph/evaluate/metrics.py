@@ -65,9 +65,7 @@ def as_runtimes(values: ArrayLike, name: str, positive: bool = True) -> np.ndarr
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         wanted = "finite and positive" if positive else "finite"
-        raise ValueError(
-            f"{name} must be {wanted} run times (ms), but {name}[{first}] = {float(array[first])!r}"
-        )
+        raise ValueError(f"{name} must be {wanted} run times (ms), but {name}[{first}] = {float(array[first])!r}")
     return array
 
 
@@ -161,9 +159,7 @@ def kendall_tau_by_pipeline(
     return _rank_correlation_by_pipeline(predicted_ms, measured_ms, pipeline_ids, stats.kendalltau)
 
 
-def spearman_by_pipeline(
-    predicted_ms: ArrayLike, measured_ms: ArrayLike, pipeline_ids: ArrayLike
-) -> dict[int, float]:
+def spearman_by_pipeline(predicted_ms: ArrayLike, measured_ms: ArrayLike, pipeline_ids: ArrayLike) -> dict[int, float]:
     """Spearman's rho (average ranks for ties) per pipeline; same exclusions as Kendall's tau."""
     return _rank_correlation_by_pipeline(predicted_ms, measured_ms, pipeline_ids, stats.spearmanr)
 

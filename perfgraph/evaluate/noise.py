@@ -89,9 +89,7 @@ def noise_floor_from_pairs(
     ids = np.arange(first.size) if pipeline_ids is None else np.asarray(pipeline_ids)
     forward = evaluate_predictions(second, first, ids)
     backward = evaluate_predictions(first, second, ids)
-    averaged = {
-        f.name: _mean_of(getattr(forward, f.name), getattr(backward, f.name)) for f in fields(ModelScores)
-    }
+    averaged = {f.name: _mean_of(getattr(forward, f.name), getattr(backward, f.name)) for f in fields(ModelScores)}
     averaged["samples_per_s"] = None
     return NoiseFloor(ModelScores(**averaged), REPEAT_PAIRS, int(first.size))
 

@@ -47,8 +47,15 @@ def plot_predicted_vs_measured(
         predicted = np.asarray(predicted, dtype=np.float64)
         axis.scatter(measured, np.clip(predicted, limits[0], None), s=6, alpha=0.4, linewidths=0)
         axis.plot(limits, limits, color="black", linewidth=0.8, linestyle="--", label="y = x")
-        axis.set(xscale="log", yscale="log", xlim=limits, ylim=limits, title=name,
-                 xlabel="measured run time (ms)", ylabel="predicted run time (ms)")
+        axis.set(
+            xscale="log",
+            yscale="log",
+            xlim=limits,
+            ylim=limits,
+            title=name,
+            xlabel="measured run time (ms)",
+            ylabel="predicted run time (ms)",
+        )
         axis.set_aspect("equal")
         axis.legend(loc="upper left")
     return _save(figure, path)
@@ -73,8 +80,13 @@ def plot_error_cdf(
         axis.step(np.maximum(errors, 1e-2), fraction, where="post", label=name)
     if noise_floor_mape is not None:
         axis.axvline(max(noise_floor_mape, 1e-2), color="grey", linestyle=":", label="noise floor MAPE")
-    axis.set(xscale="log", ylim=(0, 1), xlabel="absolute percentage error (%)",
-             ylabel="fraction of test samples", title="Error CDF")
+    axis.set(
+        xscale="log",
+        ylim=(0, 1),
+        xlabel="absolute percentage error (%)",
+        ylabel="fraction of test samples",
+        title="Error CDF",
+    )
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(loc="lower right")
     return _save(figure, path)
@@ -155,13 +167,24 @@ def plot_stage_graph(sample: Sample, stage_costs_ms: np.ndarray, path: str | Pat
     figure = _new_figure(min(width, 40.0), min(height, 40.0))
     axis = figure.subplots()
     for producer, consumer in np.asarray(sample.edges).T:
-        axis.annotate("", xy=positions[consumer], xytext=positions[producer],
-                      arrowprops={"arrowstyle": "->", "color": "grey", "shrinkA": 14, "shrinkB": 14})
+        axis.annotate(
+            "",
+            xy=positions[consumer],
+            xytext=positions[producer],
+            arrowprops={"arrowstyle": "->", "color": "grey", "shrinkA": 14, "shrinkB": 14},
+        )
     norm = LogNorm(costs.min(), costs.max()) if costs.min() > 0 and costs.max() > costs.min() else Normalize()
     nodes = axis.scatter(*positions.T, c=costs, cmap="viridis", norm=norm, s=900, zorder=2)
     for (x, y), name, cost in zip(positions, names, costs, strict=True):
-        axis.annotate(f"{name}\n{cost:.3g} ms", (x, y), xytext=(0, -24), textcoords="offset points",
-                      ha="center", va="top", fontsize=7)
+        axis.annotate(
+            f"{name}\n{cost:.3g} ms",
+            (x, y),
+            xytext=(0, -24),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=7,
+        )
     figure.colorbar(nodes, ax=axis, label="predicted cost (ms)")
     axis.margins(0.2, 0.3)
     axis.set_axis_off()

@@ -111,9 +111,13 @@ class EvaluationReport:
     def _ratio_lines(self) -> list[tuple[str, str, str]]:
         """(comparison, metric, "r x [lo, hi]") for each ratio."""
         return [
-            (comparison, metric, f"{_format(e.ratio, '{:.2f}')}x "
-                                 f"[{_format(e.ci_low, '{:.2f}')}, {_format(e.ci_high, '{:.2f}')}]")
-            for comparison, by_metric in self.ratios.items() for metric, e in by_metric.items()
+            (
+                comparison,
+                metric,
+                f"{_format(e.ratio, '{:.2f}')}x [{_format(e.ci_low, '{:.2f}')}, {_format(e.ci_high, '{:.2f}')}]",
+            )
+            for comparison, by_metric in self.ratios.items()
+            for metric, e in by_metric.items()
         ]
 
     def to_table(self) -> str:
@@ -125,8 +129,11 @@ class EvaluationReport:
         headers = [header for _, header, _ in COLUMNS]
         widths = [max(len(header), *(len(row[i]) for row in cells)) for i, header in enumerate(headers)]
         header = "  ".join(["model".ljust(name_width), *map(str.rjust, headers, widths)])
-        lines = [f"split: {self.split}  ({self.n_samples} samples, {self.n_pipelines} pipelines)", header,
-                 "-" * len(header)]
+        lines = [
+            f"split: {self.split}  ({self.n_samples} samples, {self.n_pipelines} pipelines)",
+            header,
+            "-" * len(header),
+        ]
         for (name, _), row in zip(rows, cells, strict=True):
             lines.append("  ".join([name.ljust(name_width), *map(str.rjust, row, widths)]))
         for comparison, metric, text in self._ratio_lines():
@@ -137,27 +144,42 @@ class EvaluationReport:
 
     def to_markdown(self, plot_files: Sequence[str] = ()) -> str:
         """The report as Markdown; ``plot_files`` (paths relative to the report) are embedded."""
-        lines = [f"# Evaluation on split `{self.split}`", "",
-                 f"{self.n_samples} test samples from {self.n_pipelines} pipelines. Errors in percent or "
-                 "natural-log units; R² is of log run time; ranking metrics are within pipelines.", "",
-                 "| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-                 "|---|" + "---:|" * len(COLUMNS)]
+        lines = [
+            f"# Evaluation on split `{self.split}`",
+            "",
+            f"{self.n_samples} test samples from {self.n_pipelines} pipelines. Errors in percent or "
+            "natural-log units; R² is of log run time; ranking metrics are within pipelines.",
+            "",
+            "| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+            "|---|" + "---:|" * len(COLUMNS),
+        ]
         for name, values in self._rows():
             lines.append(f"| {name} | " + " | ".join(_format(values.get(k), p) for k, _, p in COLUMNS) + " |")
         if self.ratios:
-            lines += ["", "## Error ratios (baseline error / reference error; > 1: reference better)", "",
-                      "| comparison | metric | ratio [CI] | paper |", "|---|---|---|---:|"]
+            lines += [
+                "",
+                "## Error ratios (baseline error / reference error; > 1: reference better)",
+                "",
+                "| comparison | metric | ratio [CI] | paper |",
+                "|---|---|---|---:|",
+            ]
             for comparison, metric, text in self._ratio_lines():
                 baseline = comparison.rsplit("_vs_", 1)[-1]
                 claim = PAPER_CLAIMED_RATIOS.get(baseline) if metric == "mape" else None
                 lines.append(f"| {comparison} | {metric} | {text} | {_format(claim, '{:.2f}x')} |")
-            lines += ["", "Intervals: percentile bootstrap over test pipelines. *paper*: the reduction in "
-                      "prediction error Singh et al. (MAPS 2022) report against Halide's and TVM's cost "
-                      "models (our `xgboost` stands in for TVM's), for context; their data set differs."]
+            lines += [
+                "",
+                "Intervals: percentile bootstrap over test pipelines. *paper*: the reduction in "
+                "prediction error Singh et al. (MAPS 2022) report against Halide's and TVM's cost "
+                "models (our `xgboost` stands in for TVM's), for context; their data set differs.",
+            ]
         if self.noise_floor is not None:
-            lines += ["", f"Noise floor: *{self.noise_floor.label}*, from {self.noise_floor.n_samples} "
-                      "samples: the error of one measurement predicting another. A model that reaches it "
-                      "predicts as well as measuring again."]
+            lines += [
+                "",
+                f"Noise floor: *{self.noise_floor.label}*, from {self.noise_floor.n_samples} "
+                "samples: the error of one measurement predicting another. A model that reaches it "
+                "predicts as well as measuring again.",
+            ]
         for plot_file in plot_files:
             lines += ["", f"![{Path(plot_file).stem}]({plot_file})"]
         return "\n".join(lines) + "\n"
@@ -192,11 +214,14 @@ def write_report(
     noise_mape = report.noise_floor.scores.mape if report.noise_floor is not None else None
     written = {
         "predicted_vs_measured": plots.plot_predicted_vs_measured(
-            predictions_by_model, measured, out_dir / PLOT_FILES["predicted_vs_measured"]),
+            predictions_by_model, measured, out_dir / PLOT_FILES["predicted_vs_measured"]
+        ),
         "error_cdf": plots.plot_error_cdf(
-            predictions_by_model, measured, out_dir / PLOT_FILES["error_cdf"], noise_floor_mape=noise_mape),
+            predictions_by_model, measured, out_dir / PLOT_FILES["error_cdf"], noise_floor_mape=noise_mape
+        ),
         "kendall_tau_by_pipeline": plots.plot_kendall_by_pipeline(
-            predictions_by_model, measured, pipeline_ids, out_dir / PLOT_FILES["kendall_tau_by_pipeline"]),
+            predictions_by_model, measured, pipeline_ids, out_dir / PLOT_FILES["kendall_tau_by_pipeline"]
+        ),
     }
     if stage_costs is not None:
         sample, costs = stage_costs

@@ -77,8 +77,12 @@ def evaluate_models(
         for other in models:
             if other != reference:
                 ratios[f"{reference}_vs_{other}"] = error_ratios(
-                    predictions[reference], predictions[other], measured, pipeline_ids,
-                    n_boot=n_boot, seed=seed,
+                    predictions[reference],
+                    predictions[other],
+                    measured,
+                    pipeline_ids,
+                    n_boot=n_boot,
+                    seed=seed,
                 )
 
     noise_floor = noise_pairs

@@ -131,9 +131,7 @@ def run_job(
     if result.failure_kind is None and returncode != 0:
         result.failure_phase = phase
         result.failure_kind = (
-            "autoschedule_error"
-            if phase in ("start", "autoschedule") and returncode == -signal.SIGABRT
-            else "crash"
+            "autoschedule_error" if phase in ("start", "autoschedule") and returncode == -signal.SIGABRT else "crash"
         )
         tail = "\n".join(result.stderr.strip().splitlines()[-5:])
         result.failure_message = f"worker exited with {_describe_exit(returncode)} during {phase}: {tail}"

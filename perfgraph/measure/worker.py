@@ -94,9 +94,7 @@ def analyze(job: dict) -> None:
     load_adams2019()
     emit("phase", phase="autoschedule")
     config = AutoschedulerConfig(beam_size=1, random_dropout=1, random_dropout_seed=1, disable_subtiling=True)
-    result = built.pipeline.apply_autoscheduler(
-        target, hl.AutoschedulerParams("Adams2019", config.to_halide_params())
-    )
+    result = built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Adams2019", config.to_halide_params()))
     featurization = bytes(result.featurization)
     emit("analyzed", featurization=base64.b64encode(featurization).decode())
     emit("phase", phase="reference")
@@ -147,9 +145,7 @@ def measure(job: dict) -> None:
     config = AutoschedulerConfig.from_json(job["config"])
     emit("phase", phase="autoschedule")
     started = time.perf_counter()
-    result = built.pipeline.apply_autoscheduler(
-        target, hl.AutoschedulerParams("Adams2019", config.to_halide_params())
-    )
+    result = built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Adams2019", config.to_halide_params()))
     emit(
         "scheduled",
         featurization=base64.b64encode(bytes(result.featurization)).decode(),

@@ -254,9 +254,7 @@ class HalideCostModel(CostModel):
     def _optimizer(self) -> torch.optim.Optimizer:
         # Halide's hand-written Adam: betas 0.9 / 0.999, epsilon 1e-5 added to sqrt of the second moment.
         assert self.network_ is not None
-        return torch.optim.Adam(
-            self.network_.parameters(), lr=self.learning_rate, betas=(0.9, 0.999), eps=1e-5
-        )
+        return torch.optim.Adam(self.network_.parameters(), lr=self.learning_rate, betas=(0.9, 0.999), eps=1e-5)
 
     def _training_batches(self, samples: Sequence[Sample], argument: str) -> list[_PipelineBatch]:
         kept = [s for s in samples if plausible(s)]
@@ -271,9 +269,7 @@ class HalideCostModel(CostModel):
     def _batch_loss(self, batch: _PipelineBatch) -> torch.Tensor:
         assert self.network_ is not None
         out = self.network_(batch.schedule, batch.pipeline)
-        return LOSSES[self.loss](
-            out.prediction, batch.runtime_ms, coefficient_regularizer(out.pre_activation)
-        )
+        return LOSSES[self.loss](out.prediction, batch.runtime_ms, coefficient_regularizer(out.pre_activation))
 
     def _train_epoch(
         self, batches: list[_PipelineBatch], optimizer: torch.optim.Optimizer, rng: np.random.Generator
@@ -328,9 +324,7 @@ class HalideCostModel(CostModel):
         for indices in by_stage_count.values():
             for start in range(0, len(indices), 4096):
                 chunk = indices[start : start + 4096]
-                schedule = np.stack([samples[i].features[:, SCHEDULE_SLICE] for i in chunk]).astype(
-                    np.float32
-                )
+                schedule = np.stack([samples[i].features[:, SCHEDULE_SLICE] for i in chunk]).astype(np.float32)
                 pipeline = np.stack([pipeline_block(samples[i].features) for i in chunk]).astype(np.float32)
                 costs = self.network_(torch.from_numpy(schedule), torch.from_numpy(pipeline)).stage_costs
                 for i, row in zip(chunk, costs.numpy().astype(np.float64), strict=True):
@@ -369,8 +363,6 @@ class HalideCostModel(CostModel):
     def load_halide_weights(self, arrays: dict[str, np.ndarray]) -> HalideCostModel:
         """Use weights trained by Halide (see :func:`perfgraph.models.halide_trainer.read_halide_weights`)."""
         self.network_ = AdamsNetwork(self.num_cores)
-        self.network_.load_state_dict(
-            {name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in arrays.items()}
-        )
+        self.network_.load_state_dict({name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in arrays.items()})
         self.log_scale_ = 0.0
         return self

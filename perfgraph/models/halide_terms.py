@@ -95,9 +95,7 @@ def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num
     )
 
     # Stores: separate coefficients for internally parallel stages and for the output stage (w == 0).
-    lines_written_per_realization = inner_parallelism * (
-        bytes_at_task / torch.maximum(one, innermost_bytes_at_task)
-    )
+    lines_written_per_realization = inner_parallelism * (bytes_at_task / torch.maximum(one, innermost_bytes_at_task))
     is_parallel = inner_parallelism > 1
     is_output = torch.zeros_like(is_parallel)
     is_output[..., 0] = True
@@ -116,11 +114,7 @@ def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num
         inner_parallelism, 4096 / torch.maximum(one, innermost_bytes_at_task)
     )
     store_cost = store_cost + (
-        bytes_at_production
-        * max_threads_hitting_same_page_fault
-        * inner_parallelism
-        * outer_parallelism
-        * k(23)
+        bytes_at_production * max_threads_hitting_same_page_fault * inner_parallelism * outer_parallelism * k(23)
     )
 
     cost_of_malloc = k(24) * num_realizations
@@ -140,9 +134,7 @@ def coefficient_regularizer(conv1_pre_activation: torch.Tensor) -> torch.Tensor:
     return (-torch.clamp(conv1_pre_activation, max=0.0)).sum(dim=(-2, -1))
 
 
-def halide_throughput_loss(
-    predicted: torch.Tensor, measured: torch.Tensor, regularizer: torch.Tensor
-) -> torch.Tensor:
+def halide_throughput_loss(predicted: torch.Tensor, measured: torch.Tensor, regularizer: torch.Tensor) -> torch.Tensor:
     """Halide's training loss for one batch of schedules of **one** pipeline.
 
     L2 on relative throughput against the fastest schedule of the batch:

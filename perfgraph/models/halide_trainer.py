@@ -111,9 +111,7 @@ def read_halide_weights(path: str | Path) -> dict[str, np.ndarray]:
     data = Path(path).read_bytes()
     signature, _pipeline_version, _schedule_version, count = struct.unpack_from("<4I", data, 0)
     if signature != _WEIGHTS_SIGNATURE or count != len(_WEIGHT_BUFFERS):
-        raise ValueError(
-            f"{path}: not a Halide Adams2019 .weights file (signature {signature:#x}, {count} buffers)"
-        )
+        raise ValueError(f"{path}: not a Halide Adams2019 .weights file (signature {signature:#x}, {count} buffers)")
     offset, arrays = 16, {}
     for name, extents in _WEIGHT_BUFFERS:
         (dims,) = struct.unpack_from("<I", data, offset)
@@ -216,9 +214,7 @@ def run_halide_retrain(
         timeout=timeout_s,
         check=False,
     )
-    log_path.write_text(
-        completed.stdout + ("\n--- stderr ---\n" + completed.stderr if completed.stderr else "")
-    )
+    log_path.write_text(completed.stdout + ("\n--- stderr ---\n" + completed.stderr if completed.stderr else ""))
     if completed.returncode != 0:
         raise RuntimeError(
             f"{binary.name} exited with status {completed.returncode}; see {log_path}:\n"
@@ -242,12 +238,9 @@ def parse_retrain_output(stdout: str, weights_path: Path, log_path: Path) -> Hal
             valid_rates.append(valid)
     if not losses:
         raise RuntimeError(
-            f"Halide's trainer printed no epoch lines (too few pipelines with >= 8 schedules?); "
-            f"see {log_path}"
+            f"Halide's trainer printed no epoch lines (too few pipelines with >= 8 schedules?); see {log_path}"
         )
-    return HalideTrainerResult(
-        tuple(losses), tuple(train_rates), tuple(valid_rates), weights_path, log_path, distinct
-    )
+    return HalideTrainerResult(tuple(losses), tuple(train_rates), tuple(valid_rates), weights_path, log_path, distinct)
 
 
 def _halide_float(text: str) -> float:

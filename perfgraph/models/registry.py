@@ -12,8 +12,7 @@ from perfgraph.models.sequence import SequenceCostModel
 from perfgraph.models.xgboost_model import PackSumXGBoost, SummedFeatureXGBoost
 
 MODEL_CLASSES: dict[str, type[CostModel]] = {
-    cls.name: cls
-    for cls in (GNNCostModel, SequenceCostModel, HalideCostModel, PackSumXGBoost, SummedFeatureXGBoost)
+    cls.name: cls for cls in (GNNCostModel, SequenceCostModel, HalideCostModel, PackSumXGBoost, SummedFeatureXGBoost)
 }
 
 

@@ -136,5 +136,7 @@ def training_log(model: CostModel) -> list[dict]:
     """Per-epoch losses of a model that trains by epochs (empty for XGBoost)."""
     if hasattr(model, "log_"):
         return list(model.log_)
-    return [{"epoch": epoch, "train_loss": train, "valid_loss": valid}
-            for epoch, train, valid in getattr(model, "history_", [])]
+    return [
+        {"epoch": epoch, "train_loss": train, "valid_loss": valid}
+        for epoch, train, valid in getattr(model, "history_", [])
+    ]

@@ -202,9 +202,7 @@ class _XGBoostModel(CostModel):
 
     def _check_fitted(self) -> None:
         if self.booster_ is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not fitted: call fit(train, valid) or load(path) first"
-            )
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train, valid) or load(path) first")
 
     def _train(self, train: list[Sample], valid: list[Sample]) -> xgb.Booster:
         raise NotImplementedError
@@ -258,9 +256,7 @@ class PackSumXGBoost(_XGBoostModel):
     ) -> None:
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        super().__init__(
-            max_depth, gamma, min_child_weight, eta, max_rounds, early_stopping_rounds, nthread, seed
-        )
+        super().__init__(max_depth, gamma, min_child_weight, eta, max_rounds, early_stopping_rounds, nthread, seed)
         self.target = target
 
     def get_params(self) -> dict[str, Any]:
@@ -284,9 +280,7 @@ class PackSumXGBoost(_XGBoostModel):
         packs_of = {id(dtrain): train_packs, id(dvalid): valid_packs}
 
         def objective(predictions: np.ndarray, matrix: xgb.DMatrix) -> tuple[np.ndarray, np.ndarray]:
-            return pack_sum_square_error(
-                predictions, matrix.get_label(), matrix.get_weight(), packs_of[id(matrix)]
-            )
+            return pack_sum_square_error(predictions, matrix.get_label(), matrix.get_weight(), packs_of[id(matrix)])
 
         def metric(predictions: np.ndarray, matrix: xgb.DMatrix) -> tuple[str, float]:
             return "p-rmse", pack_sum_rmse(predictions, matrix.get_label(), packs_of[id(matrix)])
@@ -340,12 +334,8 @@ class SummedFeatureXGBoost(_XGBoostModel):
     name = "xgboost_sum"
 
     def _train(self, train: list[Sample], valid: list[Sample]) -> xgb.Booster:
-        dtrain = xgb.DMatrix(
-            summed_features(train), label=np.log(measured_runtimes(train)), nthread=self.nthread
-        )
-        dvalid = xgb.DMatrix(
-            summed_features(valid), label=np.log(measured_runtimes(valid)), nthread=self.nthread
-        )
+        dtrain = xgb.DMatrix(summed_features(train), label=np.log(measured_runtimes(train)), nthread=self.nthread)
+        dvalid = xgb.DMatrix(summed_features(valid), label=np.log(measured_runtimes(valid)), nthread=self.nthread)
         params = {**self._xgb_params(), "objective": "reg:squarederror", "eval_metric": "rmse"}
         return self._early_stopping_train(params, dtrain, dvalid)
 

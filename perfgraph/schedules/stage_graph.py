@@ -142,11 +142,7 @@ def _read_edge(lines: list[str], i: int, producer: str, consumer: str) -> tuple[
     footprint: list[str] = []
     jacobians: list[tuple[tuple[str, ...], ...]] = []
     matrix: list[tuple[str, ...]] = []
-    while (
-        i < len(lines)
-        and not lines[i].startswith(("Edge:", "Node:"))
-        and (lines[i].startswith(" ") or not lines[i])
-    ):
+    while i < len(lines) and not lines[i].startswith(("Edge:", "Node:")) and (lines[i].startswith(" ") or not lines[i]):
         text = lines[i]
         row = _JACOBIAN_ROW.match(text)
         if row:
@@ -217,9 +213,7 @@ def edge_features(edge: EdgeInfo) -> tuple[float, ...]:
         len(edge.jacobians) == 1
         and rows > 0
         and all(
-            _coefficient(first[r][c]) == (1.0 if r == c else 0.0)
-            for r in range(rows)
-            for c in range(min(cols, rows))
+            _coefficient(first[r][c]) == (1.0 if r == c else 0.0) for r in range(rows) for c in range(min(cols, rows))
         )
         and all(_coefficient(first[r][c]) == 0.0 for r in range(rows) for c in range(rows, cols))
     )
@@ -248,11 +242,7 @@ def dag_dump_text(log: str) -> str:
     if start is None:
         raise StageGraphError("no 'Node:' blocks in the autoscheduler log (was HL_DEBUG_AUTOSCHEDULE=2 set?)")
     end = next(
-        (
-            i
-            for i in range(start, len(lines))
-            if lines[i].startswith(("Loading weights", "Pass ", "Best cost"))
-        ),
+        (i for i in range(start, len(lines)) if lines[i].startswith(("Loading weights", "Pass ", "Best cost"))),
         len(lines),
     )
     return "\n".join(lines[start:end])

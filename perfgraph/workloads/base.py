@@ -113,9 +113,7 @@ def resolve_builder(uri: str) -> Builder:
         try:
             seed = int(target)
         except ValueError:
-            raise WorkloadError(
-                f"workload {uri!r}: the random seed must be an integer, got {target!r}"
-            ) from None
+            raise WorkloadError(f"workload {uri!r}: the random seed must be an integer, got {target!r}") from None
         return lambda: random_pipeline(seed)
     from perfgraph.workloads.user import load_user_builder
 
@@ -221,9 +219,7 @@ def build_pipeline(uri: str, builder: Builder | None = None) -> BuiltPipeline:
     for func in outputs:
         estimate = _output_estimate(func, recorded)
         if estimate is None:
-            raise WorkloadError(
-                f"workload {uri!r}: output {func.name()!r} has no estimates; call set_estimates on it"
-            )
+            raise WorkloadError(f"workload {uri!r}: output {func.name()!r} has no estimates; call set_estimates on it")
         output_buffers.append(
             BufferSpec(
                 func.name(),
@@ -240,15 +236,11 @@ def build_pipeline(uri: str, builder: Builder | None = None) -> BuiltPipeline:
                 raise WorkloadError(
                     f"workload {uri!r}: scalar input {arg.name!r} has no estimate; call set_estimate on it"
                 )
-            input_scalars.append(
-                ScalarSpec(arg.name, numpy_dtype(arg.type), _float_of(estimates.scalar_estimate))
-            )
+            input_scalars.append(ScalarSpec(arg.name, numpy_dtype(arg.type), _float_of(estimates.scalar_estimate)))
             continue
         bounds = estimates.buffer_estimates
         if len(bounds) != arg.dimensions or not all(r.min.defined() and r.extent.defined() for r in bounds):
-            raise WorkloadError(
-                f"workload {uri!r}: input {arg.name!r} has no estimates; call set_estimates on it"
-            )
+            raise WorkloadError(f"workload {uri!r}: input {arg.name!r} has no estimates; call set_estimates on it")
         input_buffers.append(
             BufferSpec(
                 arg.name,

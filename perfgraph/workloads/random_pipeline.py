@@ -131,10 +131,7 @@ class _Emitter:
             terms = [self.load(src, x + dx, y + dy, c, "int32") * int(w) for (dx, dy), w in taps]
             func[x, y, c] = _cast(stage.dtype, _total(terms) / int(sum(p["weights"])))
         else:
-            terms = [
-                self.load(src, x + dx, y + dy, c, stage.dtype) * _const(stage.dtype, w)
-                for (dx, dy), w in taps
-            ]
+            terms = [self.load(src, x + dx, y + dy, c, stage.dtype) * _const(stage.dtype, w) for (dx, dy), w in taps]
             func[x, y, c] = _total(terms)
 
     def _conv(self, func: hl.Func, stage: StagePlan) -> None:
@@ -222,11 +219,7 @@ class _Emitter:
             func[x, y, c] = self.load(src, xs[0][0], ys[0][0], c)
             return
         compute = stage.dtype if is_float(stage.dtype) else "int32"
-        terms = [
-            self.load(src, cx, cy, c, compute) * _cast(compute, _expr(wx * wy))
-            for cx, wx in xs
-            for cy, wy in ys
-        ]
+        terms = [self.load(src, cx, cy, c, compute) * _cast(compute, _expr(wx * wy)) for cx, wx in xs for cy, wy in ys]
         if is_float(stage.dtype):
             func[x, y, c] = _total(terms) * _const(stage.dtype, 1.0 / denominator)
         else:

@@ -81,9 +81,7 @@ class StagePlan:
     def ns_per_pixel(self) -> float:
         """Estimated time per input pixel: arithmetic plus storing the values once."""
         slowdown = FLOAT64_SLOWDOWN if self.dtype == "float64" else 1.0
-        return (
-            self.ns_per_point * slowdown + MEMORY_NS_PER_BYTE * ITEMSIZE[self.dtype]
-        ) * self.relative_points
+        return (self.ns_per_point * slowdown + MEMORY_NS_PER_BYTE * ITEMSIZE[self.dtype]) * self.relative_points
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,7 @@ class _Planner:
         """Width and height that bring the estimated run time near the drawn target."""
         step = 2**MAX_LEVEL
         largest = max(stage.relative_points for stage in self.stages)
-        max_pixels = min(
-            MAX_DIM**2, MAX_STAGE_POINTS / largest, MAX_FOOTPRINT_BYTES / self._total("bytes_per_pixel")
-        )
+        max_pixels = min(MAX_DIM**2, MAX_STAGE_POINTS / largest, MAX_FOOTPRINT_BYTES / self._total("bytes_per_pixel"))
         pixels = min(max(self.target_ns / self._total("ns_per_pixel"), MIN_DIM**2), max_pixels)
         aspect = self.rng.uniform(0.5, 2.0)
 

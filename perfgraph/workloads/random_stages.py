@@ -127,8 +127,17 @@ def stencil(draw: Draw, src: StagePlan) -> StagePlan:
         rms = src.rms * max(math.sqrt(sum(w * w for w in weights)), abs(sum(weights)))
     variant = f"{k}x{k}" if shape == "xy" else f"{k}-tap along {shape}"
     params = {"taps": tuple(taps), "weights": tuple(weights), "integer": integer}
-    return new_stage(draw, "stencil", variant, (src,), dtype=dtype, bound=bound, rms=rms,
-                     ns_per_point=TAP_NS * len(taps), params=params)
+    return new_stage(
+        draw,
+        "stencil",
+        variant,
+        (src,),
+        dtype=dtype,
+        bound=bound,
+        rms=rms,
+        ns_per_point=TAP_NS * len(taps),
+        params=params,
+    )
 
 
 def conv(draw: Draw, src: StagePlan) -> StagePlan | None:
@@ -139,9 +148,19 @@ def conv(draw: Draw, src: StagePlan) -> StagePlan | None:
     if out is None:
         return None
     scale, bound, rms = weighted_sum(src.bound, src.rms, k * k * src.channels)
-    return new_stage(draw, "conv", f"{k}x{k} {src.channels}->{out}", (src,), dtype=float_result(src.dtype),
-                     channels=out, bound=bound, rms=rms, rows=2, ns_per_point=cost,
-                     params={"kernel": k, "scale": scale})
+    return new_stage(
+        draw,
+        "conv",
+        f"{k}x{k} {src.channels}->{out}",
+        (src,),
+        dtype=float_result(src.dtype),
+        channels=out,
+        bound=bound,
+        rms=rms,
+        rows=2,
+        ns_per_point=cost,
+        params={"kernel": k, "scale": scale},
+    )
 
 
 def mix(draw: Draw, src: StagePlan) -> StagePlan | None:
@@ -155,9 +174,19 @@ def mix(draw: Draw, src: StagePlan) -> StagePlan | None:
     unrolled = src.channels <= 8 and draw.rng.random() < 0.5
     scale, bound, rms = weighted_sum(src.bound, src.rms, src.channels)
     variant = f"{'unrolled' if unrolled else 'rdom'} {src.channels}->{out}"
-    return new_stage(draw, "mix", variant, (src,), dtype=float_result(src.dtype), channels=out, bound=bound,
-                     rms=rms, rows=1 if unrolled else 2, ns_per_point=cost,
-                     params={"unrolled": unrolled, "scale": scale})
+    return new_stage(
+        draw,
+        "mix",
+        variant,
+        (src,),
+        dtype=float_result(src.dtype),
+        channels=out,
+        bound=bound,
+        rms=rms,
+        rows=1 if unrolled else 2,
+        ns_per_point=cost,
+        params={"unrolled": unrolled, "scale": scale},
+    )
 
 
 def pool(draw: Draw, src: StagePlan) -> StagePlan | None:
@@ -173,9 +202,20 @@ def pool(draw: Draw, src: StagePlan) -> StagePlan | None:
     dtype = src.dtype if kind == "max" or integer_avg else float_result(src.dtype)
     rms = src.rms if kind == "max" else src.rms / window**0.5  # neighbours are partly correlated
     variant = f"{kind} {window}x{window} stride 2{' rdom' if rdom else ''}"
-    return new_stage(draw, "pool", variant, (src,), label=f"{kind}pool", dtype=dtype, rms=rms, level_x=src.level_x + 1,
-                     level_y=src.level_y + 1, rows=2 if rdom else 1, ns_per_point=TAP_NS * window**2,
-                     params={"kind": kind, "window": window, "rdom": rdom})
+    return new_stage(
+        draw,
+        "pool",
+        variant,
+        (src,),
+        label=f"{kind}pool",
+        dtype=dtype,
+        rms=rms,
+        level_x=src.level_x + 1,
+        level_y=src.level_y + 1,
+        rows=2 if rdom else 1,
+        ns_per_point=TAP_NS * window**2,
+        params={"kind": kind, "window": window, "rdom": rdom},
+    )
 
 
 def _axes(draw: Draw, src: StagePlan, step: int) -> tuple[bool, bool] | None:
@@ -206,9 +246,17 @@ def upsample(draw: Draw, src: StagePlan) -> StagePlan | None:
 def _resample(draw: Draw, op: str, mode: str, src: StagePlan, axes: tuple[bool, bool], step: int) -> StagePlan:
     names = "".join(name for name, on in zip("xy", axes, strict=True) if on)
     taps = 1 if mode == "nearest" else 2 ** sum(axes)
-    return new_stage(draw, op, f"2x {mode} along {names}", (src,), label="down" if step > 0 else "up",
-                     level_x=src.level_x + step * axes[0], level_y=src.level_y + step * axes[1],
-                     ns_per_point=TAP_NS * taps, params={"mode": mode, "axes": axes})
+    return new_stage(
+        draw,
+        op,
+        f"2x {mode} along {names}",
+        (src,),
+        label="down" if step > 0 else "up",
+        level_x=src.level_x + step * axes[0],
+        level_y=src.level_y + step * axes[1],
+        ns_per_point=TAP_NS * taps,
+        params={"mode": mode, "axes": axes},
+    )
 
 
 def unary(draw: Draw, src: StagePlan) -> StagePlan:
@@ -233,8 +281,18 @@ def unary(draw: Draw, src: StagePlan) -> StagePlan:
         "square": (b * b, r * r),
     }[fn]
     bound, rms = rescaled(bound, rms, params)
-    return new_stage(draw, "unary", fn, (src,), label=fn, dtype=float_result(src.dtype), bound=bound, rms=rms,
-                     ns_per_point=UNARY_NS[fn], params=params)
+    return new_stage(
+        draw,
+        "unary",
+        fn,
+        (src,),
+        label=fn,
+        dtype=float_result(src.dtype),
+        bound=bound,
+        rms=rms,
+        ns_per_point=UNARY_NS[fn],
+        params=params,
+    )
 
 
 def binary(draw: Draw, f: StagePlan, g: StagePlan) -> StagePlan:
@@ -257,9 +315,21 @@ def binary(draw: Draw, f: StagePlan, g: StagePlan) -> StagePlan:
     else:
         dtype = float_result(f.dtype, g.dtype)
         bound, rms = rescaled(bound, rms, params)
-    return new_stage(draw, "binary", fn, (f, g), label=fn, dtype=dtype, bound=bound, rms=rms,
-                     level_x=min(f.level_x, g.level_x), level_y=min(f.level_y, g.level_y),
-                     channels=max(f.channels, g.channels), ns_per_point=0.05, params=params)
+    return new_stage(
+        draw,
+        "binary",
+        fn,
+        (f, g),
+        label=fn,
+        dtype=dtype,
+        bound=bound,
+        rms=rms,
+        level_x=min(f.level_x, g.level_x),
+        level_y=min(f.level_y, g.level_y),
+        channels=max(f.channels, g.channels),
+        ns_per_point=0.05,
+        params=params,
+    )
 
 
 def scan(draw: Draw, src: StagePlan) -> StagePlan:
@@ -267,13 +337,31 @@ def scan(draw: Draw, src: StagePlan) -> StagePlan:
     axis = draw.rng.choice(("x", "y", "c") if src.channels > 1 else ("x", "y"))
     extent = src.channels if axis == "c" else MAX_SCAN_EXTENT
     if int_fits(src, extent):
-        return new_stage(draw, "scan", f"cumulative sum along {axis}", (src,), dtype="int32",
-                         bound=src.bound * extent, rms=src.rms * math.sqrt(extent), rows=2, ns_per_point=0.5,
-                         params={"axis": axis, "decay": None})
+        return new_stage(
+            draw,
+            "scan",
+            f"cumulative sum along {axis}",
+            (src,),
+            dtype="int32",
+            bound=src.bound * extent,
+            rms=src.rms * math.sqrt(extent),
+            rows=2,
+            ns_per_point=0.5,
+            params={"axis": axis, "decay": None},
+        )
     decay = draw.rng.choice((0.5, 0.8, 0.9, 0.95))
     rms = src.rms * math.sqrt((1 - decay) / (1 + decay))  # exact for independent inputs
-    return new_stage(draw, "scan", f"decaying sum along {axis} ({decay})", (src,), dtype=float_result(src.dtype),
-                     rms=rms, rows=2, ns_per_point=0.5, params={"axis": axis, "decay": decay})
+    return new_stage(
+        draw,
+        "scan",
+        f"decaying sum along {axis} ({decay})",
+        (src,),
+        dtype=float_result(src.dtype),
+        rms=rms,
+        rows=2,
+        ns_per_point=0.5,
+        params={"axis": axis, "decay": decay},
+    )
 
 
 def cast(draw: Draw, src: StagePlan, dtype: str | None = None) -> StagePlan:
@@ -289,5 +377,15 @@ def cast(draw: Draw, src: StagePlan, dtype: str | None = None) -> StagePlan:
         params, bound, rms = {"scale": 1.0, "offset": 0.0}, src.bound, src.rms
     else:  # back from integers to floats, normalized to typical magnitude 1
         params, bound, rms = {"scale": 1.0 / src.rms, "offset": 0.0}, src.bound / src.rms, 1.0
-    return new_stage(draw, "cast", f"{src.dtype}->{dtype}", (src,), label=f"to_{dtype}", dtype=dtype, bound=bound,
-                     rms=rms, ns_per_point=0.1, params=params)
+    return new_stage(
+        draw,
+        "cast",
+        f"{src.dtype}->{dtype}",
+        (src,),
+        label=f"to_{dtype}",
+        dtype=dtype,
+        bound=bound,
+        rms=rms,
+        ns_per_point=0.1,
+        params=params,
+    )

@@ -52,9 +52,7 @@ def resnet_basic_block(*, w: int, h: int, c_in: int, c_out: int, stride: int) ->
     return [as_output(relu(add(out, _shortcut(image, c_out, stride), name="add"), name="relu2"))]
 
 
-def resnet_bottleneck_block(
-    *, w: int, h: int, c_in: int, c_mid: int, c_out: int, stride: int
-) -> list[hl.Func]:
+def resnet_bottleneck_block(*, w: int, h: int, c_in: int, c_mid: int, c_out: int, stride: int) -> list[hl.Func]:
     """ResNet-50's block: 1x1 reduce, 3x3 (strided, as in v1.5), 1x1 expand, each + BN; add, ReLU."""
     image = image_input("input", w, h, c_in)
     out = relu(batch_norm(pointwise_conv2d(image, c_mid, name="conv1"), name="bn1"), name="relu1")
@@ -64,9 +62,7 @@ def resnet_bottleneck_block(
     return [as_output(relu(add(out, _shortcut(image, c_out, stride), name="add"), name="relu3"))]
 
 
-def mobilenet_inverted_residual(
-    *, w: int, h: int, c_in: int, c_out: int, expand: int, stride: int
-) -> list[hl.Func]:
+def mobilenet_inverted_residual(*, w: int, h: int, c_in: int, c_out: int, expand: int, stride: int) -> list[hl.Func]:
     """MobileNetV2's block: 1x1 expand + BN + ReLU6, 3x3 depthwise + BN + ReLU6, 1x1 project + BN.
 
     The expansion is skipped for ``expand == 1`` (as in the network's first block) and the input is

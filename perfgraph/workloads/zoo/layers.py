@@ -66,7 +66,13 @@ def pad(tensor: Tensor, padding: int, name: str) -> Tensor:
 
 
 def conv2d(
-    tensor: Tensor, c_out: int, *, kernel: int, stride: int = 1, padding: int = 0, bias: bool = False,
+    tensor: Tensor,
+    c_out: int,
+    *,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    bias: bool = False,
     name: str,
 ) -> Tensor:
     """A 2-D convolution (cross-correlation, like PyTorch) with a square kernel, stride and zero padding."""
@@ -142,9 +148,7 @@ def dense(tensor: Tensor, d_out: int, *, bias: bool = True, name: str) -> Tensor
     return matmul(tensor, weights, name=name, bias=weight(f"{name}_b", (d_out,)) if bias else None)
 
 
-def _map(
-    tensor: Tensor, name: str, expression: Callable[[hl.Expr], hl.Expr], macs_per_element: int = 0
-) -> Tensor:
+def _map(tensor: Tensor, name: str, expression: Callable[[hl.Expr], hl.Expr], macs_per_element: int = 0) -> Tensor:
     """An elementwise stage computing ``expression(value)`` at every point of ``tensor``."""
     args = tuple(dims(tensor.rank))
     mapped = hl.Func(name)
