@@ -74,6 +74,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         schedules_per_pipeline=args.schedules,
         workers=args.workers,
         remeasure_fraction=args.remeasure_fraction,
+        top_up=args.top_up,
         max_beam_size=args.max_beam,
         show_progress=not args.json,
     )
@@ -223,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--zoo", nargs="+", metavar="NAME", help="zoo entries ('all' for every entry)")
     collect.add_argument("--zoo-variants", type=int, default=1, metavar="V", help="shape variants per zoo entry")
     collect.add_argument("--pipeline", nargs="+", metavar="FILE.py:FUNCTION", help="your own pipelines")
-    collect.add_argument("--schedules", type=int, default=32, metavar="K", help="candidates per pipeline")
+    collect.add_argument(
+        "--schedules", type=int, default=32, metavar="K", help="measured schedules wanted per pipeline"
+    )
     collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
     collect.add_argument(
         "--max-beam",
@@ -236,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.05,
         help="share of schedules measured a second time, for the noise floor",
+    )
+    collect.add_argument(
+        "--no-top-up",
+        dest="top_up",
+        action="store_false",
+        help="stop at K candidates even when duplicates leave fewer than K measured schedules",
     )
     collect.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     collect.set_defaults(run=cmd_collect)

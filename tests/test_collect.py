@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from perfgraph.data.store import Store
+from perfgraph.measure.collector import CollectOptions, top_up_count
 from perfgraph.measure.runner import Timeouts
 
 from .conftest import TINY_SCHEDULES, TINY_WORKLOADS, USER_PIPELINES, collect_tiny
@@ -25,7 +26,34 @@ pytestmark = pytest.mark.slow
 def test_every_candidate_ends_measured_duplicate_or_failed(tiny_db):
     with Store(tiny_db) as store:
         for uri in TINY_WORKLOADS:
-            assert store.done_candidates(uri) == set(range(TINY_SCHEDULES))
+            done = store.done_candidates(uri)
+            assert done == set(range(len(done)))
+            assert TINY_SCHEDULES <= len(done) <= 3 * TINY_SCHEDULES
+
+
+def test_duplicates_are_topped_up_until_k_schedules_or_saturation(tiny_db):
+    options = CollectOptions()
+    with Store(tiny_db) as store:
+        for uri in TINY_WORKLOADS:
+            pipeline = store.pipeline_by_uri(uri)
+            new = store.candidate_outcomes(pipeline.pipeline_id, len(store.done_candidates(uri)))
+            saturated = not any(new[-options.saturation_window :])
+            assert sum(new) == TINY_SCHEDULES or saturated or len(new) == 3 * TINY_SCHEDULES, (uri, new)
+            assert sum(new) <= TINY_SCHEDULES
+
+
+@pytest.mark.parametrize(
+    ("new", "expected"),
+    [
+        ([True] * 8, 0),  # enough
+        ([True] * 5 + [False] * 3, 3),  # three short: one more round of three
+        ([True] * 2 + [False] * 6, 0),  # saturated: the last 4 found nothing new
+        ([True, False] * 6, 0),  # 12 tried: the cap
+        ([True, False] * 5, 2),  # 10 tried, 5 short: capped at 12
+    ],
+)
+def test_top_up_count(new, expected):
+    assert top_up_count(new, wanted=8, max_candidates=12, saturation_window=4) == expected
 
 
 def test_measurements_keep_every_repeat_and_their_summary(tiny_db):
@@ -68,7 +96,7 @@ def test_samples_carry_one_feature_row_per_graph_node(real_samples):
 def test_a_crashing_candidate_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("PERFGRAPH_TEST_CRASH_COUNTER", str(tmp_path / "builds"))
     uri = f"file:{USER_PIPELINES}:crashes_when_measured"
-    with collect_tiny(tmp_path / "crash.db", [uri], schedules=2) as store:
+    with collect_tiny(tmp_path / "crash.db", [uri], schedules=2, top_up=False) as store:
         failures = store.execute("SELECT candidate_index, kind, message FROM failures").fetchall()
     assert sorted(f[0] for f in failures) == [0, 1]
     assert {f[1] for f in failures} == {"crash"}
@@ -77,7 +105,7 @@ def test_a_crashing_candidate_is_recorded_and_the_run_goes_on(tmp_path, monkeypa
 
 def test_a_candidate_that_runs_too_long_is_a_timeout(tmp_path):
     uri = f"file:{USER_PIPELINES}:slow"
-    with collect_tiny(tmp_path / "slow.db", [uri], schedules=1, timeouts=Timeouts(run_s=0.3)) as store:
+    with collect_tiny(tmp_path / "slow.db", [uri], schedules=1, timeouts=Timeouts(run_s=0.3), top_up=False) as store:
         failures = store.execute("SELECT kind, phase FROM failures WHERE candidate_index >= 0").fetchall()
     assert failures == [("timeout", "run")]
 
@@ -85,10 +113,10 @@ def test_a_candidate_that_runs_too_long_is_a_timeout(tmp_path):
 def test_an_output_that_differs_from_the_reference_is_a_failure(tmp_path):
     uri = f"file:{USER_PIPELINES}:blur"
     db = tmp_path / "wrong.db"
-    collect_tiny(db, [uri], schedules=1).close()
+    collect_tiny(db, [uri], schedules=1, top_up=False).close()
     (reference,) = Path(str(db) + ".refs").glob("*.npz")
     np.savez_compressed(reference, np.load(reference)["arr_0"] + 1.0)  # corrupt the reference output
-    with collect_tiny(db, [uri], schedules=2) as store:
+    with collect_tiny(db, [uri], schedules=2, top_up=False) as store:
         failures = store.execute("SELECT candidate_index, kind FROM failures").fetchall()
     assert failures == [(1, "wrong_output")]
 
@@ -110,6 +138,7 @@ def test_resume_after_kill_9_loses_nothing_committed(tmp_path):
         "2",
         "--remeasure-fraction",
         "0",
+        "--no-top-up",
         "--json",
     ]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

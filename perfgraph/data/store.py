@@ -117,21 +117,16 @@ class Store:
     def _init_schema(self) -> None:
         found = self._meta("schema_version")
         if found is not None and int(found) != STORE_SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: store schema version {found}, this perfgraph reads {STORE_SCHEMA_VERSION}"
-            )
+            raise StoreError(f"{self.path}: store schema version {found}, this perfgraph reads {STORE_SCHEMA_VERSION}")
         feature_version = self._meta("feature_schema_version")
         if feature_version is not None and int(feature_version) != FEATURE_SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path}: feature-schema version {feature_version}, this perfgraph reads "
-                f"{FEATURE_SCHEMA_VERSION}"
+                f"{self.path}: feature-schema version {feature_version}, this perfgraph reads {FEATURE_SCHEMA_VERSION}"
             )
         schema = resources.files("perfgraph.data").joinpath("schema.sql").read_text()
         self._db.executescript(schema)  # idempotent: every statement is IF NOT EXISTS
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),)
-            )
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),))
             db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('feature_schema_version', ?)",
                 (str(FEATURE_SCHEMA_VERSION),),
@@ -220,9 +215,7 @@ class Store:
                 self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=False)
         return schedule_id
 
-    def add_repeat_measurement(
-        self, schedule_id: int, machine_id: int, measurement: MeasurementRecord
-    ) -> None:
+    def add_repeat_measurement(self, schedule_id: int, machine_id: int, measurement: MeasurementRecord) -> None:
         with self.transaction() as db:
             self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=True)
 
@@ -277,8 +270,7 @@ class Store:
 
     def pipeline_by_uri(self, uri: str) -> PipelineRecord | None:
         row = self._db.execute(
-            "SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines "
-            "WHERE uri = ?",
+            "SELECT pipeline_id, uri, identity, family, num_stages, graph, algorithm_hash FROM pipelines WHERE uri = ?",
             (uri,),
         ).fetchone()
         return None if row is None else _pipeline_record(row)
@@ -299,10 +291,7 @@ class Store:
                 (uri,),
             )
         }
-        done |= {
-            r[0]
-            for r in self._db.execute("SELECT candidate_index FROM failures WHERE pipeline_uri = ?", (uri,))
-        }
+        done |= {r[0] for r in self._db.execute("SELECT candidate_index FROM failures WHERE pipeline_uri = ?", (uri,))}
         return done
 
     def pipeline_failed(self, uri: str) -> bool:
@@ -312,6 +301,17 @@ class Store:
             ).fetchone()
             is not None
         )
+
+    def candidate_outcomes(self, pipeline_id: int, count: int) -> list[bool]:
+        """For candidates ``0..count-1`` of a pipeline: whether each gave a newly measured schedule."""
+        new = {
+            r[0]
+            for r in self._db.execute(
+                "SELECT candidate_index FROM schedules WHERE pipeline_id = ? AND duplicate_of IS NULL",
+                (pipeline_id,),
+            )
+        }
+        return [index in new for index in range(count)]
 
     def measured_hashes(self, pipeline_id: int) -> dict[str, int]:
         """Features hash -> schedule id of every measured schedule of a pipeline (for de-duplication)."""

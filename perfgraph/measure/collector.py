@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +47,12 @@ class CollectOptions:
     timing: TimingPolicy = TimingPolicy()
     max_beam_size: int | None = None  # cap on the beam-search candidate's beam (None: by pipeline size)
     remeasure_fraction: float = 0.05  # share of measured schedules re-measured independently (noise floor)
+    # Top-up: candidates beyond K are drawn until K distinct schedules are measured, unless the
+    # pipeline is saturated (its last ``saturation_window`` candidates found nothing new) or
+    # ``max_candidates_factor`` x K candidates were tried. Single-stage layers saturate early.
+    top_up: bool = True
+    saturation_window: int = 8
+    max_candidates_factor: int = 3
     show_progress: bool = True
 
 
@@ -129,18 +135,24 @@ class Collector:
         return max(self.options.schedules_per_pipeline - len(self.store.done_candidates(uri)), 0)
 
     def _pending_candidates(self, uri: str) -> list[_Candidate]:
+        """The pipeline's candidates still to run: the first K, or else a top-up round (see CollectOptions)."""
         pipeline = self.store.pipeline_by_uri(uri)
         assert pipeline is not None
         done = self.store.done_candidates(uri)
-        plan = sampling_plan(
-            self.options.schedules_per_pipeline, pipeline.num_stages, max_beam_size=self.options.max_beam_size
-        )
+        wanted = self.options.schedules_per_pipeline
+        # The slow beam search goes last in each pipeline, so random samples arrive early.
+        indices = [i for i in [*range(1, wanted), 0] if i not in done]
+        if not indices and self.options.top_up:
+            first = max(done, default=-1) + 1
+            new = self.store.candidate_outcomes(pipeline.pipeline_id, first)
+            most = wanted * self.options.max_candidates_factor
+            count = top_up_count(new, wanted, most, self.options.saturation_window)
+            indices = list(range(first, first + count))
+        plan = sampling_plan(max(indices, default=0) + 1, pipeline.num_stages, max_beam_size=self.options.max_beam_size)
         with self._claims:
             self._claimed[pipeline.pipeline_id] = dict(self.store.measured_hashes(pipeline.pipeline_id))
             self._algorithm[pipeline.pipeline_id] = pipeline.algorithm_hash
-        # The slow beam search goes last in each pipeline, so random samples arrive early.
-        order = list(range(1, len(plan))) + [0]
-        return [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in order if i not in done]
+        return [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in indices]
 
     def _wants_repeat(self, candidate: _Candidate) -> bool:
         """A deterministic share of deterministic schedules is measured twice, independently (noise floor)."""
@@ -155,6 +167,12 @@ class Collector:
         with ThreadPoolExecutor(self.options.workers) as pool, self._bar(total) as bar:
             running: dict[Future, _Analysis | _Candidate] = {}
             started = time.monotonic()
+
+            def queue_pending(uri: str) -> list[_Candidate]:
+                pending = self._pending_candidates(uri)
+                work.extendleft(reversed(pending))
+                return pending
+
             while work or running:
                 while work and len(running) < self.options.workers:
                     job = work.popleft()
@@ -164,15 +182,17 @@ class Collector:
                 for future in finished:
                     job = running.pop(future)
                     if isinstance(job, _Analysis):
-                        if self._record_analysis(job.uri, future.result()):
-                            work.extendleft(reversed(self._pending_candidates(job.uri)))
-                        else:
+                        if not self._record_analysis(job.uri, future.result()):
                             bar.update(self.options.schedules_per_pipeline)
+                        else:
+                            queue_pending(job.uri)
                         continue
                     schedule_id = self._record(job, *future.result())
                     if schedule_id is not None and self._wants_repeat(job):
                         work.appendleft(dataclasses.replace(job, repeat_of=schedule_id))
                         bar.total += 1
+                    if job.repeat_of is None and not _has_candidates(job.uri, work, running.values()):
+                        bar.total += len(queue_pending(job.uri))  # a top-up round, when one is due
                     rate = 60 * self.summary.measured / max(time.monotonic() - started, 1e-9)
                     bar.set_postfix(failures=sum(self.summary.failures.values()), per_min=f"{rate:.1f}")
                     bar.update()
@@ -358,6 +378,30 @@ class Collector:
             disable=not self.options.show_progress,
             dynamic_ncols=True,
         )
+
+
+def top_up_count(new_schedule: list[bool], wanted: int, max_candidates: int, saturation_window: int) -> int:
+    """How many more candidates to draw for a pipeline whose candidates 0..n-1 have all ended.
+
+    ``new_schedule[i]`` says whether candidate ``i`` gave a newly measured schedule (not a duplicate
+    or a failure). Enough to reach ``wanted`` schedules if every one were new, within
+    ``max_candidates`` in all; none once the last ``saturation_window`` candidates found nothing new.
+
+    >>> top_up_count([True] * 6 + [False] * 2, wanted=8, max_candidates=24, saturation_window=4)
+    2
+    >>> top_up_count([True] * 4 + [False] * 4, wanted=8, max_candidates=24, saturation_window=4)
+    0
+    """
+    tried, measured = len(new_schedule), sum(new_schedule)
+    recent = new_schedule[-saturation_window:]
+    if measured >= wanted or (len(recent) == saturation_window and not any(recent)):
+        return 0
+    return max(min(wanted - measured, max_candidates - tried), 0)
+
+
+def _has_candidates(uri: str, *queues: Iterable[_Analysis | _Candidate]) -> bool:
+    """Whether any first-measurement candidate of ``uri`` is still queued or running."""
+    return any(isinstance(j, _Candidate) and j.uri == uri and j.repeat_of is None for q in queues for j in q)
 
 
 def _measurement(event: dict) -> MeasurementRecord:
