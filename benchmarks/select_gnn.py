@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         rows.append(row)
         print(
-            f"{label:<18} {model.loss:<16} {row['epochs']:>6} {row['mape']:>8.3f} {row['rmse_log']:>10.3f} "
+            f"{label:<18} {model.loss:<16} {row['epochs']:>6} {row['mape']:>8.1f} {row['rmse_log']:>10.3f} "
             f"{row['kendall_tau']:>6.3f} {row['seconds']:>7.1f}",
             flush=True,
         )

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau
 from torch_geometric.data import Data
 
 from perfgraph.data.records import Sample
+from perfgraph.evaluate.metrics import mape, mean_kendall_tau, rmse_log
 from perfgraph.features.layout import FEATURE_SCHEMA_VERSION
 from perfgraph.features.splits import DatasetSplit, split_samples
 from perfgraph.models.base import CostModel
@@ -44,24 +44,18 @@ class TrainingResult:
 
 
 def summary_metrics(predicted_ms: np.ndarray, measured_ms: np.ndarray, groups: Sequence[Any]) -> dict[str, float]:
-    """MAPE, RMSE of the log run time, and the mean within-pipeline Kendall tau (NaN if undefined)."""
-    predicted_ms, measured_ms = np.asarray(predicted_ms, float), np.asarray(measured_ms, float)
-    if predicted_ms.size == 0:
+    """MAPE (%), RMSE of the log run time, and the mean within-pipeline Kendall tau (NaN if undefined).
+
+    The same definitions as ``perfgraph evaluate`` (:mod:`perfgraph.evaluate.metrics`), so a training
+    log and the evaluation table agree.
+    """
+    if len(predicted_ms) == 0:
         return {"mape": math.nan, "rmse_log": math.nan, "kendall_tau": math.nan, "samples": 0}
-    gap = np.log(predicted_ms) - np.log(measured_ms)
-    taus = []
-    groups = np.asarray(groups)
-    for group in np.unique(groups):
-        members = groups == group
-        if members.sum() >= 2:
-            tau = kendalltau(predicted_ms[members], measured_ms[members]).statistic
-            if np.isfinite(tau):
-                taus.append(float(tau))
     return {
-        "mape": float(np.mean(np.abs(predicted_ms / measured_ms - 1))),
-        "rmse_log": float(np.sqrt(np.mean(gap**2))),
-        "kendall_tau": float(np.mean(taus)) if taus else math.nan,
-        "samples": int(predicted_ms.size),
+        "mape": mape(predicted_ms, measured_ms),
+        "rmse_log": rmse_log(predicted_ms, measured_ms),
+        "kendall_tau": mean_kendall_tau(predicted_ms, measured_ms, groups),
+        "samples": len(predicted_ms),
     }
 
 

@@ -20,6 +20,7 @@ import torch
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
+from perfgraph.evaluate.metrics import mape, rmse_log
 from perfgraph.models.stage_network import StageCostNetwork
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -88,7 +89,7 @@ def predict_log_runtimes(
 
 @torch.no_grad()
 def evaluate(network: StageCostNetwork, batches: Sequence[Batch], loss: LossFunction) -> dict[str, float]:
-    """Loss (batched as in training), mean absolute percentage error and RMSE of the log run time."""
+    """Loss (batched as in training), MAPE (%) and RMSE of the log run time."""
     network.eval()
     total, predicted, measured = 0.0, [], []
     for batch in batches:
@@ -96,11 +97,11 @@ def evaluate(network: StageCostNetwork, batches: Sequence[Batch], loss: LossFunc
         total += float(loss(pred, batch.y, batch.pipeline_id)) * batch.num_graphs
         predicted.append(pred.double().cpu())
         measured.append(batch.y.double().cpu())
-    gap = (torch.cat(predicted) - torch.cat(measured)).numpy()
+    predicted_ms, measured_ms = np.exp(torch.cat(predicted).numpy()), np.exp(torch.cat(measured).numpy())
     return {
-        "loss": total / len(gap),
-        "mape": float(np.mean(np.abs(np.expm1(gap)))),
-        "rmse_log": float(np.sqrt(np.mean(gap**2))),
+        "loss": total / len(measured_ms),
+        "mape": mape(predicted_ms, measured_ms),
+        "rmse_log": rmse_log(predicted_ms, measured_ms),
     }
 
 
