@@ -102,6 +102,9 @@ def test_stats_json_has_the_documented_keys(tiny_db):
     stats = json.loads(result.stdout)
     assert {"pipelines", "samples", "failures", "min_schedules_per_pipeline", "median_cv"} <= set(stats)
     assert stats["pipelines"] == 3 and stats["samples"] >= 3
+    with Store(tiny_db) as store:
+        per_pipeline = [sum(store.candidate_outcomes(p.pipeline_id, 100)) for p in store.pipelines()]
+    assert stats["pipelines_with_at_least"] == {str(n): sum(c >= n for c in per_pipeline) for n in (8, 16, 32)}
 
 
 def test_a_uri_whose_definition_changed_is_refused(tmp_path):

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass
 
 from perfgraph.data.store import Store
 
+# Shown by ``perfgraph stats``: how many pipelines reach each count (32 is the dataset target).
+SCHEDULE_THRESHOLDS = (8, 16, 32)
+
 
 @dataclass(frozen=True)
 class DatasetStats:
@@ -19,6 +22,7 @@ class DatasetStats:
     repeat_measurements: int
     min_schedules_per_pipeline: int
     median_schedules_per_pipeline: float
+    pipelines_with_at_least: dict[int, int]  # N -> pipelines with at least N measured schedules
     min_runtime_ms: float | None
     max_runtime_ms: float | None
     median_cv: float | None
@@ -39,6 +43,8 @@ class DatasetStats:
             f"samples (measured)   {self.samples}",
             f"schedules/pipeline   min {self.min_schedules_per_pipeline}, "
             f"median {self.median_schedules_per_pipeline:g}",
+            "pipelines reaching   "
+            + ", ".join(f"{count} with >= {n} schedules" for n, count in self.pipelines_with_at_least.items()),
             f"duplicates skipped   {self.duplicates}",
             f"failures             {self.failures} ({failures})",
             f"run time             {runtime}",
@@ -75,6 +81,7 @@ def dataset_stats(store: Store) -> DatasetStats:
         repeat_measurements=q("SELECT COUNT(*) FROM measurements WHERE is_repeat = 1").fetchone()[0],
         min_schedules_per_pipeline=min(per_pipeline, default=0),
         median_schedules_per_pipeline=statistics.median(per_pipeline) if per_pipeline else 0,
+        pipelines_with_at_least={n: sum(count >= n for count in per_pipeline) for n in SCHEDULE_THRESHOLDS},
         min_runtime_ms=low,
         max_runtime_ms=high,
         median_cv=statistics.median(cvs) if cvs else None,
