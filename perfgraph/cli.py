@@ -93,6 +93,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
             f"{s['remeasured']} re-measured) for {s['pipelines']} pipelines in {s['elapsed_s']:.0f} s "
             f"({s['samples_per_min']:.1f} samples/min); failures: {s['failures'] or 'none'}"
         )
+    if summary.stopped:
+        print("perfgraph: collection stopped early; run the same command again to resume", file=sys.stderr)
     for _uri, message in bad_user:
         print(f"perfgraph: error: {message}", file=sys.stderr)
     return 2 if bad_user else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -164,3 +165,26 @@ def test_resume_after_kill_9_loses_nothing_committed(tmp_path):
         assert store.done_candidates(f"file:{USER_PIPELINES}:blur") == set(range(6))
         after = {r[0] for r in store.execute("SELECT schedule_id FROM measurements")}
     assert set(measured_before) <= after
+
+
+def test_sigint_finishes_the_jobs_in_flight_and_records_no_false_failure(tmp_path):
+    db = tmp_path / "stopped.db"
+    command = [sys.executable, "-m", "perfgraph.cli", "collect", "--db", str(db)]
+    command += ["--pipeline", f"{USER_PIPELINES}:blur", "--schedules", "12", "--max-beam", "2", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        if not db.exists():
+            continue
+        with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db) as connection:
+            if connection.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]:
+                break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["stopped"] is True
+    assert "run the same command again to resume" in stderr
+    with Store(db) as store:
+        assert store.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
+        assert 1 <= len(store.done_candidates(f"file:{USER_PIPELINES}:blur")) < 12

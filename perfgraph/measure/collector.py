@@ -11,15 +11,18 @@ command resumes where it stopped.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import os
 import random
+import signal
+import sys
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +32,7 @@ from tqdm import tqdm
 from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash, features_hash
 from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.measure.host import current_machine
-from perfgraph.measure.runner import JobResult, Timeouts, run_job
+from perfgraph.measure.runner import INTERRUPTED, JobResult, Timeouts, run_job
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, sampling_plan
 from perfgraph.schedules.stage_graph import dag_dump_text, parse_dag_dump
@@ -64,6 +67,7 @@ class CollectSummary:
     remeasured: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    stopped: bool = False  # a stop was requested (SIGINT / SIGTERM) before the work ran out
 
     def count_failure(self, kind: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1
@@ -80,6 +84,7 @@ class CollectSummary:
             "remeasured": self.remeasured,
             "failures": self.failures,
             "elapsed_s": round(self.elapsed_s, 1),
+            "stopped": self.stopped,
             "samples_per_min": round(self.samples_per_min, 2),
         }
 
@@ -116,6 +121,7 @@ class Collector:
         self._claims = threading.Condition()
         self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
         self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
+        self._stop = threading.Event()
         self.summary = CollectSummary()
 
     # -- the plan ------------------------------------------------------------------------------
@@ -126,10 +132,37 @@ class Collector:
         work: deque[_Analysis | _Candidate] = deque()
         for uri in dict.fromkeys(uris):
             work.extend(self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)])
-        self._run(work, total=sum(self._estimated_jobs(uri) for uri in dict.fromkeys(uris)))
+        with self._stop_on_signals():
+            self._run(work, total=sum(self._estimated_jobs(uri) for uri in dict.fromkeys(uris)))
+        self.summary.stopped = self._stop.is_set()
         self.summary.pipelines = sum(1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None)
         self.summary.elapsed_s = time.monotonic() - started
         return self.summary
+
+    def stop(self) -> None:
+        """Start no new job; the jobs in flight finish and are recorded. Safe from any thread."""
+        self._stop.set()
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT / SIGTERM stop the collection gently; a second one aborts (in-flight jobs re-run on resume)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if self._stop.is_set():
+                raise KeyboardInterrupt
+            self.stop()
+            name = signal.Signals(signum).name
+            tqdm.write(f"{name}: finishing the jobs in flight, then stopping (again: abort)", file=sys.stderr)
+
+        previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _estimated_jobs(self, uri: str) -> int:
         return max(self.options.schedules_per_pipeline - len(self.store.done_candidates(uri)), 0)
@@ -173,8 +206,8 @@ class Collector:
                 work.extendleft(reversed(pending))
                 return pending
 
-            while work or running:
-                while work and len(running) < self.options.workers:
+            while (work and not self._stop.is_set()) or running:
+                while work and len(running) < self.options.workers and not self._stop.is_set():
                     job = work.popleft()
                     task = self._analyse if isinstance(job, _Analysis) else self._measure
                     running[pool.submit(task, job)] = job
@@ -214,6 +247,8 @@ class Collector:
     def _record_analysis(self, uri: str, result: JobResult) -> bool:
         """Store the pipeline described by an analysis job; ``False`` (and a failure row) if it failed."""
         kind, message = result.failure_kind, result.failure_message
+        if kind == INTERRUPTED:  # analysed again on resume
+            return False
         if result.ok and "reference_saved" not in result.events:
             kind, message = "crash", "the analysis ended without a reference output"
         if kind is None:
@@ -283,6 +318,9 @@ class Collector:
         featurization = base64.b64decode(scheduled["featurization"]) if scheduled is not None else None
         # A candidate that is nobody's duplicate holds the claim on its features hash until it settles.
         claim = featurization if duplicate_of is None else None
+        if result.failure_kind == INTERRUPTED:  # not the candidate's doing: it runs again on resume
+            self._release(candidate.pipeline_id, claim)
+            return None
         if not result.ok:
             self._fail(
                 candidate.uri,

@@ -31,6 +31,10 @@ FAILURE_KINDS = (
     "timeout",
     "wrong_output",
 )
+# A worker stopped from outside (the operator, a shutdown) says nothing about its candidate: the
+# collector records no failure and runs the candidate again on resume.
+INTERRUPTED = "interrupted"
+_EXTERNAL_SIGNALS = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -130,9 +134,12 @@ def run_job(
         result.stderr = stderr.read()
     if result.failure_kind is None and returncode != 0:
         result.failure_phase = phase
-        result.failure_kind = (
-            "autoschedule_error" if phase in ("start", "autoschedule") and returncode == -signal.SIGABRT else "crash"
-        )
+        if returncode in _EXTERNAL_SIGNALS:
+            result.failure_kind = INTERRUPTED
+        elif phase in ("start", "autoschedule") and returncode == -signal.SIGABRT:
+            result.failure_kind = "autoschedule_error"
+        else:
+            result.failure_kind = "crash"
         tail = "\n".join(result.stderr.strip().splitlines()[-5:])
         result.failure_message = f"worker exited with {_describe_exit(returncode)} during {phase}: {tail}"
     return result
