@@ -1,7 +1,6 @@
 """User pipeline files for the tests: good ones, broken ones, and ones that misbehave when measured."""
 
 import os
-from pathlib import Path
 
 import halide as hl
 
@@ -57,10 +56,12 @@ def input_without_estimates():
 
 def _measuring(counter_env: str) -> bool:
     """True from the third build on: the analysis builds twice (autoscheduler, reference), candidates after."""
-    counter = os.environ[counter_env]
-    path = Path(counter)
-    builds = int(path.read_text()) if path.exists() else 0
-    path.write_text(str(builds + 1))
+    # One byte appended per build: O_APPEND makes concurrent builds (two workers) count correctly,
+    # where read-increment-write could read a file another worker had just truncated.
+    with open(os.environ[counter_env], "a") as counter:
+        counter.write(".")
+        counter.flush()
+        builds = counter.tell() - 1
     return builds >= 2
 
 
