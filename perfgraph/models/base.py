@@ -7,9 +7,11 @@ XGBoost models alike through these methods, in the spirit of TVM MetaSchedule's 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,10 @@ class CostModel(ABC):
     #: Short name used in reports and on the command line (``gnn``, ``halide``, ``xgboost`` ...).
     name: str = "model"
 
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments as plain values (what a checkpoint stores; ``load`` passes them back)."""
+        return {name: getattr(self, name) for name in constructor_params(type(self))}
+
     @abstractmethod
     def fit(self, train: Sequence[Sample], valid: Sequence[Sample]) -> CostModel:
         """Train from scratch on ``train``, using ``valid`` for early stopping; returns ``self``."""
@@ -55,6 +61,30 @@ class CostModel(ABC):
     @abstractmethod
     def load(cls, path: str | Path) -> CostModel:
         """Read a checkpoint; raises :class:`SchemaMismatchError` for another schema version."""
+
+
+def constructor_params(cls: type) -> list[str]:
+    """Names of the keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to the base classes.
+
+    A subclass declares only its own hyper-parameters and forwards the rest (``**training``) to its
+    base, so each default is written once.
+
+    >>> class Base:
+    ...     def __init__(self, a=1, b=2): ...
+    >>> class Child(Base):
+    ...     def __init__(self, c=3, **rest): super().__init__(**rest)
+    >>> constructor_params(Child)
+    ['c', 'a', 'b']
+    """
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]  # without self
+        names += [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return list(dict.fromkeys(names))
 
 
 def measured_runtimes(samples: Sequence[Sample]) -> np.ndarray:

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from perfgraph.models.neural import NeuralCostModel, check_positive
 from perfgraph.models.stage_gnn import CONVS, StageGNN
 
@@ -17,11 +19,13 @@ class GNNCostModel(NeuralCostModel):
 
     Architecture: ``conv`` (one of ``gcn``, ``sage``, ``gatv2``, ``gin``, ``transformer``), ``hidden``
     channels, ``layers`` residual message-passing layers, ``heads`` attention heads (``gatv2`` and
-    ``transformer``), ``dropout``. Training: ``loss`` (see :func:`~perfgraph.models.losses.make_loss`),
-    Adam ``lr`` and ``weight_decay``, at most ``epochs`` epochs with early stopping after ``patience``
-    epochs without validation improvement, ``batch_size`` graphs per step, ``seed``, ``device``
-    (``auto``, ``cpu``, ``cuda``). ``update`` fine-tunes for ``update_epochs`` at
-    ``lr * update_lr_factor``. ``progress`` shows a progress bar.
+    ``transformer``), ``dropout``. Training: the keywords of :class:`NeuralCostModel`, with its
+    defaults, except ``loss``, which defaults to ``mse+rank`` here (chosen by ``select_gnn.py``):
+    ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), Adam ``lr`` and ``weight_decay``, at
+    most ``epochs`` epochs with early stopping after ``patience`` epochs without validation
+    improvement, ``batch_size`` graphs per step, ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``).
+    ``update`` fine-tunes for ``update_epochs`` at ``lr * update_lr_factor``. ``progress`` shows a
+    progress bar.
     """
 
     name = "gnn"
@@ -33,17 +37,7 @@ class GNNCostModel(NeuralCostModel):
         layers: int = 3,
         heads: int = 4,
         dropout: float = 0.0,
-        loss: str = "mse+rank",
-        lr: float = 1e-3,
-        epochs: int = 300,
-        patience: int = 30,
-        batch_size: int = 64,
-        weight_decay: float = 0.0,
-        seed: int = 0,
-        device: str = "auto",
-        update_epochs: int = 5,
-        update_lr_factor: float = 0.1,
-        progress: bool = True,
+        **training: Any,
     ) -> None:
         if conv not in CONVS:
             raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
@@ -56,19 +50,7 @@ class GNNCostModel(NeuralCostModel):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.conv, self.hidden, self.layers, self.heads, self.dropout = conv, hidden, layers, heads, dropout
-        super().__init__(
-            loss=loss,
-            lr=lr,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            weight_decay=weight_decay,
-            seed=seed,
-            device=device,
-            update_epochs=update_epochs,
-            update_lr_factor=update_lr_factor,
-            progress=progress,
-        )
+        super().__init__(**{"loss": "mse+rank", **training})
 
     def build_network(self) -> StageGNN:
         return StageGNN(self.conv, self.hidden, self.layers, self.heads, self.dropout)

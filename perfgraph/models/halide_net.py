@@ -21,7 +21,7 @@ import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -202,19 +202,6 @@ class HalideCostModel(CostModel):
         self.log_scale_: float = 0.0
         #: One (epoch, mean train loss, validation loss or nan) per epoch of the last fit.
         self.history_: list[tuple[int, float, float]] = []
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss,
-            "learning_rate": self.learning_rate,
-            "max_epochs": self.max_epochs,
-            "patience": self.patience,
-            "num_cores": self.num_cores,
-            "max_batch_size": self.max_batch_size,
-            "min_schedules_per_pipeline": self.min_schedules_per_pipeline,
-            "update_epochs": self.update_epochs,
-            "seed": self.seed,
-        }
 
     # ------------------------------------------------------------------ training
     def fit(self, train: Sequence[Sample], valid: Sequence[Sample]) -> HalideCostModel:

@@ -13,7 +13,6 @@ Inputs may be :class:`~perfgraph.data.records.Sample` records or graphs already 
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,11 +84,6 @@ class NeuralCostModel(CostModel):
     def build_network(self) -> StageCostNetwork:
         """A freshly initialised network for this model's architecture hyper-parameters."""
         raise NotImplementedError
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments as plain values (what a checkpoint stores)."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"

@@ -6,6 +6,8 @@ training recipe, which both models share through :class:`~perfgraph.models.neura
 
 from __future__ import annotations
 
+from typing import Any
+
 from perfgraph.models.neural import NeuralCostModel, check_positive
 from perfgraph.models.stage_lstm import StageLSTM
 
@@ -26,17 +28,7 @@ class SequenceCostModel(NeuralCostModel):
         layers: int = 2,
         bidirectional: bool = False,
         dropout: float = 0.0,
-        loss: str = "mse",
-        lr: float = 1e-3,
-        epochs: int = 300,
-        patience: int = 30,
-        batch_size: int = 64,
-        weight_decay: float = 0.0,
-        seed: int = 0,
-        device: str = "auto",
-        update_epochs: int = 5,
-        update_lr_factor: float = 0.1,
-        progress: bool = True,
+        **training: Any,
     ) -> None:
         check_positive("hidden", hidden)
         check_positive("layers", layers)
@@ -44,19 +36,7 @@ class SequenceCostModel(NeuralCostModel):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.hidden, self.layers, self.dropout = hidden, layers, dropout
         self.bidirectional = bool(bidirectional)
-        super().__init__(
-            loss=loss,
-            lr=lr,
-            epochs=epochs,
-            patience=patience,
-            batch_size=batch_size,
-            weight_decay=weight_decay,
-            seed=seed,
-            device=device,
-            update_epochs=update_epochs,
-            update_lr_factor=update_lr_factor,
-            progress=progress,
-        )
+        super().__init__(**training)
 
     def build_network(self) -> StageLSTM:
         return StageLSTM(self.hidden, self.layers, self.bidirectional, self.dropout)

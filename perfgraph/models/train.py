@@ -10,7 +10,6 @@ part, per-epoch losses, final metrics) and ``OUT.loss.png`` (the loss curve).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from perfgraph.data.records import Sample
 from perfgraph.evaluate.metrics import mape, mean_kendall_tau, rmse_log
 from perfgraph.features.layout import FEATURE_SCHEMA_VERSION
 from perfgraph.features.splits import DatasetSplit, split_samples
-from perfgraph.models.base import CostModel
+from perfgraph.models.base import CostModel, constructor_params
 from perfgraph.models.registry import MODEL_CLASSES, make_model
 from perfgraph.models.training import plot_loss_curve
 
@@ -95,7 +94,7 @@ def train_model(
         raise ValueError(f"model_name must be one of {sorted(MODEL_CLASSES)}, got {model_name!r}")
     out = Path(out)
     parts = split_samples(samples, split)
-    accepted = inspect.signature(MODEL_CLASSES[model_name]).parameters
+    accepted = constructor_params(MODEL_CLASSES[model_name])
     epochs_name = "epochs" if "epochs" in accepted else "max_epochs"
     options = {"device": device, "seed": seed, epochs_name: epochs}
     hparams.update({k: v for k, v in options.items() if k in accepted and v is not None})

@@ -133,18 +133,6 @@ class _XGBoostModel(CostModel):
         self._seen: list[Sample] = []
         self._valid: list[Sample] = []
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "max_depth": self.max_depth,
-            "gamma": self.gamma,
-            "min_child_weight": self.min_child_weight,
-            "eta": self.eta,
-            "max_rounds": self.max_rounds,
-            "early_stopping_rounds": self.early_stopping_rounds,
-            "nthread": self.nthread,
-            "seed": self.seed,
-        }
-
     def _xgb_params(self) -> dict[str, Any]:
         return {
             "max_depth": self.max_depth,
@@ -242,25 +230,11 @@ class PackSumXGBoost(_XGBoostModel):
 
     name = "xgboost"
 
-    def __init__(
-        self,
-        target: str = "throughput",
-        max_depth: int = 10,
-        gamma: float = 0.001,
-        min_child_weight: float = 0.0,
-        eta: float = 0.2,
-        max_rounds: int = 10_000,
-        early_stopping_rounds: int = 50,
-        nthread: int = 1,
-        seed: int = 43,
-    ) -> None:
+    def __init__(self, target: str = "throughput", **booster: Any) -> None:
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        super().__init__(max_depth, gamma, min_child_weight, eta, max_rounds, early_stopping_rounds, nthread, seed)
+        super().__init__(**booster)
         self.target = target
-
-    def get_params(self) -> dict[str, Any]:
-        return {"target": self.target, **super().get_params()}
 
     def _packed_matrix(self, samples: Sequence[Sample]) -> tuple[xgb.DMatrix, np.ndarray]:
         rows, pack_ids = stage_rows(samples)
