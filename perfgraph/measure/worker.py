@@ -24,42 +24,12 @@ from typing import Any
 import numpy as np
 
 EVENT_PREFIX = "@@perfgraph "
+MAX_INPUT_WIDENINGS = 16  # Halide reports one violated input bound per call
 
 
 def emit(event: str, **fields: Any) -> None:
     sys.stdout.write(EVENT_PREFIX + json.dumps({"event": event, **fields}) + "\n")
     sys.stdout.flush()
-
-
-def _make_buffers(built, input_seed: int):  # type: ignore[no-untyped-def]
-    import halide as hl
-
-    from perfgraph.workloads.base import random_input
-
-    inputs: dict[str, Any] = {}
-    for index, spec in enumerate(built.input_buffers):
-        buffer = hl.Buffer(random_input(spec, seed=input_seed * 1009 + index))
-        if any(spec.mins):
-            buffer.set_min(list(spec.mins))
-        inputs[spec.name] = buffer
-    for spec in built.input_scalars:
-        inputs[spec.name] = spec.value
-    outputs = []
-    for spec in built.output_buffers:
-        buffer = hl.Buffer(_halide_type(spec.dtype), list(spec.extents))
-        if any(spec.mins):
-            buffer.set_min(list(spec.mins))
-        outputs.append(buffer)
-    return inputs, outputs
-
-
-def _halide_type(dtype: str):  # type: ignore[no-untyped-def]
-    import halide as hl
-
-    if dtype == "bool":
-        return hl.Bool()
-    kind, bits = dtype.rstrip("0123456789"), int(dtype[len(dtype.rstrip("0123456789")) :])
-    return {"float": hl.Float, "uint": hl.UInt, "int": hl.Int}[kind](bits)
 
 
 def _compile(built, target):  # type: ignore[no-untyped-def]
@@ -68,18 +38,19 @@ def _compile(built, target):  # type: ignore[no-untyped-def]
     return callable_, [a.name for a in arguments]
 
 
-def _run(callable_, names, inputs, outputs) -> None:  # type: ignore[no-untyped-def]
-    callable_(*[inputs[n] for n in names], *outputs)
+def _run(callable_, names, buffers) -> None:  # type: ignore[no-untyped-def]
+    callable_(*[buffers.inputs[n] for n in names], *buffers.outputs)
 
 
-def _outputs_as_numpy(outputs) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
-    return [np.array(buffer, copy=True) for buffer in outputs]
+def _outputs_as_numpy(buffers) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    return [np.array(buffer, copy=True) for buffer in buffers.outputs]
 
 
 def analyze(job: dict) -> None:
     """Describe a pipeline (the stage graph goes to stderr) and save its reference output."""
     import halide as hl
 
+    from perfgraph.measure.inputs import make_buffers
     from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
     from perfgraph.workloads.base import build_pipeline
 
@@ -105,9 +76,9 @@ def analyze(job: dict) -> None:
     hl.load_plugin(os.path.join(hl.install_dir(), "lib64", "libautoschedule_mullapudi2016.so"))
     built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Mullapudi2016", {"parallelism": "1"}))
     callable_, names = _compile(built, target)
-    inputs, outputs = _make_buffers(built, job["input_seed"])
-    _run(callable_, names, inputs, outputs)
-    reference = _outputs_as_numpy(outputs)
+    buffers = make_buffers(built, job["input_seed"])
+    _run(callable_, names, buffers)
+    reference = _outputs_as_numpy(buffers)
     path = Path(job["reference_path"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -135,6 +106,7 @@ def measure(job: dict) -> None:
     """Autoschedule one candidate, compile it, benchmark it on the benchmark cores, check its output."""
     import halide as hl
 
+    from perfgraph.measure.inputs import make_buffers, widen_input
     from perfgraph.measure.timing import TimingPolicy, benchmark
     from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
     from perfgraph.workloads.base import build_pipeline
@@ -158,19 +130,27 @@ def measure(job: dict) -> None:
     emit("phase", phase="compile")
     started = time.perf_counter()
     callable_, names = _compile(built, target)
-    inputs, outputs = _make_buffers(built, job["input_seed"])
+    buffers = make_buffers(built, job["input_seed"])
     compile_s = time.perf_counter() - started
     with open(job["lock_path"], "w") as lock:
         emit("phase", phase="wait")
         fcntl.flock(lock, fcntl.LOCK_EX)  # one candidate at a time on the benchmark cores
         os.sched_setaffinity(0, set(job["benchmark_cpus"]))
         emit("phase", phase="run")
-        timing = benchmark(lambda: _run(callable_, names, inputs, outputs), TimingPolicy(**job["timing"]))
+        for _ in range(MAX_INPUT_WIDENINGS + 1):
+            try:
+                timing = benchmark(lambda: _run(callable_, names, buffers), TimingPolicy(**job["timing"]))
+                break
+            except hl.HalideError as error:  # a read outside an input's estimates is widened and retried
+                if not widen_input(buffers, error):
+                    raise
+        else:
+            raise RuntimeError(f"inputs still too small after {MAX_INPUT_WIDENINGS} widenings")
     reference = np.load(job["reference_path"])
     mismatch = next(
         (
             f"output {i}: {reason}"
-            for i, out in enumerate(_outputs_as_numpy(outputs))
+            for i, out in enumerate(_outputs_as_numpy(buffers))
             if (reason := _matches(out, reference[f"arr_{i}"])) is not None
         ),
         None,

@@ -1,0 +1,96 @@
+"""Input and output buffers for running a pipeline: sized by its estimates, widened where a schedule reads more.
+
+Inputs hold deterministic random data over their estimated region, the same for every candidate of a
+pipeline and for its reference output. Some Adams2019 schedules read an input outside its estimates:
+a split whose factor exceeds the loop's extent is shifted inwards and starts below zero (a 3x3
+convolution over 32 channels split by 37 reads ``scale[-5]``). Halide's own benchmarking tool
+(RunGen, ``estimate_then_auto``) sizes such inputs by bounds inference; :func:`widen_input` does the
+same from the error the pipeline raises, keeping the estimated region's data and zero-filling the rest,
+so that the output, and the check against the reference, are unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import halide as hl
+import numpy as np
+
+from perfgraph.workloads.base import BuiltPipeline, random_input
+
+# Halide's runtime check, e.g. "Input buffer w is accessed at -5, which is before the min (0) in dimension 0".
+_OUT_OF_BOUNDS = re.compile(
+    r"Input buffer (?P<name>\S+) is accessed at (?P<at>-?\d+), which is (?P<side>before the min|beyond the max)"
+    r" \((?P<bound>-?\d+)\) in dimension (?P<dim>\d+)"
+)
+
+
+@dataclass
+class RunBuffers:
+    """What one call of a compiled pipeline takes: inputs by argument name, then the outputs."""
+
+    inputs: dict[str, Any]
+    outputs: list[hl.Buffer]
+
+
+def make_buffers(built: BuiltPipeline, input_seed: int) -> RunBuffers:
+    """Inputs with deterministic random data over their estimates, and outputs of the estimated size."""
+    inputs: dict[str, Any] = {}
+    for index, spec in enumerate(built.input_buffers):
+        buffer = hl.Buffer(random_input(spec, seed=input_seed * 1009 + index))
+        if any(spec.mins):
+            buffer.set_min(list(spec.mins))
+        inputs[spec.name] = buffer
+    for spec in built.input_scalars:
+        inputs[spec.name] = spec.value
+    outputs = []
+    for spec in built.output_buffers:
+        buffer = hl.Buffer(halide_type(spec.dtype), list(spec.extents))
+        if any(spec.mins):
+            buffer.set_min(list(spec.mins))
+        outputs.append(buffer)
+    return RunBuffers(inputs, outputs)
+
+
+def halide_type(dtype: str) -> hl.Type:
+    """The Halide type of a numpy dtype name (``float32``, ``uint8``, ``bool`` ...)."""
+    if dtype == "bool":
+        return hl.Bool()
+    kind = dtype.rstrip("0123456789")
+    return {"float": hl.Float, "uint": hl.UInt, "int": hl.Int}[kind](int(dtype[len(kind) :]))
+
+
+def widen_input(buffers: RunBuffers, error: Exception) -> bool:
+    """Widen the input that ``error`` (Halide's out-of-bounds input check) names; False if it names none.
+
+    The widened buffer covers the accessed coordinate, keeps every value it held and is zero elsewhere.
+    Halide reports one violated bound per call, so a caller retries until the run succeeds.
+    """
+    match = _OUT_OF_BOUNDS.search(str(error))
+    if match is None or not isinstance(buffers.inputs.get(match["name"]), hl.Buffer):
+        return False
+    old: hl.Buffer = buffers.inputs[match["name"]]
+    dim, at = int(match["dim"]), int(match["at"])
+    mins = [old.dim(d).min() for d in range(old.dimensions())]
+    extents = [old.dim(d).extent() for d in range(old.dimensions())]
+    if dim >= len(mins):
+        return False
+    if match["side"] == "before the min":
+        extents[dim] += mins[dim] - at
+        shift = mins[dim] - at
+        mins[dim] = at
+    else:
+        extents[dim] = at - mins[dim] + 1
+        shift = 0
+    data = np.array(old, copy=True)  # numpy order: Halide's dimension d is axis -1 - d
+    widened = np.zeros(tuple(reversed(extents)), dtype=data.dtype)
+    region = [slice(0, n) for n in data.shape]
+    axis = data.ndim - 1 - dim
+    region[axis] = slice(shift, shift + data.shape[axis])
+    widened[tuple(region)] = data
+    buffer = hl.Buffer(widened)
+    buffer.set_min(mins)
+    buffers.inputs[match["name"]] = buffer
+    return True
