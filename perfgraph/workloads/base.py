@@ -187,6 +187,11 @@ def numpy_dtype(t: hl.Type) -> str:
     return f"{kind}{t.bits()}"
 
 
+def _name_as_written(func: hl.Func) -> str:
+    """The name the user gave a Func: Halide appends ``$N`` when a process already made one of that name."""
+    return func.name().split("$")[0]
+
+
 def build_pipeline(uri: str, builder: Builder | None = None) -> BuiltPipeline:
     """Build the pipeline a URI names and describe its input and output buffers.
 
@@ -219,7 +224,9 @@ def build_pipeline(uri: str, builder: Builder | None = None) -> BuiltPipeline:
     for func in outputs:
         estimate = _output_estimate(func, recorded)
         if estimate is None:
-            raise WorkloadError(f"workload {uri!r}: output {func.name()!r} has no estimates; call set_estimates on it")
+            raise WorkloadError(
+                f"workload {uri!r}: output {_name_as_written(func)!r} has no estimates; call set_estimates on it"
+            )
         output_buffers.append(
             BufferSpec(
                 func.name(),
