@@ -30,6 +30,20 @@ from perfgraph.evaluate.noise import (
     noise_floor_from_repeats,
 )
 
+#: The per-model keys of ``perfgraph evaluate --json`` and of every score dict, in report order.
+SCORE_KEYS = [
+    "mape",
+    "median_ape",
+    "rmse_log",
+    "r2",
+    "kendall_tau",
+    "spearman",
+    "pairwise_accuracy",
+    "top1",
+    "top5",
+    "samples_per_s",
+]
+
 MEASURED = np.array([1.0, 2.0, 4.0, 10.0, 20.0, 40.0])
 SWAPPED = np.array([2.0, 1.0, 4.0, 10.0, 20.0, 40.0])
 PIPELINES = np.array([0, 0, 0, 1, 1, 1])
@@ -182,18 +196,7 @@ def test_scores_without_anything_to_rank_are_none():
 
 
 def test_score_dict_has_exactly_the_report_keys():
-    assert list(evaluate_predictions(SWAPPED, MEASURED, PIPELINES, samples_per_s=10.0).as_dict()) == [
-        "mape",
-        "median_ape",
-        "rmse_log",
-        "r2",
-        "kendall_tau",
-        "spearman",
-        "pairwise_accuracy",
-        "top1",
-        "top5",
-        "samples_per_s",
-    ]
+    assert list(evaluate_predictions(SWAPPED, MEASURED, PIPELINES, samples_per_s=10.0).as_dict()) == SCORE_KEYS
 
 
 # --- noise floor --------------------------------------------------------------------------------

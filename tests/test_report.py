@@ -21,19 +21,9 @@ from perfgraph.evaluate.run import evaluate_models
 from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES
 from perfgraph.models.base import CostModel
 
+from .test_metrics import SCORE_KEYS
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SCORE_KEYS = [
-    "mape",
-    "median_ape",
-    "rmse_log",
-    "r2",
-    "kendall_tau",
-    "spearman",
-    "pairwise_accuracy",
-    "top1",
-    "top5",
-    "samples_per_s",
-]
 
 
 class ScaledRuntimeModel(CostModel):
