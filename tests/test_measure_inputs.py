@@ -6,7 +6,7 @@ import halide as hl
 import numpy as np
 import pytest
 
-from perfgraph.measure.inputs import make_buffers, widen_input
+from perfgraph.measure.inputs import call_widening_inputs, make_buffers, widen_input
 from perfgraph.workloads.base import build_pipeline
 
 WIDTH, CHANNELS = 6, 32
@@ -38,15 +38,10 @@ def _run_widening(split_factor: int):  # type: ignore[no-untyped-def]
     estimated = {name: np.array(buffer, copy=True) for name, buffer in buffers.inputs.items()}
     arguments = built.pipeline.infer_arguments()
     compiled = built.pipeline.compile_to_callable(arguments, hl.get_jit_target_from_environment())
-    widenings = 0
-    while True:
-        try:
-            compiled(*[buffers.inputs[a.name] for a in arguments], *buffers.outputs)
-            break
-        except hl.HalideError as error:
-            assert widen_input(buffers, error), str(error)
-            widenings += 1
-            assert widenings <= 4
+    _, widenings = call_widening_inputs(
+        lambda: compiled(*[buffers.inputs[a.name] for a in arguments], *buffers.outputs), buffers
+    )
+    assert widenings <= 4
     return buffers, estimated, widenings
 
 

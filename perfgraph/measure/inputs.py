@@ -12,13 +12,17 @@ so that the output, and the check against the reference, are unchanged.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import halide as hl
 import numpy as np
 
 from perfgraph.workloads.base import BuiltPipeline, random_input
+
+MAX_INPUT_WIDENINGS = 16  # Halide reports one violated input bound per call
+T = TypeVar("T")
 
 # Halide's runtime check, e.g. "Input buffer w is accessed at -5, which is before the min (0) in dimension 0".
 _OUT_OF_BOUNDS = re.compile(
@@ -94,3 +98,17 @@ def widen_input(buffers: RunBuffers, error: Exception) -> bool:
     buffer.set_min(mins)
     buffers.inputs[match["name"]] = buffer
     return True
+
+
+def call_widening_inputs(call: Callable[[], T], buffers: RunBuffers) -> tuple[T, int]:
+    """``call()``, retried after widening an input each time it reads outside the estimates.
+
+    Returns its result and how many widenings it took; any other Halide error propagates.
+    """
+    for widenings in range(MAX_INPUT_WIDENINGS + 1):
+        try:
+            return call(), widenings
+        except hl.HalideError as error:
+            if not widen_input(buffers, error):
+                raise
+    raise RuntimeError(f"inputs still too small after {MAX_INPUT_WIDENINGS + 1} widenings")

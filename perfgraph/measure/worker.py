@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 EVENT_PREFIX = "@@perfgraph "
-MAX_INPUT_WIDENINGS = 16  # Halide reports one violated input bound per call
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -106,7 +105,7 @@ def measure(job: dict) -> None:
     """Autoschedule one candidate, compile it, benchmark it on the benchmark cores, check its output."""
     import halide as hl
 
-    from perfgraph.measure.inputs import make_buffers, widen_input
+    from perfgraph.measure.inputs import call_widening_inputs, make_buffers
     from perfgraph.measure.timing import TimingPolicy, benchmark
     from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
     from perfgraph.workloads.base import build_pipeline
@@ -137,15 +136,8 @@ def measure(job: dict) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one candidate at a time on the benchmark cores
         os.sched_setaffinity(0, set(job["benchmark_cpus"]))
         emit("phase", phase="run")
-        for _ in range(MAX_INPUT_WIDENINGS + 1):
-            try:
-                timing = benchmark(lambda: _run(callable_, names, buffers), TimingPolicy(**job["timing"]))
-                break
-            except hl.HalideError as error:  # a read outside an input's estimates is widened and retried
-                if not widen_input(buffers, error):
-                    raise
-        else:
-            raise RuntimeError(f"inputs still too small after {MAX_INPUT_WIDENINGS} widenings")
+        policy = TimingPolicy(**job["timing"])
+        timing, _ = call_widening_inputs(lambda: benchmark(lambda: _run(callable_, names, buffers), policy), buffers)
     reference = np.load(job["reference_path"])
     mismatch = next(
         (
