@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from perfgraph.data.store import Store
-from perfgraph.measure.collector import CollectOptions, top_up_count
-from perfgraph.measure.runner import Timeouts
+from perfgraph.measure.collector import INPUT_SEED, CollectOptions, top_up_count
+from perfgraph.measure.runner import JobResult, Timeouts, run_job
+from perfgraph.schedules.autoscheduler import AutoschedulerConfig
 
-from .conftest import TINY_SCHEDULES, TINY_WORKLOADS, USER_PIPELINES, collect_tiny
+from .conftest import FAST_TIMING, TINY_SCHEDULES, TINY_WORKLOADS, USER_PIPELINES, collect_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -188,3 +192,70 @@ def test_sigint_finishes_the_jobs_in_flight_and_records_no_false_failure(tmp_pat
     with Store(db) as store:
         assert store.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
         assert 1 <= len(store.done_candidates(f"file:{USER_PIPELINES}:blur")) < 12
+
+
+def _measure_in_worker(db: Path, lock_path: Path, on_phase: Callable[[str], None] | None = None) -> JobResult:
+    """One measure job for the blur pipeline of ``db`` (already analysed), run like the collector does."""
+    (reference,) = Path(str(db) + ".refs").glob("*.npz")
+    job = {
+        "kind": "measure",
+        "uri": f"file:{USER_PIPELINES}:blur",
+        "config": AutoschedulerConfig(random_dropout_seed=7).to_json(),
+        "input_seed": INPUT_SEED,
+        "reference_path": str(reference),
+        "lock_path": str(lock_path),
+        "benchmark_cpus": [max(os.sched_getaffinity(0))],
+        "timing": vars(FAST_TIMING),
+    }
+
+    def on_event(event: dict) -> str | None:
+        if event["event"] == "phase" and on_phase is not None:
+            on_phase(event["phase"])
+        return '{"go": true}' if event["event"] == "scheduled" else None
+
+    return run_job(job, {"start": 120, "compile": 120, "run": 120}, set(os.sched_getaffinity(0)), on_event=on_event)
+
+
+@pytest.fixture(scope="module")
+def analysed_blur_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("blur") / "blur.db"
+    collect_tiny(db, [f"file:{USER_PIPELINES}:blur"], schedules=1, top_up=False, remeasure_fraction=0).close()
+    return db
+
+
+def test_a_candidate_compiles_on_the_benchmark_cores_when_nobody_holds_them(analysed_blur_db, tmp_path):
+    phases: list[str] = []
+    result = _measure_in_worker(analysed_blur_db, tmp_path / "free.lock", phases.append)
+    assert result.ok, result.failure_message
+    assert phases == ["autoschedule", "compile", "run"]
+    assert result.events["measured"]["compiled_on_benchmark_cpus"] is True
+
+
+def test_no_candidate_runs_while_another_holds_the_benchmark_cores(analysed_blur_db, tmp_path):
+    lock_path = tmp_path / "held.lock"
+    phases: list[tuple[str, float]] = []
+    waiting = threading.Event()
+
+    def on_phase(phase: str) -> None:
+        phases.append((phase, time.monotonic()))
+        if phase == "wait":
+            waiting.set()
+
+    results: list[JobResult] = []
+
+    def measure() -> None:
+        results.append(_measure_in_worker(analysed_blur_db, lock_path, on_phase))
+
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another candidate is being benchmarked
+        worker = threading.Thread(target=measure)
+        worker.start()
+        assert waiting.wait(timeout=240), f"the worker never waited for the lock; phases {phases}"
+        time.sleep(1.0)
+        released_at = time.monotonic()
+    worker.join(timeout=240)
+    (result,) = results
+    assert result.ok, result.failure_message
+    assert [phase for phase, _ in phases] == ["autoschedule", "compile", "wait", "run"]
+    assert dict(phases)["run"] >= released_at
+    assert result.events["measured"]["compiled_on_benchmark_cpus"] is False

@@ -3,7 +3,9 @@
 Work is a list of independent jobs (one per pipeline analysis, one per candidate), each run in its own
 worker process by :func:`perfgraph.measure.runner.run_job`, so the same jobs could be handed to other
 machines. Autoscheduling and compiling run on the compile cores, in parallel; benchmarking holds a
-file lock and moves to the benchmark cores, so two candidates are never measured at once on them.
+file lock and moves to the benchmark cores, so two candidates are never measured at once on them. A
+candidate that finds the lock free before compiling takes it then and compiles on the benchmark cores,
+which are otherwise idle while the compile cores are the bottleneck (see ``worker.measure``).
 Results are committed by this thread only, one transaction per candidate: re-running the same
 command resumes where it stopped.
 """
@@ -65,6 +67,7 @@ class CollectSummary:
     measured: int = 0
     duplicates: int = 0
     remeasured: int = 0
+    compiled_on_benchmark_cpus: int = 0  # candidates compiled on the idle benchmark cores
     failures: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     stopped: bool = False  # a stop was requested (SIGINT / SIGTERM) before the work ran out
@@ -82,6 +85,7 @@ class CollectSummary:
             "measured": self.measured,
             "duplicates": self.duplicates,
             "remeasured": self.remeasured,
+            "compiled_on_benchmark_cpus": self.compiled_on_benchmark_cpus,
             "failures": self.failures,
             "elapsed_s": round(self.elapsed_s, 1),
             "stopped": self.stopped,
@@ -305,6 +309,8 @@ class Collector:
     def _record(self, candidate: _Candidate, result: JobResult, duplicate_of: int | None) -> int | None:
         """Commit one finished job; returns the new schedule id when a first measurement was stored."""
         scheduled = result.events.get("scheduled")
+        if result.events.get("measured", {}).get("compiled_on_benchmark_cpus"):
+            self.summary.compiled_on_benchmark_cpus += 1
         if candidate.repeat_of is not None:
             measured = result.events.get("measured")
             same = scheduled and self._schedule_hash(candidate.repeat_of) == features_hash(
