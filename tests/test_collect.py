@@ -194,6 +194,28 @@ def test_sigint_finishes_the_jobs_in_flight_and_records_no_false_failure(tmp_pat
         assert 1 <= len(store.done_candidates(f"file:{USER_PIPELINES}:blur")) < 12
 
 
+def test_a_second_collector_on_the_same_store_is_refused(tmp_path):
+    db = tmp_path / "shared.db"
+    command = [sys.executable, "-m", "perfgraph.cli", "collect", "--db", str(db)]
+    command += ["--pipeline", f"{USER_PIPELINES}:blur"]
+    first = subprocess.Popen([*command, "--schedules", "8", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:  # until the first has analysed the pipeline
+        time.sleep(0.5)
+        with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db) as connection:
+            if connection.execute("SELECT COUNT(*) FROM pipelines").fetchone()[0]:
+                break
+    assert first.poll() is None, "the first collector finished before the second started"
+    second = subprocess.run([*command, "--schedules", "2"], capture_output=True, text=True, timeout=240)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=240)
+    assert second.returncode == 2
+    assert f"{db}: another collector (pid {first.pid})" in second.stderr
+    assert first.returncode == 0
+    with Store(db) as store:
+        assert store.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
+
+
 def _measure_in_worker(db: Path, lock_path: Path, on_phase: Callable[[str], None] | None = None) -> JobResult:
     """One measure job for the blur pipeline of ``db`` (already analysed), run like the collector does."""
     (reference,) = Path(str(db) + ".refs").glob("*.npz")

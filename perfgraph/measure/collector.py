@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import os
 import random
@@ -136,7 +137,7 @@ class Collector:
         work: deque[_Analysis | _Candidate] = deque()
         for uri in dict.fromkeys(uris):
             work.extend(self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)])
-        with self._stop_on_signals():
+        with self._sole_collector(), self._stop_on_signals():
             self._run(work, total=sum(self._estimated_jobs(uri) for uri in dict.fromkeys(uris)))
         self.summary.stopped = self._stop.is_set()
         self.summary.pipelines = sum(1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None)
@@ -146,6 +147,29 @@ class Collector:
     def stop(self) -> None:
         """Start no new job; the jobs in flight finish and are recorded. Safe from any thread."""
         self._stop.set()
+
+    @contextlib.contextmanager
+    def _sole_collector(self) -> Iterator[None]:
+        """Hold ``DB.collect.lock`` while collecting; a second collector on the same store is refused.
+
+        Two collectors on one store would hand out the same candidates of a pipeline (and the second
+        would die on the store's uniqueness constraint): :class:`StoreError` says so before any work.
+        """
+        path = Path(str(self.store.path.resolve()) + ".collect.lock")
+        with open(path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "unknown"
+                raise StoreError(
+                    f"{self.store.path}: another collector (pid {holder}) is writing to this store; "
+                    "wait for it or stop it (Ctrl-C), or collect into another --db"
+                ) from None
+            lock.truncate(0)
+            lock.write(str(os.getpid()))
+            lock.flush()
+            yield
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
