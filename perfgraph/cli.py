@@ -73,6 +73,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     options = CollectOptions(
         schedules_per_pipeline=args.schedules,
         workers=args.workers,
+        compile_on_idle_benchmark_cpus=args.compile_on_idle_benchmark_cpus,
         remeasure_fraction=args.remeasure_fraction,
         top_up=args.top_up,
         max_beam_size=args.max_beam,
@@ -230,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedules", type=int, default=32, metavar="K", help="measured schedules wanted per pipeline"
     )
     collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
+    collect.add_argument(
+        "--compile-on-idle-benchmark-cpus",
+        action="store_true",
+        help="also compile on the benchmark cores while nobody benchmarks there (more samples/min, noisier)",
+    )
     collect.add_argument(
         "--max-beam",
         type=int,

@@ -216,7 +216,9 @@ def test_a_second_collector_on_the_same_store_is_refused(tmp_path):
         assert store.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
 
 
-def _measure_in_worker(db: Path, lock_path: Path, on_phase: Callable[[str], None] | None = None) -> JobResult:
+def _measure_in_worker(
+    db: Path, lock_path: Path, on_phase: Callable[[str], None] | None = None, compile_on_idle: bool = True
+) -> JobResult:
     """One measure job for the blur pipeline of ``db`` (already analysed), run like the collector does."""
     (reference,) = Path(str(db) + ".refs").glob("*.npz")
     job = {
@@ -227,6 +229,7 @@ def _measure_in_worker(db: Path, lock_path: Path, on_phase: Callable[[str], None
         "reference_path": str(reference),
         "lock_path": str(lock_path),
         "benchmark_cpus": [max(os.sched_getaffinity(0))],
+        "compile_on_idle_benchmark_cpus": compile_on_idle,
         "timing": vars(FAST_TIMING),
     }
 
@@ -251,6 +254,16 @@ def test_a_candidate_compiles_on_the_benchmark_cores_when_nobody_holds_them(anal
     assert result.ok, result.failure_message
     assert phases == ["autoschedule", "compile", "run"]
     assert result.events["measured"]["compiled_on_benchmark_cpus"] is True
+
+
+def test_by_default_a_candidate_compiles_on_the_compile_cores_even_when_the_benchmark_cores_are_free(
+    analysed_blur_db, tmp_path
+):
+    phases: list[str] = []
+    result = _measure_in_worker(analysed_blur_db, tmp_path / "free.lock", phases.append, compile_on_idle=False)
+    assert result.ok, result.failure_message
+    assert phases == ["autoschedule", "compile", "wait", "run"]
+    assert result.events["measured"]["compiled_on_benchmark_cpus"] is False
 
 
 def test_no_candidate_runs_while_another_holds_the_benchmark_cores(analysed_blur_db, tmp_path):

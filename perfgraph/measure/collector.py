@@ -3,9 +3,9 @@
 Work is a list of independent jobs (one per pipeline analysis, one per candidate), each run in its own
 worker process by :func:`perfgraph.measure.runner.run_job`, so the same jobs could be handed to other
 machines. Autoscheduling and compiling run on the compile cores, in parallel; benchmarking holds a
-file lock and moves to the benchmark cores, so two candidates are never measured at once on them. A
-candidate that finds the lock free before compiling takes it then and compiles on the benchmark cores,
-which are otherwise idle while the compile cores are the bottleneck (see ``worker.measure``).
+file lock and moves to the benchmark cores, so two candidates are never measured at once on them.
+Optionally, a candidate that finds the lock free before compiling takes it then and compiles on the
+benchmark cores, which are otherwise idle while the compile cores are the bottleneck (``worker.measure``).
 Results are committed by this thread only, one transaction per candidate: re-running the same
 command resumes where it stopped.
 """
@@ -49,6 +49,8 @@ class CollectOptions:
     schedules_per_pipeline: int = 32
     workers: int = 2
     benchmark_cpus: tuple[int, ...] = ()  # default: the last CPU
+    # Compile on the benchmark cores while nobody benchmarks there: more samples/min, noisier repeats.
+    compile_on_idle_benchmark_cpus: bool = False
     timeouts: Timeouts = Timeouts()
     timing: TimingPolicy = TimingPolicy()
     max_beam_size: int | None = None  # cap on the beam-search candidate's beam (None: by pipeline size)
@@ -319,6 +321,7 @@ class Collector:
             "reference_path": str(self._reference(candidate.uri)),
             "lock_path": str(self.lock_path),
             "benchmark_cpus": sorted(self.benchmark_cpus),
+            "compile_on_idle_benchmark_cpus": self.options.compile_on_idle_benchmark_cpus,
             "timing": vars(self.options.timing),
         }
         limits = {

@@ -138,9 +138,10 @@ def measure(job: dict) -> None:
     with open(job["lock_path"], "w") as lock:
         # The lock gives one candidate at a time the benchmark cores. Compiling (seconds of LLVM) is the
         # collector's bottleneck and a benchmark takes well under a second, so the benchmark cores are
-        # mostly idle: when nobody holds them, this candidate takes them already for its compile and
-        # keeps them through its benchmark. A compile thus never shares a core with a benchmark.
-        on_benchmark_cpus = _lock_if_free(lock)
+        # mostly idle: with ``compile_on_idle_benchmark_cpus``, a candidate that finds nobody holding
+        # them takes them already for its compile and keeps them through its benchmark. A compile then
+        # never runs beside a benchmark on its cores, but the repeats were measured noisier (README).
+        on_benchmark_cpus = job["compile_on_idle_benchmark_cpus"] and _lock_if_free(lock)
         if on_benchmark_cpus:
             os.sched_setaffinity(0, set(job["benchmark_cpus"]))
         emit("phase", phase="compile")
