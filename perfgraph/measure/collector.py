@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import os
 import random
@@ -37,6 +36,7 @@ from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.measure.host import current_machine
 from perfgraph.measure.runner import INTERRUPTED, JobResult, Timeouts, run_job
 from perfgraph.measure.timing import TimingPolicy
+from perfgraph.measure.worker import lock_if_free
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, sampling_plan
 from perfgraph.schedules.stage_graph import dag_dump_text, parse_dag_dump
 from perfgraph.workloads.base import family_of
@@ -159,15 +159,13 @@ class Collector:
         """
         path = Path(str(self.store.path.resolve()) + ".collect.lock")
         with open(path, "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not lock_if_free(lock):
                 lock.seek(0)
                 holder = lock.read().strip() or "unknown"
                 raise StoreError(
                     f"{self.store.path}: another collector (pid {holder}) is writing to this store; "
                     "wait for it or stop it (Ctrl-C), or collect into another --db"
-                ) from None
+                )
             lock.truncate(0)
             lock.write(str(os.getpid()))
             lock.flush()

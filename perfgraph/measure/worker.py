@@ -37,7 +37,7 @@ def _compile(built, target):  # type: ignore[no-untyped-def]
     return callable_, [a.name for a in arguments]
 
 
-def _lock_if_free(lock) -> bool:  # type: ignore[no-untyped-def]
+def lock_if_free(lock) -> bool:  # type: ignore[no-untyped-def]
     """Take the exclusive ``flock`` on ``lock`` if nobody holds it; ``False`` (without waiting) otherwise."""
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,7 +141,7 @@ def measure(job: dict) -> None:
         # mostly idle: with ``compile_on_idle_benchmark_cpus``, a candidate that finds nobody holding
         # them takes them already for its compile and keeps them through its benchmark. A compile then
         # never runs beside a benchmark on its cores, but the repeats were measured noisier (README).
-        on_benchmark_cpus = job["compile_on_idle_benchmark_cpus"] and _lock_if_free(lock)
+        on_benchmark_cpus = job["compile_on_idle_benchmark_cpus"] and lock_if_free(lock)
         if on_benchmark_cpus:
             os.sched_setaffinity(0, set(job["benchmark_cpus"]))
         emit("phase", phase="compile")
