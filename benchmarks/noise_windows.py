@@ -1,0 +1,109 @@
+"""Measurement noise of the store, window by window of collection time.
+
+Collection settings (worker count, compiling on the benchmark core) trade samples/min against noise.
+The trade is read from the store itself: each measurement records when it was taken, its repeats'
+coefficient of variation, and a share of schedules is measured twice independently. For each window
+of ``measured_at`` this prints, per run-time band, the median CV of the repeats and the median
+|ln(second / first)| between the two independent measurements of a re-measured schedule (the
+re-measurement's time decides its window):
+
+    python benchmarks/noise_windows.py [--db D] --window LABEL=START[,END] [--window ...] [--json]
+
+START and END are ISO times as stored (``2026-11-22T09:48``); END is exclusive and may be left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from perfgraph.paths import DEFAULT_DB
+
+# Run-time bands in ms: short schedules are the ones whose timing suffers from a busy neighbour.
+BANDS: dict[str, tuple[float, float]] = {"<1 ms": (0.0, 1.0), "1-10 ms": (1.0, 10.0), ">=10 ms": (10.0, float("inf"))}
+
+
+@dataclass(frozen=True)
+class Window:
+    label: str
+    start: str
+    end: str | None
+
+
+@dataclass(frozen=True)
+class BandNoise:
+    schedules: int
+    median_cv: float | None
+    repeat_pairs: int
+    median_repeat_gap: float | None
+
+
+def parse_window(text: str) -> Window:
+    """``LABEL=START[,END]`` -> Window; a malformed value is an error that quotes it."""
+    label, sep, span = text.partition("=")
+    start, _, end = span.partition(",")
+    if not sep or not label or not start:
+        raise argparse.ArgumentTypeError(f"--window {text!r}: expected LABEL=START[,END], e.g. opt=2026-11-22T11:57")
+    return Window(label, start, end or None)
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def band_noise(db: sqlite3.Connection, window: Window, low: float, high: float) -> BandNoise:
+    """Noise of the schedules measured in ``window`` whose run time lies in [low, high) ms."""
+    in_window = "{col} >= ? AND (? IS NULL OR {col} < ?)"
+    span = (window.start, window.end, window.end)
+    cvs = [
+        row[0]
+        for row in db.execute(
+            "SELECT cv FROM measurements WHERE is_repeat = 0 AND runtime_ms >= ? AND runtime_ms < ? AND "
+            + in_window.format(col="measured_at"),
+            (low, high, *span),
+        )
+    ]
+    gaps = [
+        abs(float(np.log(second / first)))
+        for first, second in db.execute(
+            "SELECT a.runtime_ms, b.runtime_ms FROM measurements a JOIN measurements b USING (schedule_id) "
+            "WHERE a.is_repeat = 0 AND b.is_repeat = 1 AND a.runtime_ms >= ? AND a.runtime_ms < ? AND "
+            + in_window.format(col="b.measured_at"),
+            (low, high, *span),
+        )
+    ]
+    return BandNoise(len(cvs), _median(cvs), len(gaps), _median(gaps))
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", default=str(DEFAULT_DB))
+    parser.add_argument("--window", type=parse_window, action="append", required=True, metavar="LABEL=START[,END]")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args()
+
+    db = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
+    noise = {w.label: {band: band_noise(db, w, *limits) for band, limits in BANDS.items()} for w in args.window}
+    if args.json:
+        print(json.dumps({w: {b: asdict(n) for b, n in bands.items()} for w, bands in noise.items()}, indent=2))
+        return
+    print("| window | band | schedules | median CV | repeat pairs | median repeat gap (ln) |")
+    print("|---|---|---|---|---|---|")
+    for label, bands in noise.items():
+        for band, n in bands.items():
+            print(
+                f"| {label} | {band} | {n.schedules} | {_cell(n.median_cv)} | {n.repeat_pairs} | "
+                f"{_cell(n.median_repeat_gap)} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
