@@ -233,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
     collect.add_argument(
         "--compile-on-idle-benchmark-cpus",
-        action="store_true",
-        help="also compile on the benchmark cores while nobody benchmarks there (more samples/min, noisier)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also compile on the benchmark cores while nobody benchmarks there (default; more samples/min)",
     )
     collect.add_argument(
         "--max-beam",

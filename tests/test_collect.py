@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perfgraph.cli import build_parser
 from perfgraph.data.store import Store
 from perfgraph.measure.collector import INPUT_SEED, CollectOptions, top_up_count
 from perfgraph.measure.runner import JobResult, Timeouts, run_job
@@ -256,7 +257,7 @@ def test_a_candidate_compiles_on_the_benchmark_cores_when_nobody_holds_them(anal
     assert result.events["measured"]["compiled_on_benchmark_cpus"] is True
 
 
-def test_by_default_a_candidate_compiles_on_the_compile_cores_even_when_the_benchmark_cores_are_free(
+def test_without_the_option_a_candidate_compiles_on_the_compile_cores_even_when_the_benchmark_cores_are_free(
     analysed_blur_db, tmp_path
 ):
     phases: list[str] = []
@@ -264,6 +265,15 @@ def test_by_default_a_candidate_compiles_on_the_compile_cores_even_when_the_benc
     assert result.ok, result.failure_message
     assert phases == ["autoschedule", "compile", "wait", "run"]
     assert result.events["measured"]["compiled_on_benchmark_cpus"] is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], True), (["--compile-on-idle-benchmark-cpus"], True), (["--no-compile-on-idle-benchmark-cpus"], False)],
+)
+def test_collect_compiles_on_idle_benchmark_cpus_unless_told_not_to(flags, expected):
+    args = build_parser().parse_args(["collect", "--random", "1", *flags])
+    assert args.compile_on_idle_benchmark_cpus is expected
 
 
 def test_no_candidate_runs_while_another_holds_the_benchmark_cores(analysed_blur_db, tmp_path):

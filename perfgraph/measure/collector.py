@@ -49,8 +49,9 @@ class CollectOptions:
     schedules_per_pipeline: int = 32
     workers: int = 2
     benchmark_cpus: tuple[int, ...] = ()  # default: the last CPU
-    # Compile on the benchmark cores while nobody benchmarks there: more samples/min, noisier repeats.
-    compile_on_idle_benchmark_cpus: bool = False
+    # Compile on the benchmark cores while nobody benchmarks there: about 1.5x the samples/min on two
+    # cores with no added noise (benchmarks/RESULTS.md); a compile never runs beside a benchmark.
+    compile_on_idle_benchmark_cpus: bool = True
     timeouts: Timeouts = Timeouts()
     timing: TimingPolicy = TimingPolicy()
     max_beam_size: int | None = None  # cap on the beam-search candidate's beam (None: by pipeline size)
