@@ -18,6 +18,7 @@ import argparse
 import json
 import sqlite3
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--window", type=parse_window, action="append", required=True, metavar="LABEL=START[,END]")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
+    if not Path(args.db).is_file():
+        parser.error(f"--db {args.db}: no such store (`perfgraph shards rebuild` creates the default one)")
 
     db = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
     noise = {w.label: {band: band_noise(db, w, *limits) for band, limits in BANDS.items()} for w in args.window}
