@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from perfgraph.paths import DEFAULT_DB
+from perfgraph.cli import CliError, open_store
+from perfgraph.data.store import Store
 
 # Run-time bands in ms: short schedules are the ones whose timing suffers from a busy neighbour.
 BANDS: dict[str, tuple[float, float]] = {"<1 ms": (0.0, 1.0), "1-10 ms": (1.0, 10.0), ">=10 ms": (10.0, float("inf"))}
@@ -56,28 +56,20 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def band_noise(db: sqlite3.Connection, window: Window, low: float, high: float) -> BandNoise:
-    """Noise of the schedules measured in ``window`` whose run time lies in [low, high) ms."""
-    in_window = "{col} >= ? AND (? IS NULL OR {col} < ?)"
-    span = (window.start, window.end, window.end)
-    cvs = [
-        row[0]
-        for row in db.execute(
-            "SELECT cv FROM measurements WHERE is_repeat = 0 AND runtime_ms >= ? AND runtime_ms < ? AND "
-            + in_window.format(col="measured_at"),
-            (low, high, *span),
-        )
-    ]
-    gaps = [
-        abs(float(np.log(second / first)))
-        for first, second in db.execute(
-            "SELECT a.runtime_ms, b.runtime_ms FROM measurements a JOIN measurements b USING (schedule_id) "
-            "WHERE a.is_repeat = 0 AND b.is_repeat = 1 AND a.runtime_ms >= ? AND a.runtime_ms < ? AND "
-            + in_window.format(col="b.measured_at"),
-            (low, high, *span),
-        )
-    ]
-    return BandNoise(len(cvs), _median(cvs), len(gaps), _median(gaps))
+def window_noise(store: Store, window: Window) -> dict[str, BandNoise]:
+    """Per run-time band, the noise of the measurements taken in ``window``."""
+    firsts = store.execute(
+        "SELECT runtime_ms, cv FROM measurements WHERE is_repeat = 0 AND measured_at >= ?1 "
+        "AND (?2 IS NULL OR measured_at < ?2)",
+        (window.start, window.end),
+    ).fetchall()
+    pairs = [(first, repeat) for _, _, first, repeat in store.repeat_pairs(window.start, window.end)]
+    noise = {}
+    for band, (low, high) in BANDS.items():
+        cvs = [cv for runtime_ms, cv in firsts if low <= runtime_ms < high]
+        gaps = [abs(float(np.log(repeat / first))) for first, repeat in pairs if low <= first < high]
+        noise[band] = BandNoise(len(cvs), _median(cvs), len(gaps), _median(gaps))
+    return noise
 
 
 def _cell(value: float | None) -> str:
@@ -86,15 +78,15 @@ def _cell(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", default=str(DEFAULT_DB))
+    parser.add_argument("--db", type=Path, help="store (default: the shipped one, rebuilt from the shards if missing)")
     parser.add_argument("--window", type=parse_window, action="append", required=True, metavar="LABEL=START[,END]")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
-    if not Path(args.db).is_file():
-        parser.error(f"--db {args.db}: no such store (`perfgraph shards rebuild` creates the default one)")
-
-    db = sqlite3.connect(f"file:{args.db}?mode=ro", uri=True)
-    noise = {w.label: {band: band_noise(db, w, *limits) for band, limits in BANDS.items()} for w in args.window}
+    try:
+        store = open_store(args.db)
+    except CliError as error:
+        parser.error(str(error))
+    noise = {window.label: window_noise(store, window) for window in args.window}
     if args.json:
         print(json.dumps({w: {b: asdict(n) for b, n in bands.items()} for w, bands in noise.items()}, indent=2))
         return

@@ -124,3 +124,17 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path):
         store.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version 999"):
         Store(db)
+
+
+def test_repeat_pairs_are_kept_by_when_the_re_measurement_was_taken(tiny_db):
+    with Store(tiny_db) as store:
+        pairs = store.repeat_pairs()
+        taken = dict(store.execute("SELECT schedule_id, measured_at FROM measurements WHERE is_repeat = 1").fetchall())
+        assert pairs, "the tiny dataset re-measures some schedules"
+        middle = sorted(taken.values())[len(taken) // 2]
+        early = store.repeat_pairs(repeated_before=middle)
+        late = store.repeat_pairs(repeated_from=middle)
+        assert sorted(early + late) == sorted(pairs)
+        assert all(taken[schedule] < middle for _, schedule, _, _ in early)
+        assert all(taken[schedule] >= middle for _, schedule, _, _ in late)
+        assert store.repeat_pairs(repeated_from="9999") == []

@@ -348,14 +348,23 @@ class Store:
             )
         return samples
 
-    def repeat_pairs(self) -> list[tuple[int, int, float, float]]:
-        """``(pipeline_id, schedule_id, first_ms, repeat_ms)`` for schedules measured twice, independently."""
+    def repeat_pairs(
+        self, repeated_from: str | None = None, repeated_before: str | None = None
+    ) -> list[tuple[int, int, float, float]]:
+        """``(pipeline_id, schedule_id, first_ms, repeat_ms)`` for schedules measured twice, independently.
+
+        ``repeated_from`` / ``repeated_before`` (times as stored in ``measured_at``) keep the pairs whose
+        re-measurement was taken in that window, to compare the noise of collection settings over time.
+        """
         return [
             tuple(r)
             for r in self._db.execute(
                 "SELECT s.pipeline_id, s.schedule_id, a.runtime_ms, b.runtime_ms FROM measurements a "
                 "JOIN measurements b ON a.schedule_id = b.schedule_id AND a.is_repeat = 0 AND b.is_repeat = 1 "
-                "JOIN schedules s ON s.schedule_id = a.schedule_id ORDER BY s.schedule_id"
+                "JOIN schedules s ON s.schedule_id = a.schedule_id "
+                "WHERE (?1 IS NULL OR b.measured_at >= ?1) AND (?2 IS NULL OR b.measured_at < ?2) "
+                "ORDER BY s.schedule_id",
+                (repeated_from, repeated_before),
             )
         ]
 
