@@ -4,7 +4,7 @@ Work is a list of independent jobs (one per pipeline analysis, one per candidate
 worker process by :func:`perfgraph.measure.runner.run_job`, so the same jobs could be handed to other
 machines. Autoscheduling and compiling run on the compile cores, in parallel; benchmarking holds a
 file lock and moves to the benchmark cores, so two candidates are never measured at once on them.
-Optionally, a candidate that finds the lock free before compiling takes it then and compiles on the
+By default a candidate that finds the lock free before compiling takes it then and compiles on the
 benchmark cores, which are otherwise idle while the compile cores are the bottleneck (``worker.measure``).
 Results are committed by this thread only, one transaction per candidate: re-running the same
 command resumes where it stopped.

@@ -140,7 +140,7 @@ def measure(job: dict) -> None:
         # collector's bottleneck and a benchmark takes well under a second, so the benchmark cores are
         # mostly idle: with ``compile_on_idle_benchmark_cpus``, a candidate that finds nobody holding
         # them takes them already for its compile and keeps them through its benchmark. A compile then
-        # never runs beside a benchmark on its cores, but the repeats were measured noisier (README).
+        # never runs beside a benchmark on its cores (with two workers this added no measurable noise: README).
         on_benchmark_cpus = job["compile_on_idle_benchmark_cpus"] and lock_if_free(lock)
         if on_benchmark_cpus:
             os.sched_setaffinity(0, set(job["benchmark_cpus"]))
