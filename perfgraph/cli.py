@@ -112,9 +112,29 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from perfgraph.data.export import export_parquet, export_samples
 
+    if args.format == "weights":
+        return _export_halide_weights(args)
+    if args.model is not None:
+        raise CliError(f"--model is only used with --format weights, not --format {args.format}")
     store = open_store(args.db)
     written = export_samples(store, args.out) if args.format == "samples" else export_parquet(store, args.out)
     print(f"wrote {len(written)} {args.format} files to {args.out}")
+    return 0
+
+
+def _export_halide_weights(args: argparse.Namespace) -> int:
+    """``export --format weights``: a ``halide`` checkpoint as a Halide Adams2019 ``.weights`` file."""
+    from perfgraph.models.halide_weights import export_checkpoint_weights
+
+    if args.model is None:
+        raise CliError("--format weights needs --model CHECKPOINT (a model trained with 'train --model halide')")
+    if args.out.suffix != ".weights":
+        raise CliError(f"--out {args.out}: must end in '.weights' (Halide reads any other path as a folder)")
+    exported = export_checkpoint_weights(args.model, args.out)
+    print(
+        f"wrote {exported.path}: Adams2019 weights_path; with parallelism={exported.num_cores} Halide's cost "
+        f"is this model's prediction in Halide units (x {exported.ms_per_halide_unit:.4g} = ms)"
+    )
     return 0
 
 
@@ -263,10 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(run=cmd_stats)
 
-    export = sub.add_parser("export", help="write Halide .sample files or Parquet")
+    export = sub.add_parser("export", help="write Halide .sample files, Parquet, or Halide .weights")
     export.add_argument("--db", type=Path)
-    export.add_argument("--format", choices=("samples", "parquet"), required=True)
+    export.add_argument("--format", choices=("samples", "parquet", "weights"), required=True)
     export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--model", type=Path, help="--format weights: the halide checkpoint to export")
     export.set_defaults(run=cmd_export)
 
     shards = sub.add_parser("shards", help="export new rows as an immutable shard, or rebuild a store from shards")
