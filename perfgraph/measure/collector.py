@@ -31,7 +31,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash, features_hash
+from perfgraph.data.store import (
+    MeasurementRecord,
+    PipelineRecord,
+    Store,
+    StoreError,
+    algorithm_hash,
+    features_hash,
+)
 from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.measure.host import current_machine
 from perfgraph.measure.runner import INTERRUPTED, JobResult, Timeouts, run_job
@@ -62,6 +69,9 @@ class CollectOptions:
     top_up: bool = True
     saturation_window: int = 8
     max_candidates_factor: int = 3
+    # On a machine kind the store has not measured a pipeline on, its stored deterministic schedules
+    # are measured here too: the same schedules on two CPUs (machine-transfer data).
+    cross_machine: bool = True
     show_progress: bool = True
 
 
@@ -71,6 +81,7 @@ class CollectSummary:
     measured: int = 0
     duplicates: int = 0
     remeasured: int = 0
+    cross_machine: int = 0  # stored schedules measured for the first time on this machine kind
     compiled_on_benchmark_cpus: int = 0  # candidates compiled on the idle benchmark cores
     failures: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -89,6 +100,7 @@ class CollectSummary:
             "measured": self.measured,
             "duplicates": self.duplicates,
             "remeasured": self.remeasured,
+            "cross_machine": self.cross_machine,
             "compiled_on_benchmark_cpus": self.compiled_on_benchmark_cpus,
             "failures": self.failures,
             "elapsed_s": round(self.elapsed_s, 1),
@@ -109,6 +121,7 @@ class _Candidate:
     index: int
     config: AutoschedulerConfig
     repeat_of: int | None = None  # schedule id, for an independent re-measurement
+    first_on_machine: bool = False  # with repeat_of: that schedule's first measurement on this machine kind
 
 
 class Collector:
@@ -121,7 +134,10 @@ class Collector:
         self.benchmark_cpus = set(options.benchmark_cpus or cpus[-1:])
         self.compile_cpus = set(cpus) - self.benchmark_cpus or set(cpus)
         self.target = str(benchmark_target())
-        self.machine_id = store.machine_id(current_machine(self.target))
+        machine = current_machine(self.target)
+        self.machine_id = store.machine_id(machine)
+        self.machine_kind = machine.kind
+        self._cross_queued: set[int] = set()  # schedule ids queued for their first measurement on this machine
         self.refs_dir = Path(str(store.path.resolve()) + ".refs")
         # One lock per set of benchmark cores on this machine, shared by every collector running here.
         cpus_name = "-".join(map(str, sorted(self.benchmark_cpus)))
@@ -138,10 +154,17 @@ class Collector:
         """Analyse and measure every workload; each pipeline's analysis runs just before its candidates."""
         started = time.monotonic()
         work: deque[_Analysis | _Candidate] = deque()
+        total = 0
         for uri in dict.fromkeys(uris):
-            work.extend(self._pending_candidates(uri) if self.store.pipeline_by_uri(uri) else [_Analysis(uri)])
+            if self.store.pipeline_by_uri(uri) is None:
+                work.append(_Analysis(uri))
+                total += self.options.schedules_per_pipeline
+            else:
+                pending = self._pending_candidates(uri)
+                work.extend(pending)
+                total += max(len(pending), self._estimated_jobs(uri))
         with self._sole_collector(), self._stop_on_signals():
-            self._run(work, total=sum(self._estimated_jobs(uri) for uri in dict.fromkeys(uris)))
+            self._run(work, total=total)
         self.summary.stopped = self._stop.is_set()
         self.summary.pipelines = sum(1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None)
         self.summary.elapsed_s = time.monotonic() - started
@@ -214,7 +237,32 @@ class Collector:
         with self._claims:
             self._claimed[pipeline.pipeline_id] = dict(self.store.measured_hashes(pipeline.pipeline_id))
             self._algorithm[pipeline.pipeline_id] = pipeline.algorithm_hash
-        return [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in indices]
+        return [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in indices] + self._cross_machine(pipeline)
+
+    def _cross_machine(self, pipeline: PipelineRecord) -> list[_Candidate]:
+        """Stored schedules of the pipeline measured on other machine kinds only: measure them here too.
+
+        Only deterministic configs can be rebuilt (random weights come from the clock). A schedule
+        that failed here, or that Adams2019 does not reproduce here, is recorded and not tried again.
+        """
+        if not self.options.cross_machine:
+            return []
+        here = self.store.measured_on(pipeline.pipeline_id, self.machine_kind)
+        failed_here = self.store.failed_candidates(pipeline.uri, self.machine_kind)
+        wanted = []
+        for schedule_id, index, config in self.store.measured_schedules(pipeline.pipeline_id):
+            config = AutoschedulerConfig.from_json(config)
+            if schedule_id in here or schedule_id in self._cross_queued or index in failed_here:
+                continue
+            if config.random_weights:
+                continue
+            self._cross_queued.add(schedule_id)
+            wanted.append(
+                _Candidate(
+                    pipeline.uri, pipeline.pipeline_id, index, config, repeat_of=schedule_id, first_on_machine=True
+                )
+            )
+        return wanted
 
     def _wants_repeat(self, candidate: _Candidate) -> bool:
         """A deterministic share of deterministic schedules is measured twice, independently (noise floor)."""
@@ -251,7 +299,7 @@ class Collector:
                         continue
                     schedule_id = self._record(job, *future.result())
                     if schedule_id is not None and self._wants_repeat(job):
-                        work.appendleft(dataclasses.replace(job, repeat_of=schedule_id))
+                        work.appendleft(dataclasses.replace(job, repeat_of=schedule_id, first_on_machine=False))
                         bar.total += 1
                     if job.repeat_of is None and not _has_candidates(job.uri, work, running.values()):
                         bar.total += len(queue_pending(job.uri))  # a top-up round, when one is due
@@ -328,6 +376,7 @@ class Collector:
             "compile": timeouts.compile_s,
             "run": timeouts.run_s,
             "autoschedule": timeouts.beam_autoschedule_s if candidate.config.beam_size > 1 else timeouts.autoschedule_s,
+            "reference": timeouts.analyze_s,  # a missing reference output is rebuilt by the candidate
         }
         result = run_job(job, limits, self.compile_cpus, env={"HL_NUM_THREADS": "1"}, on_event=on_event)
         return result, duplicate_of[0]
@@ -342,6 +391,8 @@ class Collector:
             same = scheduled and self._schedule_hash(candidate.repeat_of) == features_hash(
                 base64.b64decode(scheduled["featurization"])
             )
+            if candidate.first_on_machine:
+                return self._record_cross_machine(candidate, result, bool(same))
             if result.ok and measured and same:
                 self.store.add_repeat_measurement(candidate.repeat_of, self.machine_id, _measurement(measured))
                 self.summary.remeasured += 1
@@ -394,6 +445,26 @@ class Collector:
         self._settle_claim(candidate.pipeline_id, featurization, schedule_id)
         self.summary.measured += 1
         return schedule_id
+
+    def _record_cross_machine(self, candidate: _Candidate, result: JobResult, same_schedule: bool) -> int | None:
+        """A stored schedule's first measurement on this machine kind; its schedule id when measured."""
+        assert candidate.repeat_of is not None
+        if result.failure_kind == INTERRUPTED:
+            self._cross_queued.discard(candidate.repeat_of)
+            return None
+        config = candidate.config.to_json()
+        if not result.ok:
+            kind, phase = result.failure_kind or "crash", result.failure_phase
+            self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message)
+            return None
+        if not same_schedule:
+            message = "Adams2019 gave another schedule on this machine than the stored one (target differs?)"
+            self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message)
+            return None
+        self.store.add_measurement(candidate.repeat_of, self.machine_id, _measurement(result.events["measured"]))
+        self.summary.cross_machine += 1
+        self.summary.measured += 1
+        return candidate.repeat_of
 
     def _fail(self, uri: str, index: int, config: dict | None, kind: str, phase: str, message: str) -> None:
         """Record a failed job (``index`` -1: the pipeline's analysis) and count it in the summary."""

@@ -5,13 +5,30 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# ISA flags of /proc/cpuinfo that change the code Halide generates or how fast it runs.
+_ISA_FLAGS = re.compile(r"^(sse\d.*|ssse3|avx.*|fma|f16c|amx.*|vnni.*)$")
 
 
 @dataclass(frozen=True)
 class MachineInfo:
-    """Hardware and software that determine a measured run time."""
+    """Hardware and software that determine a measured run time.
+
+    ``fingerprint`` identifies one machine *configuration* (it includes the OS release); ``kind`` is
+    the coarser key that samples are grouped by: the CPU model and the Halide target it was compiled
+    for. Two VMs of one kind measure the same schedule alike; two kinds must never be averaged.
+
+    >>> a = MachineInfo("AMD EPYC", 2, "x86-64-linux-tune_znver4-avx-avx2-f16c-fma-jit-sse41", "21.0.0", "h1", "L 6")
+    >>> b = MachineInfo("AMD EPYC", 2, "x86-64-linux-tune_znver4-avx-avx2-f16c-fma-jit-sse41", "21.0.0", "h2", "L 7")
+    >>> a.kind == b.kind, a.fingerprint == b.fingerprint
+    (True, False)
+    >>> a.kind
+    'amd-epyc/znver4-avx2'
+    """
 
     cpu_model: str
     logical_cores: int
@@ -19,6 +36,10 @@ class MachineInfo:
     halide_version: str
     hostname: str
     os: str
+    # Read where available (older records lack them): ISA flags, cache sizes in KiB, base MHz.
+    isa_flags: tuple[str, ...] = field(default=())
+    cache_kib: dict[str, int] = field(default_factory=dict)
+    base_mhz: float | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -26,19 +47,81 @@ class MachineInfo:
         key = f"{self.cpu_model}|{self.logical_cores}|{self.target}|{self.halide_version}|{self.os}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
+    @property
+    def kind(self) -> str:
+        return machine_kind(self.cpu_model, self.target)
+
     def to_json(self) -> dict:
-        return {**asdict(self), "fingerprint": self.fingerprint}
+        return {**asdict(self), "isa_flags": list(self.isa_flags), "fingerprint": self.fingerprint, "kind": self.kind}
+
+    @classmethod
+    def from_json(cls, data: dict) -> MachineInfo:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["isa_flags"] = tuple(known.get("isa_flags", ()))
+        return cls(**known)
+
+
+def machine_kind(cpu_model: str, target: str) -> str:
+    """A short, stable, readable key for a CPU model and the Halide target its samples were compiled for.
+
+    ``vendor-model/tune-widest-vector-ISA``: the model name as ``/proc/cpuinfo`` gives it (VMs often
+    hide the generation), then the target's ``tune_`` CPU and its widest vector ISA.
+
+    >>> machine_kind("Intel(R) Xeon(R) Processor @ 2.50GHz", "x86-64-linux-avx-avx2-f16c-fma-jit-sse41")
+    'intel-xeon-2.50ghz/avx2'
+    """
+    words = re.sub(r"\((R|TM|tm)\)|\bprocessor\b|\bcpu\b|@", " ", cpu_model, flags=re.IGNORECASE).split()
+    model = "-".join(w.lower() for w in words)[:40] or "unknown-cpu"
+    features = target.split("-")
+    tune = [f.removeprefix("tune_") for f in features if f.startswith("tune_")]
+    widest = next((isa for isa in ("avx512", "avx2", "avx", "sse41") if isa in features), features[0])
+    return f"{model}/{'-'.join([*tune, widest])}"
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def isa_flags() -> tuple[str, ...]:
+    for line in _cpuinfo_lines():
+        if line.startswith("flags"):
+            return tuple(sorted(f for f in line.split(":", 1)[1].split() if _ISA_FLAGS.match(f)))
+    return ()
+
+
+def cache_sizes_kib() -> dict[str, int]:
+    """Per-core cache sizes of CPU 0 (``L1d``, ``L1i``, ``L2``, ``L3``) from sysfs, in KiB."""
+    sizes: dict[str, int] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        name = f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
+        number = int(re.sub(r"\D", "", size) or 0)
+        sizes[name] = number * 1024 if size.endswith("M") else number
+    return sizes
+
+
+def base_mhz() -> float | None:
+    """The base frequency where the kernel says it (``cpufreq/base_frequency``, else the model name's GHz)."""
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/base_frequency").read_text()) / 1000
+    except (OSError, ValueError):
+        found = re.search(r"@\s*([\d.]+)\s*GHz", cpu_model())
+        return float(found.group(1)) * 1000 if found else None
 
 
 def halide_version() -> str:
@@ -55,4 +138,7 @@ def current_machine(target: str) -> MachineInfo:
         halide_version(),
         socket.gethostname(),
         f"{platform.system()} {platform.release()}",
+        isa_flags(),
+        cache_sizes_kib(),
+        base_mhz(),
     )

@@ -58,7 +58,6 @@ def analyze(job: dict) -> None:
     """Describe a pipeline (the stage graph goes to stderr) and save its reference output."""
     import halide as hl
 
-    from perfgraph.measure.inputs import make_buffers
     from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
     from perfgraph.workloads.base import build_pipeline
 
@@ -76,20 +75,33 @@ def analyze(job: dict) -> None:
     result = built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Adams2019", config.to_halide_params()))
     featurization = bytes(result.featurization)
     emit("analyzed", featurization=base64.b64encode(featurization).decode())
+    if job.get("reference_path"):
+        save_reference(job["uri"], job["input_seed"], Path(job["reference_path"]), target)
+
+
+def save_reference(uri: str, input_seed: int, path: Path, target) -> None:  # type: ignore[no-untyped-def]
+    """Compute a pipeline's reference output under an independent schedule and save it to ``path``.
+
+    The same algorithm under another autoscheduler (Mullapudi2016), on a freshly built copy of the
+    pipeline. (Li2018's fused parallel loops made bounds inference read weights far outside their
+    estimates on conv pipelines, so it is not used.) Deterministic: a missing reference (a store
+    rebuilt from shards on a fresh machine) is rebuilt on demand by the candidate that needs it.
+    """
+    import halide as hl
+
+    from perfgraph.measure.inputs import make_buffers
+    from perfgraph.workloads.base import build_pipeline
+
     emit("phase", phase="reference")
-    # The reference output: the same algorithm under an independent schedule (another autoscheduler,
-    # Mullapudi2016), on a freshly built copy of the pipeline. (Li2018's fused parallel loops made
-    # bounds inference read weights far outside their estimates on conv pipelines, so it is not used.)
-    built = build_pipeline(job["uri"])
+    built = build_pipeline(uri)
     hl.load_plugin(os.path.join(hl.install_dir(), "lib64", "libautoschedule_mullapudi2016.so"))
     built.pipeline.apply_autoscheduler(target, hl.AutoschedulerParams("Mullapudi2016", {"parallelism": "1"}))
     callable_, names = _compile(built, target)
-    buffers = make_buffers(built, job["input_seed"])
+    buffers = make_buffers(built, input_seed)
     _run(callable_, names, buffers)
     reference = _outputs_as_numpy(buffers)
-    path = Path(job["reference_path"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # two workers may rebuild one reference at once
     np.savez_compressed(tmp, *reference)
     tmp.replace(path)
     emit("reference_saved", path=str(path))
@@ -135,6 +147,9 @@ def measure(job: dict) -> None:
     reply = json.loads(sys.stdin.readline() or "{}")
     if not reply.get("go"):
         return
+    reference_path = Path(job["reference_path"])
+    if not reference_path.is_file():
+        save_reference(job["uri"], job["input_seed"], reference_path, target)
     with open(job["lock_path"], "w") as lock:
         # The lock gives one candidate at a time the benchmark cores. Compiling (seconds of LLVM) is the
         # collector's bottleneck and a benchmark takes well under a second, so the benchmark cores are
@@ -156,7 +171,7 @@ def measure(job: dict) -> None:
         emit("phase", phase="run")
         policy = TimingPolicy(**job["timing"])
         timing, _ = call_widening_inputs(lambda: benchmark(lambda: _run(callable_, names, buffers), policy), buffers)
-    reference = np.load(job["reference_path"])
+    reference = np.load(reference_path)
     mismatch = next(
         (
             f"output {i}: {reason}"

@@ -74,15 +74,18 @@ def crashes_when_measured():
     return [_blur(64, "crashy")]
 
 
-def slow():
-    """A correct pipeline that takes a long time per run (a large reduction), to hit the run time limit."""
-    inp = hl.ImageParam(hl.Float(32), 2, "input")
-    inp.set_estimates([(0, 512), (0, 512)])
+def hangs_when_measured():
+    """Analysed at a tiny size, then every candidate's run cannot finish: ~10^13 iterations on any CPU.
+
+    The reduction's extent is 4 for the analysis (its two builds), 2**30 per output point once measured:
+    the run time limit, not the CPU's speed, decides the outcome.
+    """
+    extent = 2**30 if _measuring("PERFGRAPH_TEST_HANG_COUNTER") else 4
     x, y = hl.Var("x"), hl.Var("y")
-    r = hl.RDom([(0, 512), (0, 512)])
-    out = hl.Func("slow")
+    r = hl.RDom([(0, extent)])
+    out = hl.Func("hangs")
     out[x, y] = 0.0
-    out[x, y] += inp[r.x, r.y] * hl.f32(x + y)
+    out[x, y] += hl.sin(hl.f32(r.x + x * y))
     out.set_estimates([(0, 64), (0, 64)])
     return [out]
 
