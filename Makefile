@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DB := out/demo/demo.db
+DEMO_PIPELINE := zoo:resnet_basic_block?c_in=16&c_out=16&h=28&stride=1&w=28
 
 .PHONY: demo test install lint clean
 
@@ -25,7 +26,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 # The demo: collect a small dataset of new pipelines end to end, predict it with the shipped GNN,
-# then evaluate the shipped models on the shipped dataset's test split.
+# evaluate the shipped models on the shipped dataset's test split, then use the model: rank
+# never-run schedules of a ResNet block and search it (benchmarking only the predicted best).
 demo: $(STAMP)
 	rm -rf out/demo
 	$(BIN)/perfgraph collect --db $(DEMO_DB) --zoo conv2d resnet_basic_block --random 1 --seed 9000 \
@@ -35,6 +37,9 @@ demo: $(STAMP)
 	$(BIN)/perfgraph predict --db $(DEMO_DB) --out out/demo/predictions.csv
 	$(BIN)/perfgraph stats
 	$(BIN)/perfgraph evaluate --report out/demo/report
+	$(BIN)/perfgraph predict --pipeline '$(DEMO_PIPELINE)' --candidates 16 --out out/demo/candidates
+	$(BIN)/perfgraph schedule --pipeline '$(DEMO_PIPELINE)' --candidates 32 --measure-top 4 --rounds 2 \
+		--db out/demo/tuning.db --out out/demo/schedule.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check perfgraph tests benchmarks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -28,6 +29,7 @@ class DatasetStats:
     median_cv: float | None
     families: dict[str, int]
     machines: list[dict]
+    by_machine_kind: dict[str, dict]  # kind -> samples, pipelines, run-time range, median CV, re-measurement gap
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -56,6 +58,16 @@ class DatasetStats:
             lines.append(
                 f"machine              {machine['cpu_model']}, {machine['logical_cores']} cores, "
                 f"{machine['target']}, halide {machine['halide_version']}"
+            )
+        if self.by_machine_kind:
+            header = f"{'by machine kind':<26} samples  pipelines  run time ms        median CV  re-measured  |ln gap|"
+            lines.append(header)
+        for kind, k in self.by_machine_kind.items():
+            gap = f"{k['median_repeat_gap']:.3f}" if k["median_repeat_gap"] is not None else "-"
+            cv = f"{k['median_cv']:.1%}" if k["median_cv"] is not None else "-"
+            lines.append(
+                f"  {kind:<24} {k['samples']:>7}  {k['pipelines']:>9}  {k['min_runtime_ms']:.3g} .. "
+                f"{k['max_runtime_ms']:<8.4g}  {cv:>9}  {k['repeat_pairs']:>11}  {gap:>8}"
             )
         return "\n".join(lines)
 
@@ -87,4 +99,32 @@ def dataset_stats(store: Store) -> DatasetStats:
         median_cv=statistics.median(cvs) if cvs else None,
         families=dict(q("SELECT family, COUNT(*) FROM pipelines GROUP BY family").fetchall()),
         machines=[json.loads(r[0]) for r in q("SELECT info FROM machines ORDER BY machine_id")],
+        by_machine_kind=_by_machine_kind(store),
     )
+
+
+def _by_machine_kind(store: Store) -> dict[str, dict]:
+    """Counts, run-time range, noise (median CV, median |ln| gap of re-measurements) per machine kind."""
+    kinds: dict[str, list[int]] = {}
+    for machine_id, info in store.machines().items():
+        kinds.setdefault(info.kind, []).append(machine_id)
+    out = {}
+    for kind in store.samples_by_machine_kind():
+        ids = ",".join(str(i) for i in kinds.get(kind, []))
+        samples, pipelines, low, high = store.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT s.pipeline_id), MIN(m.runtime_ms), MAX(m.runtime_ms) FROM measurements m "
+            f"JOIN schedules s USING (schedule_id) WHERE m.is_repeat = 0 AND m.machine_id IN ({ids})"
+        ).fetchone()
+        query = f"SELECT cv FROM measurements WHERE is_repeat = 0 AND machine_id IN ({ids})"
+        cvs = [r[0] for r in store.execute(query)]
+        gaps = [abs(math.log(b / a)) for _, _, a, b in store.repeat_pairs(machine=kind)]
+        out[kind] = {
+            "samples": samples,
+            "pipelines": pipelines,
+            "min_runtime_ms": low,
+            "max_runtime_ms": high,
+            "median_cv": statistics.median(cvs) if cvs else None,
+            "repeat_pairs": len(gaps),
+            "median_repeat_gap": statistics.median(gaps) if gaps else None,
+        }
+    return out

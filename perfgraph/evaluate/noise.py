@@ -128,3 +128,40 @@ def noise_floor_from_repeats(repeats_ms: Sequence[ArrayLike]) -> NoiseFloor:
         top5=None,
     )
     return NoiseFloor(scores, REPEAT_SPREAD, len(percentage_errors))
+
+
+NOISE_CEILING = "noise ceiling (all re-measured)"
+
+
+def noise_ceiling(
+    measured_ms: ArrayLike, pipeline_ids: ArrayLike, log_ratios: ArrayLike, draws: int = 20, seed: int = 0
+) -> ModelScores:
+    """Scores of a "model" that re-measures every schedule once, with the store's empirical noise.
+
+    Each measured run time is multiplied by ``exp(r)``, ``r`` drawn from the observed log ratios of
+    independent re-measurements (``ln(second / first)``, both signs: which run is first is arbitrary),
+    and the re-measured times are scored against the originals with the models' metrics, averaged
+    over ``draws`` draws. Unlike the pair floor, which covers only the few re-measured schedules, this
+    covers every test schedule: its Kendall tau is the within-pipeline ranking that no model can beat
+    on these labels (the labels-and-data issue's "noise ceiling").
+
+    >>> scores = noise_ceiling([1.0, 2.0, 4.0, 8.0], [0, 0, 0, 0], [0.0])
+    >>> scores.kendall_tau, scores.rmse_log  # noise-free labels: a perfect ceiling
+    (1.0, 0.0)
+    """
+    measured = as_runtimes(measured_ms, "measured_ms")
+    ids = np.asarray(pipeline_ids)
+    ratios = np.asarray(log_ratios, dtype=np.float64)
+    if ratios.size == 0:
+        raise ValueError("log_ratios is empty: the store has no independent re-measurements")
+    symmetric = np.concatenate([ratios, -ratios])
+    rng = np.random.default_rng(seed)
+    runs = [
+        evaluate_predictions(measured * np.exp(rng.choice(symmetric, measured.size)), measured, ids)
+        for _ in range(draws)
+    ]
+    averaged = {}
+    for f in fields(ModelScores):
+        values = [getattr(run, f.name) for run in runs]
+        averaged[f.name] = None if any(v is None for v in values) else float(np.mean(values))
+    return ModelScores(**averaged)

@@ -110,6 +110,17 @@ class CollectSummary:
 
 
 @dataclass(frozen=True)
+class MeasuredConfig:
+    """What became of one explicitly measured config: its schedule and run time, or why it failed."""
+
+    candidate_index: int
+    schedule_id: int | None
+    runtime_ms: float | None  # minimum over repeats, on this machine kind (a duplicate: its twin's)
+    schedule_source: str | None
+    failure: str | None  # "kind: message" when it failed
+
+
+@dataclass(frozen=True)
 class _Analysis:
     uri: str
 
@@ -146,6 +157,7 @@ class Collector:
         self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
         self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
         self._stop = threading.Event()
+        self._explicit = False  # set by measure_configs
         self.summary = CollectSummary()
 
     # -- the plan ------------------------------------------------------------------------------
@@ -169,6 +181,43 @@ class Collector:
         self.summary.pipelines = sum(1 for u in dict.fromkeys(uris) if self.store.pipeline_by_uri(u) is not None)
         self.summary.elapsed_s = time.monotonic() - started
         return self.summary
+
+    def measure_configs(self, uri: str, configs: Sequence[AutoschedulerConfig]) -> list[MeasuredConfig]:
+        """Measure explicit ``(uri, config)`` pairs (a search decides which) and store each like ``collect``.
+
+        The pipeline is analysed first when the store does not have it (its reference output is made
+        then). Each config gets the next free candidate index; a config whose schedule was already
+        measured here is stored as a duplicate and not benchmarked again. Returns one
+        :class:`MeasuredConfig` per config, in order. Raises :class:`StoreError` when the pipeline
+        cannot be analysed.
+        """
+        if not all(not c.random_weights for c in configs):
+            raise ValueError("random-weight configs are seeded from the clock and cannot be rebuilt for measurement")
+        self._explicit = True
+        try:
+            if self.store.pipeline_by_uri(uri) is None:
+                with self._sole_collector():
+                    if not self._record_analysis(uri, self._analyse(_Analysis(uri))):
+                        failure = self.store.execute(
+                            "SELECT kind, message FROM failures WHERE pipeline_uri = ? AND candidate_index = -1",
+                            (uri,),
+                        ).fetchone()
+                        raise StoreError(f"{uri}: the pipeline could not be analysed: {failure}")
+            pipeline = self.store.pipeline_by_uri(uri)
+            assert pipeline is not None
+            first = max(self.store.done_candidates(uri), default=-1) + 1
+            with self._claims:
+                self._claimed[pipeline.pipeline_id] = dict(self.store.measured_hashes(pipeline.pipeline_id))
+                self._algorithm[pipeline.pipeline_id] = pipeline.algorithm_hash
+            work: deque[_Analysis | _Candidate] = deque(
+                _Candidate(uri, pipeline.pipeline_id, first + i, config) for i, config in enumerate(configs)
+            )
+            with self._sole_collector(), self._stop_on_signals():
+                self._run(work, total=len(configs))
+            indices = range(first, first + len(configs))
+            return [MeasuredConfig(i, *self.store.candidate_outcome(uri, i, self.machine_kind)) for i in indices]
+        finally:
+            self._explicit = False
 
     def stop(self) -> None:
         """Start no new job; the jobs in flight finish and are recorded. Safe from any thread."""
@@ -279,6 +328,8 @@ class Collector:
             started = time.monotonic()
 
             def queue_pending(uri: str) -> list[_Candidate]:
+                if self._explicit:  # measure_configs: the caller chose the candidates, no sampling policy
+                    return []
                 pending = self._pending_candidates(uri)
                 work.extendleft(reversed(pending))
                 return pending

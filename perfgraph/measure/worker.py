@@ -107,6 +107,40 @@ def save_reference(uri: str, input_seed: int, path: Path, target) -> None:  # ty
     emit("reference_saved", path=str(path))
 
 
+def featurize(job: dict) -> None:
+    """Autoschedule each config of ``job["configs"]`` and report its featurization; compile nothing.
+
+    The builder role (TVM MetaSchedule's split): candidates for prediction only need Halide's
+    featurization and schedule source. Each config starts from a freshly built pipeline; the
+    ``phase`` event before each restarts the parent's autoschedule time limit.
+    """
+    import halide as hl
+
+    from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
+    from perfgraph.workloads.base import build_pipeline
+
+    target = benchmark_target()
+    load_adams2019()
+    for position, data in enumerate(job["configs"]):
+        config = AutoschedulerConfig.from_json(data)
+        built = build_pipeline(job["uri"])
+        emit("phase", phase="autoschedule")
+        started = time.perf_counter()
+        params = hl.AutoschedulerParams("Adams2019", config.to_halide_params())
+        try:
+            result = built.pipeline.apply_autoscheduler(target, params)
+        except hl.HalideError as error:  # e.g. "Ran out of legal states": this config only
+            emit("unscheduled", position=position, message=f"{type(error).__name__}: {error}")
+            continue
+        emit(
+            "scheduled",
+            position=position,
+            featurization=base64.b64encode(bytes(result.featurization)).decode(),
+            schedule_source=result.schedule_source,
+            autoschedule_s=time.perf_counter() - started,
+        )
+
+
 def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
     """``None`` if an output equals the reference, else a short reason (floats allow FMA rounding)."""
     if actual.shape != expected.shape:
@@ -199,7 +233,7 @@ def main() -> None:
     from perfgraph.workloads.base import WorkloadError
 
     try:
-        {"analyze": analyze, "measure": measure}[job["kind"]](job)
+        {"analyze": analyze, "measure": measure, "featurize": featurize}[job["kind"]](job)
     except WorkloadError as error:
         emit("workload_error", message=str(error))
         sys.exit(3)

@@ -32,6 +32,7 @@ class AutoschedulerConfig:
     disable_subtiling: bool = False
     random_weights: bool = False
     parallelism: int = 1
+    weights_path: str | None = None  # a .weights file (``perfgraph export --format weights``); None: Halide's own
 
     def __post_init__(self) -> None:
         if self.random_dropout_seed <= 0:
@@ -40,6 +41,8 @@ class AutoschedulerConfig:
             )
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.random_weights and self.weights_path:
+            raise ValueError("random_weights and weights_path exclude each other")
 
     def to_halide_params(self) -> dict[str, str]:
         """The exact key/value strings passed to ``hl.AutoschedulerParams`` (unknown keys abort Halide)."""
@@ -52,10 +55,14 @@ class AutoschedulerConfig:
         }
         if self.random_weights:
             params["weights_path"] = RANDOM_WEIGHTS_PATH
+        elif self.weights_path:
+            params["weights_path"] = self.weights_path
         return params
 
     def to_json(self) -> dict:
-        return {**asdict(self), "halide_params": self.to_halide_params()}
+        """Every field and the exact Halide parameters (``weights_path`` only when set, so stored configs stay)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "weights_path" or v is not None}
+        return {**fields, "halide_params": self.to_halide_params()}
 
     @classmethod
     def from_json(cls, data: dict) -> AutoschedulerConfig:
@@ -106,6 +113,30 @@ def sampling_plan(
             )
         )
     return plan
+
+
+def search_configs(count: int, first_seed: int = 1, parallelism: int = 1) -> list[AutoschedulerConfig]:
+    """Deterministic random candidates for a model-guided search: ``count`` configs, seeds from ``first_seed``.
+
+    Only what can be rebuilt exactly is proposed: ``beam_size=1, random_dropout=1`` with an explicit
+    seed, never clock-seeded random weights. Two of three use the narrow space (``disable_subtiling``,
+    ~8x faster to search), one the full space; the assumed core count cycles like :func:`sampling_plan`'s.
+
+    >>> [(c.random_dropout_seed, c.disable_subtiling, c.parallelism) for c in search_configs(4, first_seed=7)]
+    [(7, True, 1), (8, False, 1), (9, True, 1), (10, True, 4)]
+    """
+    if count < 0 or first_seed < 1:
+        raise ValueError(f"count must be >= 0 and first_seed >= 1, got {count} and {first_seed}")
+    return [
+        AutoschedulerConfig(
+            beam_size=1,
+            random_dropout=1,
+            random_dropout_seed=first_seed + i,
+            disable_subtiling=i % 3 != 1,
+            parallelism=_ASSUMED_CORES[(i // 3) % len(_ASSUMED_CORES)] * parallelism,
+        )
+        for i in range(count)
+    ]
 
 
 def load_adams2019() -> None:

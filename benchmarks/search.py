@@ -1,0 +1,164 @@
+"""The search benchmark: schedules chosen with perfgraph's model against Adams2019's own beam search.
+
+In one run, with the same runner for everything (single thread, pinned to the benchmark core, output
+checked; every distinct schedule of a pipeline is benchmarked once and shared by the methods that
+chose it), on pipelines that were never in training (the zoo blocks at their default sizes, which are
+in no split, and pipelines of the test split):
+
+1. ``gnn K=8`` / ``gnn K=16``: rank N candidates with the GNN, benchmark the predicted best K, keep the
+   fastest measured (one round);
+2. ``gnn K=8 x3``: three rounds of K=8, the model updated on its measurements between rounds;
+3. ``beam shipped``: Adams2019 beam search with Halide's shipped weights;
+4. ``beam retrained``: the same with our Halide network trained on our data (``models/halide.pt``
+   exported with ``perfgraph export --format weights``);
+5. ``random 8`` / ``random 16``: the best of the first 8 / 16 of the same N candidates, no model;
+6. ``halide K=8`` / ``xgboost K=8``: the one-round search driven by the other cost models.
+
+Prints one row per pipeline (the chosen schedule's run time per method) and the geomean speed-up of
+each method over ``beam shipped``; wall times are the search's own (featurize + predict + compile and
+benchmark the K, or the beam search plus one compile and benchmark).
+
+    python benchmarks/search.py --candidates 64 --db out/search/bench.db --json out/search/result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from perfgraph.data.store import Store
+from perfgraph.measure.builder import analyse_stage_graph
+from perfgraph.measure.collector import CollectOptions, Collector
+from perfgraph.models.halide_weights import export_checkpoint_weights
+from perfgraph.models.registry import load_model
+from perfgraph.paths import MODELS_DIR
+from perfgraph.schedules.autoscheduler import AutoschedulerConfig, beam_size_for
+from perfgraph.search.predict import rank_candidates, sample_candidates
+from perfgraph.search.tune import tune
+from perfgraph.workloads.base import zoo_uri
+
+PIPELINES = (
+    zoo_uri("resnet_basic_block"),
+    zoo_uri("resnet_bottleneck_block"),
+    zoo_uri("mobilenet_inverted_residual"),
+    zoo_uri("attention"),
+    zoo_uri("vgg"),
+    # test split (never in training): a ResNet and a MobileNet variant and a random pipeline
+    "zoo:resnet_bottleneck_block?c_in=256&c_mid=32&c_out=256&h=14&stride=2&w=7",
+    "zoo:mobilenet_inverted_residual?c_in=64&c_out=96&expand=1&h=28&stride=1&w=56",
+    "random:2",
+)
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, models: dict, weights: str) -> dict:
+    """Every method on one pipeline; returns ``{method: {"ms": ..., "wall_s": ..., "benchmarks": ...}}``."""
+    store = collector.store
+    started = time.perf_counter()
+    graph = analyse_stage_graph(uri)
+    candidates, tried, _, _ = sample_candidates(uri, args.candidates, graph=graph, workers=args.workers)
+    featurize_s = time.perf_counter() - started
+    per_candidate_s = featurize_s / max(tried, 1)
+    chosen: dict[str, list] = {}
+    predict_s: dict[str, float] = {}
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        ranked = rank_candidates(model, candidates)
+        predict_s[name] = time.perf_counter() - t0
+        chosen[name] = [r.candidate for r in ranked]
+    pool = {c.features_hash: c for c in candidates}
+    wanted = {h: None for name in models for h in [c.features_hash for c in chosen[name][:16]]}
+    wanted.update({c.features_hash: None for c in candidates[:16]})  # random: the first 16 in seed order
+    configs = [pool[h].config for h in wanted]
+    t0 = time.perf_counter()
+    outcomes = collector.measure_configs(uri, configs)
+    measure_each_s = (time.perf_counter() - t0) / max(len(configs), 1)
+    runtime = {h: o.runtime_ms for h, o in zip(wanted, outcomes, strict=True)}
+
+    def best_of(hashes: list[str]) -> float | None:
+        times = [runtime[h] for h in hashes if runtime.get(h) is not None]
+        return min(times) if times else None
+
+    rows: dict[str, dict] = {}
+    for name in models:
+        for k in (8, 16) if name == "gnn" else (8,):
+            hashes = [c.features_hash for c in chosen[name][:k]]
+            wall = per_candidate_s * tried + predict_s[name] + measure_each_s * k
+            rows[f"{name} K={k}"] = {"ms": best_of(hashes), "wall_s": wall, "benchmarks": k}
+    for k in (8, 16):
+        hashes = [c.features_hash for c in candidates[:k]]
+        rows[f"random {k}"] = {
+            "ms": best_of(hashes),
+            "wall_s": per_candidate_s * k + measure_each_s * k,
+            "benchmarks": k,
+        }
+    if args.rounds > 1:
+        result = tune(uri, load_model(MODELS_DIR / "gnn.pt"), store, n=args.candidates, k=8, rounds=args.rounds)
+        best = result.best
+        rows[f"gnn K=8 x{args.rounds}"] = {
+            "ms": best.measured_ms if best else None,
+            "wall_s": result.wall_s,
+            "benchmarks": len(result.measured),
+        }
+    beam = args.beam or beam_size_for(graph.num_stages)
+    for name, path in (("beam shipped", None), ("beam retrained", weights)):
+        config = AutoschedulerConfig(beam_size=beam, random_dropout=100, weights_path=path)
+        t0 = time.perf_counter()
+        (outcome,) = collector.measure_configs(uri, [config])
+        rows[name] = {"ms": outcome.runtime_ms, "wall_s": time.perf_counter() - t0, "benchmarks": 1, "beam": beam}
+        if outcome.failure:
+            rows[name]["failure"] = outcome.failure
+    return {"uri": uri, "stages": graph.num_stages, "distinct": len(candidates), "tried": tried, "methods": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", type=Path, default=Path("out/search/bench.db"), help="store of every benchmark")
+    parser.add_argument("--candidates", type=int, default=256, metavar="N")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the multi-round GNN search (1: skip it)")
+    parser.add_argument("--beam", type=int, help="Adams2019 beam (default: 32, 8 or 2 by stage count, as collect)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES))
+    parser.add_argument("--json", type=Path, help="also write every row here")
+    args = parser.parse_args()
+
+    models = {name: load_model(MODELS_DIR / f"{name}.pt") for name in ("gnn", "halide", "xgboost")}
+    weights = str((args.db.parent / "halide_retrained.weights").resolve())
+    args.db.parent.mkdir(parents=True, exist_ok=True)
+    export_checkpoint_weights(MODELS_DIR / "halide.pt", weights)
+    collector = Collector(
+        Store(args.db),
+        CollectOptions(workers=args.workers, remeasure_fraction=0.0, cross_machine=False, show_progress=False),
+    )
+    results = []
+    for uri in args.pipelines:
+        print(f"{uri} ...", flush=True)
+        results.append(run_pipeline(uri, args, collector, models, weights))
+        if args.json:
+            args.json.write_text(json.dumps({"machine": collector.machine_kind, "pipelines": results}, indent=2))
+    methods = list(dict.fromkeys(m for r in results for m in r["methods"]))
+    print(f"\nchosen schedule's run time (ms), machine {collector.machine_kind}, N={args.candidates}")
+    print(f"{'pipeline':<44} {'stages':>6} " + " ".join(f"{m:>15}" for m in methods))
+    for r in results:
+        cells = [r["methods"].get(m, {}).get("ms") for m in methods]
+        print(f"{r['uri'][:44]:<44} {r['stages']:>6} " + " ".join(f"{c:15.4g}" if c else f"{'-':>15}" for c in cells))
+    print(f"\n{'method':<16} {'speed-up vs beam shipped (geomean)':>36} {'wall s (mean)':>14} {'pipelines':>9}")
+    for m in methods:
+        pairs = [
+            (r["methods"]["beam shipped"]["ms"], r["methods"][m]["ms"], r["methods"][m]["wall_s"])
+            for r in results
+            if r["methods"].get(m, {}).get("ms") and r["methods"].get("beam shipped", {}).get("ms")
+        ]
+        speedup = geomean([b / x for b, x, _ in pairs])
+        wall = sum(w for _, _, w in pairs) / len(pairs) if pairs else float("nan")
+        print(f"{m:<16} {speedup:>36.3f} {wall:>14.1f} {len(pairs):>9}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Rank schedules that were never compiled or run: sample Adams2019 candidates, featurize, predict.
+
+This is what a learned cost model is for (Adams et al. 2019, "Learning to Optimize Halide with Tree
+Search and Random Programs"; Singh et al. 2022): score many candidate schedules of a pipeline from their
+features alone, so that only the most promising few are compiled and benchmarked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perfgraph.measure.builder import (
+    DEFAULT_TIMEOUTS,
+    BuildFailure,
+    Candidate,
+    analyse_stage_graph,
+    build_candidates,
+)
+from perfgraph.measure.runner import Timeouts
+from perfgraph.models.base import CostModel
+from perfgraph.schedules.autoscheduler import search_configs
+from perfgraph.schedules.stage_graph import StageGraph
+
+# Duplicates (equal featurizations) are common on small pipelines: more configs are drawn until
+# ``count`` distinct candidates are found or this many times ``count`` were tried.
+MAX_DRAW_FACTOR = 3
+
+
+@dataclass(frozen=True)
+class RankedCandidate:
+    """A candidate with its predicted run time (ms) and per-stage predicted costs (ms, most first)."""
+
+    rank: int
+    predicted_ms: float
+    candidate: Candidate
+    stage_costs_ms: dict[str, float]
+
+    def to_json(self, top_stages: int | None = None) -> dict:
+        stages = dict(list(self.stage_costs_ms.items())[:top_stages]) if top_stages else self.stage_costs_ms
+        return {
+            "rank": self.rank,
+            "predicted_ms": self.predicted_ms,
+            "config": self.candidate.config.to_json(),
+            "features_hash": self.candidate.features_hash,
+            "stage_costs_ms": stages,
+            "schedule_source": self.candidate.schedule_source,
+        }
+
+
+@dataclass
+class CandidatePredictions:
+    """Every distinct candidate of one pipeline, ranked fastest first by the model."""
+
+    pipeline: str
+    model: str
+    candidates: list[RankedCandidate]
+    featurize_s: float
+    predict_s: float
+    tried: int  # configs autoscheduled (distinct or not)
+    failures: list[BuildFailure] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "pipeline": self.pipeline,
+            "model": self.model,
+            "candidates": [c.to_json() for c in self.candidates],
+            "tried": self.tried,
+            "failures": [{"config": f.config.to_json(), "message": f.message} for f in self.failures],
+            "featurize_s": round(self.featurize_s, 3),
+            "predict_s": round(self.predict_s, 4),
+        }
+
+    def to_table(self, limit: int = 20) -> str:
+        lines = [
+            f"{self.pipeline}: {len(self.candidates)} distinct candidates of {self.tried} tried, "
+            f"ranked by {self.model} (featurize {self.featurize_s:.1f} s, predict {self.predict_s * 1000:.1f} ms)",
+            f"{'rank':>4}  {'predicted ms':>12}  {'config':<34}  most expensive stages (predicted share)",
+        ]
+        for ranked in self.candidates[:limit]:
+            c = ranked.candidate.config
+            config = (
+                f"seed {c.random_dropout_seed}, {'narrow' if c.disable_subtiling else 'full'}, "
+                f"{c.parallelism} core{'s' if c.parallelism > 1 else ''}"
+            )
+            total = sum(ranked.stage_costs_ms.values()) or 1.0
+            stages = ", ".join(f"{n} {v / total:.0%}" for n, v in list(ranked.stage_costs_ms.items())[:3])
+            lines.append(f"{ranked.rank:>4}  {ranked.predicted_ms:>12.4g}  {config:<34}  {stages}")
+        if len(self.candidates) > limit:
+            lines.append(f"... {len(self.candidates) - limit} more (--json lists all)")
+        for failure in self.failures[:3]:
+            lines.append(f"failed: seed {failure.config.random_dropout_seed}: {failure.message.strip()[:200]}")
+        return "\n".join(lines)
+
+    def write_sources(self, out_dir: str | Path) -> list[Path]:
+        """``rank-NNN.schedule.h``: each candidate's Halide schedule source, with its config as a comment."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for ranked in self.candidates:
+            path = out / f"rank-{ranked.rank:03d}.schedule.h"
+            header = f"// {self.pipeline}, predicted {ranked.predicted_ms:.6g} ms by {self.model}\n"
+            header += f"// Adams2019 parameters: {ranked.candidate.config.to_halide_params()}\n"
+            path.write_text(header + ranked.candidate.schedule_source)
+            paths.append(path)
+        return paths
+
+
+def sample_candidates(
+    uri: str,
+    count: int,
+    first_seed: int = 1,
+    workers: int = 2,
+    graph: StageGraph | None = None,
+    exclude: set[str] | None = None,
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    on_candidate: Callable[[], None] | None = None,
+) -> tuple[list[Candidate], int, list[BuildFailure], int]:
+    """Up to ``count`` distinct featurized candidates (none whose features hash is in ``exclude``).
+
+    Returns ``(candidates, configs tried, failures, next free seed)``; compiles and runs nothing.
+    """
+    if count < 1:
+        raise ValueError(f"count (--candidates) must be >= 1, got {count}")
+    graph = graph or analyse_stage_graph(uri, timeouts)
+    seen = set(exclude or ())
+    distinct: list[Candidate] = []
+    failures: list[BuildFailure] = []
+    seed, tried = first_seed, 0
+    while len(distinct) < count and tried < MAX_DRAW_FACTOR * count:
+        wanted = min(count - len(distinct), MAX_DRAW_FACTOR * count - tried)
+        configs = search_configs(wanted, first_seed=seed)
+        built, failed = build_candidates(uri, configs, graph, workers, timeouts, on_candidate)
+        failures += failed
+        seed, tried = seed + wanted, tried + wanted
+        new = 0
+        for candidate in built:
+            if candidate is not None and candidate.features_hash not in seen:
+                seen.add(candidate.features_hash)
+                distinct.append(candidate)
+                new += 1
+        if new == 0 and not failed:  # saturated: this pipeline's space has no more distinct schedules
+            break
+    return distinct, tried, failures, seed
+
+
+def rank_candidates(model: CostModel, candidates: list[Candidate]) -> list[RankedCandidate]:
+    """Predict every candidate and sort them fastest first; stage costs where the model has them."""
+    if not candidates:
+        return []
+    samples = [c.to_sample(schedule_id=i) for i, c in enumerate(candidates)]
+    predicted = np.asarray(model.predict(samples), dtype=np.float64)
+    stage_costs = getattr(model, "stage_costs", None)
+    order = np.argsort(predicted, kind="stable")
+    ranked = []
+    for rank, index in enumerate(order, start=1):
+        candidate = candidates[index]
+        costs: dict[str, float] = {}
+        if callable(stage_costs):
+            values = stage_costs(samples[index])
+            pairs = zip(candidate.graph.stage_names, map(float, values), strict=True)
+            costs = dict(sorted(pairs, key=lambda kv: -kv[1]))
+        ranked.append(RankedCandidate(rank, float(predicted[index]), candidate, costs))
+    return ranked
+
+
+def predict_candidates(
+    pipeline: str,
+    model: CostModel,
+    n: int = 64,
+    workers: int = 2,
+    first_seed: int = 1,
+    on_candidate: Callable[[], None] | None = None,
+) -> CandidatePredictions:
+    """Sample ``n`` distinct Adams2019 candidates of ``pipeline`` (a workload URI), rank them by ``model``.
+
+    Nothing is compiled or benchmarked: only the autoscheduler runs (in worker processes).
+
+    >>> from perfgraph.models.registry import load_model                      # doctest: +SKIP
+    >>> result = predict_candidates("zoo:conv2d", load_model("models/gnn.pt"), n=8)  # doctest: +SKIP
+    >>> result.candidates[0].predicted_ms <= result.candidates[-1].predicted_ms  # doctest: +SKIP
+    True
+    """
+    started = time.perf_counter()
+    candidates, tried, failures, _ = sample_candidates(
+        pipeline, n, first_seed=first_seed, workers=workers, on_candidate=on_candidate
+    )
+    featurize_s = time.perf_counter() - started
+    started = time.perf_counter()
+    ranked = rank_candidates(model, candidates)
+    predict_s = time.perf_counter() - started
+    return CandidatePredictions(pipeline, model.name, ranked, featurize_s, predict_s, tried, failures)

@@ -1,0 +1,134 @@
+"""Using the model: rank never-run candidates (builder only), search with it, re-apply the chosen schedule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import perfgraph.measure.builder as builder
+from perfgraph.data.store import Store
+from perfgraph.measure.collector import INPUT_SEED
+from perfgraph.models.registry import load_model
+from perfgraph.paths import MODELS_DIR
+from perfgraph.search.predict import predict_candidates
+from perfgraph.search.tune import tune, write_schedule_file
+
+from .conftest import FAST_TIMING, USER_PIPELINES
+
+pytestmark = pytest.mark.slow
+
+BLUR = f"file:{USER_PIPELINES}:blur"
+
+
+@pytest.fixture(scope="module")
+def gnn():
+    return load_model(MODELS_DIR / "gnn.pt")
+
+
+def test_predicting_a_pipeline_featurizes_candidates_and_compiles_nothing(gnn, monkeypatch):
+    jobs: list[dict] = []
+    real_run_job = builder.run_job
+
+    def recording_run_job(job, *args, **kwargs):
+        jobs.append(job)
+        return real_run_job(job, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "run_job", recording_run_job)
+    result = predict_candidates(BLUR, gnn, n=6, workers=2)
+
+    # Only the builder ran: one analysis without a reference output (no compile, no run) and featurize jobs.
+    assert {job["kind"] for job in jobs} == {"analyze", "featurize"}
+    assert all(job["reference_path"] is None for job in jobs if job["kind"] == "analyze")
+    assert 1 <= len(result.candidates) <= 6
+    assert len({c.candidate.features_hash for c in result.candidates}) == len(result.candidates)
+    predicted = [c.predicted_ms for c in result.candidates]
+    assert predicted == sorted(predicted) and all(p > 0 for p in predicted)
+    assert [c.rank for c in result.candidates] == list(range(1, len(predicted) + 1))
+    for ranked in result.candidates:
+        candidate = ranked.candidate
+        assert candidate.featurization.shape == (candidate.graph.num_stages, 326)
+        assert set(ranked.stage_costs_ms) == set(candidate.graph.stage_names)
+        assert sum(ranked.stage_costs_ms.values()) == pytest.approx(ranked.predicted_ms, rel=1e-4)
+        assert not candidate.config.random_weights
+
+
+def test_the_cli_ranks_candidates_as_json(tmp_path):
+    command = [sys.executable, "-m", "perfgraph.cli", "predict", "--pipeline", f"{USER_PIPELINES}:blur"]
+    finished = subprocess.run(
+        [*command, "--candidates", "3", "--json", "--out", str(tmp_path / "sources")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr
+    result = json.loads(finished.stdout)
+    assert result["pipeline"] == f"file:{USER_PIPELINES.resolve()}:blur"
+    assert result["candidates"][0]["rank"] == 1
+    assert {"predicted_ms", "config", "stage_costs_ms", "schedule_source"} <= set(result["candidates"][0])
+    assert len(list((tmp_path / "sources").glob("rank-*.schedule.h"))) == len(result["candidates"])
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, gnn):
+    db = tmp_path_factory.mktemp("tune") / "tuning.db"
+    store = Store(db)
+    result = tune(BLUR, gnn, store, n=6, k=2, rounds=1, workers=2, update=False, timing=FAST_TIMING)
+    return result, store, db
+
+
+def test_a_search_benchmarks_the_predicted_best_and_stores_them(tuned):
+    result, store, _ = tuned
+    assert len(result.measured) == 2
+    assert [m.ranked.rank for m in result.measured] == [1, 2]
+    assert result.best is not None and result.best.measured_ms > 0
+    measured = {round(s.runtime_ms, 9) for s in store.samples()}
+    assert round(result.best.measured_ms, 9) in measured  # every benchmark is in the store
+
+
+def test_the_chosen_schedule_re_applies_to_a_fresh_pipeline_and_matches_the_reference(tuned, tmp_path):
+    result, _, db = tuned
+    schedule_file = write_schedule_file(result, tmp_path / "schedule.py")
+    (reference,) = Path(str(db) + ".refs").glob("*.npz")
+    check = f"""
+import importlib.util, numpy as np
+from perfgraph.measure.inputs import make_buffers
+from perfgraph.measure.worker import _compile, _matches, _outputs_as_numpy, _run
+from perfgraph.schedules.autoscheduler import benchmark_target
+from perfgraph.workloads.base import build_pipeline
+spec = importlib.util.spec_from_file_location("chosen", {str(schedule_file)!r})
+chosen = importlib.util.module_from_spec(spec); spec.loader.exec_module(chosen)
+built = build_pipeline(chosen.PIPELINE)
+chosen.apply_schedule(built.pipeline)
+callable_, names = _compile(built, benchmark_target())
+buffers = make_buffers(built, {INPUT_SEED})
+_run(callable_, names, buffers)
+reference = np.load({str(reference)!r})
+print([_matches(out, reference[f"arr_{{i}}"]) for i, out in enumerate(_outputs_as_numpy(buffers))])
+"""
+    finished = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "[None]"
+
+
+def test_update_lowers_the_error_on_the_newly_measured_candidates(tuned):
+    result, _, _ = tuned
+    model = load_model(MODELS_DIR / "gnn.pt")
+    samples = [
+        replace(m.ranked.candidate.to_sample(schedule_id=i), runtime_ms=m.measured_ms)
+        for i, m in enumerate(result.measured)
+        if m.measured_ms is not None
+    ]
+    measured = np.array([s.runtime_ms for s in samples])
+
+    def log_error() -> float:
+        return float(np.sqrt(np.mean(np.log(model.predict(samples) / measured) ** 2)))
+
+    before = log_error()
+    model.update(samples)
+    assert log_error() < before
