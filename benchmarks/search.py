@@ -99,7 +99,8 @@ def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, model
             "benchmarks": k,
         }
     if args.rounds > 1:
-        result = tune(uri, load_model(MODELS_DIR / "gnn.pt"), store, n=args.candidates, k=8, rounds=args.rounds)
+        model = load_model(MODELS_DIR / "gnn.pt")
+        result = tune(uri, model, store, n=args.candidates, k=8, rounds=args.rounds, first_round=candidates)
         best = result.best
         rows[f"gnn K=8 x{args.rounds}"] = {
             "ms": best.measured_ms if best else None,

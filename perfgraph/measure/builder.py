@@ -82,7 +82,7 @@ def analyse_stage_graph(uri: str, timeouts: Timeouts = DEFAULT_TIMEOUTS, cpus: s
     """
     job = {"kind": "analyze", "uri": uri, "input_seed": 0, "reference_path": None}
     limits = {"start": timeouts.build_s, "autoschedule": timeouts.analyze_s}
-    result = run_job(job, limits, cpus or _all_cpus(), env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
+    result = run_job(job, limits, cpus or _builder_cpus(), env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
     if not result.ok:
         raise BuildError(f"{uri}: the pipeline could not be analysed ({result.failure_kind}): {result.failure_message}")
     try:
@@ -143,7 +143,7 @@ def build_candidates(
 
             job = {"kind": "featurize", "uri": uri, "configs": [configs[p].to_json() for p in pending]}
             limits = {"start": timeouts.build_s, "autoschedule": timeouts.autoschedule_s}
-            outcome = run_job(job, limits, _all_cpus(), env={"HL_NUM_THREADS": "1"}, on_event=on_event)
+            outcome = run_job(job, limits, _builder_cpus(), env={"HL_NUM_THREADS": "1"}, on_event=on_event)
             remaining = [p for p in pending if p not in done]
             if outcome.ok or not remaining:
                 return
@@ -162,5 +162,7 @@ def build_candidates(
     return results, failures
 
 
-def _all_cpus() -> set[int]:
-    return set(os.sched_getaffinity(0))
+def _builder_cpus() -> set[int]:
+    """Every CPU but the last, which the runner keeps for benchmarks (``collect`` and ``schedule``)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return set(cpus[:-1] or cpus)

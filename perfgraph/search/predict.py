@@ -29,6 +29,8 @@ from perfgraph.schedules.stage_graph import StageGraph
 # Duplicates (equal featurizations) are common on small pipelines: more configs are drawn until
 # ``count`` distinct candidates are found or this many times ``count`` were tried.
 MAX_DRAW_FACTOR = 3
+# ... unless the last this-many configs tried gave nothing new (as the collector's saturation rule).
+SATURATION_WINDOW = 8
 
 
 @dataclass(frozen=True)
@@ -130,21 +132,24 @@ def sample_candidates(
     seen = set(exclude or ())
     distinct: list[Candidate] = []
     failures: list[BuildFailure] = []
-    seed, tried = first_seed, 0
-    while len(distinct) < count and tried < MAX_DRAW_FACTOR * count:
-        wanted = min(count - len(distinct), MAX_DRAW_FACTOR * count - tried)
-        configs = search_configs(wanted, first_seed=seed)
-        built, failed = build_candidates(uri, configs, graph, workers, timeouts, on_candidate)
+    found: list[bool] = []  # per config tried, in seed order: did it give a new distinct candidate?
+    seed = first_seed
+    while len(distinct) < count and len(found) < MAX_DRAW_FACTOR * count:
+        if len(found) >= SATURATION_WINDOW and not any(found[-SATURATION_WINDOW:]):
+            break  # saturated: this pipeline's search space has no more distinct schedules to give
+        wanted = min(count - len(distinct), MAX_DRAW_FACTOR * count - len(found))
+        built, failed = build_candidates(
+            uri, search_configs(wanted, first_seed=seed), graph, workers, timeouts, on_candidate
+        )
         failures += failed
-        seed, tried = seed + wanted, tried + wanted
-        new = 0
+        seed += wanted
         for candidate in built:
-            if candidate is not None and candidate.features_hash not in seen:
+            new = candidate is not None and candidate.features_hash not in seen
+            found.append(new)
+            if new:
                 seen.add(candidate.features_hash)
                 distinct.append(candidate)
-                new += 1
-        if new == 0 and not failed:  # saturated: this pipeline's space has no more distinct schedules
-            break
+    tried = len(found)
     return distinct, tried, failures, seed
 
 

@@ -21,6 +21,7 @@ from perfgraph.measure.collector import CollectOptions, Collector
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.models.base import CostModel
 from perfgraph.schedules.autoscheduler import benchmark_target
+from perfgraph.measure.builder import Candidate
 from perfgraph.search.predict import RankedCandidate, rank_candidates, sample_candidates
 
 
@@ -119,12 +120,14 @@ def tune(
     update: bool = True,
     on_progress: Callable[[str], None] | None = None,
     timing: TimingPolicy | None = None,
+    first_round: list[Candidate] | None = None,
 ) -> TuneResult:
     """Search ``pipeline`` (a workload URI) with ``model``: ``rounds`` x (score ``n``, benchmark top ``k``).
 
     Every benchmarked candidate is stored in ``store``. Raises ``ValueError`` for ``n``, ``k`` or
     ``rounds`` below 1, :class:`perfgraph.measure.builder.BuildError` when the pipeline cannot be built.
-    ``timing`` is the benchmark's repeat policy (default: ``collect``'s).
+    ``timing`` is the benchmark's repeat policy (default: ``collect``'s). ``first_round`` reuses candidates
+    already featurized with seeds ``1..`` (as ``sample_candidates(pipeline, n)`` gives them) for round 1.
     """
     for name, value in (("n (--candidates)", n), ("k (--measure-top)", k), ("rounds", rounds)):
         if value < 1:
@@ -148,9 +151,13 @@ def tune(
     for round_ in range(1, rounds + 1):
         say(f"round {round_}/{rounds}: featurizing {n} candidates")
         t0 = time.perf_counter()
-        candidates, tried, _failures, seed = sample_candidates(
-            pipeline, n, first_seed=seed, workers=workers, graph=graph, exclude=seen
-        )
+        if round_ == 1 and first_round is not None:
+            candidates, tried = first_round, len(first_round)
+            seed = 1 + max(c.config.random_dropout_seed for c in first_round) if first_round else seed
+        else:
+            candidates, tried, _failures, seed = sample_candidates(
+                pipeline, n, first_seed=seed, workers=workers, graph=graph, exclude=seen
+            )
         seen |= {c.features_hash for c in candidates}
         t1 = time.perf_counter()
         ranked = rank_candidates(model, candidates)
