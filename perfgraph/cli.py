@@ -145,7 +145,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
         path = export_new_shard(open_store(args.db), args.shards)
         print(f"wrote {path}" if path else "nothing new to export")
     else:
-        store = rebuild_store(args.shards, args.db or DEFAULT_DB)
+        store = rebuild_store(args.shards, args.db or DEFAULT_DB, force=args.force)
         print(f"rebuilt {store.path}: {store.counts()}")
     return 0
 
@@ -294,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("action", choices=("export", "rebuild"))
     shards.add_argument("--db", type=Path)
     shards.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
+    shards.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild: replace a store that holds rows in no shard (a copy is kept as DB.bak-<time>)",
+    )
     shards.set_defaults(run=cmd_shards)
     train = sub.add_parser("train", help="train a cost model on a dataset (split by pipeline)")
     train.add_argument("--db", type=Path)
@@ -331,18 +336,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sqlite3
+
+    from perfgraph.data.export import ExportError
+    from perfgraph.data.shards import ShardError
     from perfgraph.data.store import StoreError
     from perfgraph.models.base import SchemaMismatchError
     from perfgraph.models.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    # The files the command was given, to name in an error that does not say which one it is about.
+    paths = {key.replace("_", "-"): value for key, value in vars(args).items() if isinstance(value, Path)}
+    given = ", ".join(f"--{key} {value}" for key, value in paths.items())
     try:
         return args.run(args)
-    except (CliError, CheckpointError, SchemaMismatchError, StoreError) as error:
+    except (CliError, CheckpointError, SchemaMismatchError, StoreError, ShardError, ExportError) as error:
         print(f"perfgraph: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head & co.
         return 0
+    except OSError as error:  # a read-only or full disk, a folder where a file is expected, ...
+        where = error.filename if error.filename is not None else given or "perfgraph"
+        print(f"perfgraph: error: {where}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as error:
+        db = getattr(args, "db", None) or DEFAULT_DB
+        print(f"perfgraph: error: {db}: SQLite: {error}", file=sys.stderr)
+        return 2
+    except EOFError as error:  # a file that ends too early
+        print(f"perfgraph: error: {given or 'perfgraph'}: ends too early ({error or 'EOFError'})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("perfgraph: interrupted; everything measured so far is in the store", file=sys.stderr)
         return 130

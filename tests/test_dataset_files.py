@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from perfgraph.data.export import export_parquet, export_samples
-from perfgraph.data.shards import export_new_shard, rebuild_store
-from perfgraph.data.store import Store, StoreError
+from perfgraph.cli import main
+from perfgraph.data.export import ExportError, export_parquet, export_samples
+from perfgraph.data.shards import ShardError, export_new_shard, rebuild_store
+from perfgraph.data.store import MeasurementRecord, Store, StoreError
+from perfgraph.measure.host import MachineInfo
 from perfgraph.schedules.stage_graph import StageGraph
 
 pytestmark = pytest.mark.slow
 
 
 def halide_tool(name: str):
-    from pathlib import Path
-
     import halide as hl
 
     return Path(hl.install_dir()) / "bin" / name
@@ -138,3 +141,186 @@ def test_repeat_pairs_are_kept_by_when_the_re_measurement_was_taken(tiny_db):
         assert all(taken[schedule] < middle for _, schedule, _, _ in early)
         assert all(taken[schedule] >= middle for _, schedule, _, _ in late)
         assert store.repeat_pairs(repeated_from="9999") == []
+
+
+# -- files that must not lose or corrupt data (issue 15) ------------------------------------------------------------
+
+TEST_MACHINE = MachineInfo(
+    cpu_model="test cpu", logical_cores=2, target="x86-64-linux", halide_version="21.0.0", hostname="h", os="linux"
+)
+
+
+def add_pipeline_rows(store: Store, seed: int, schedules: int = 3) -> None:
+    """One single-stage pipeline with ``schedules`` measured schedules, without Halide (fast)."""
+    machine = store.machine_id(TEST_MACHINE)
+    pipeline = store.add_pipeline(f"random:{seed}", f"{seed:064d}", "random", StageGraph(("f",), (), (), ()), {}, "h")
+    for index in range(schedules):
+        runtime = 1.0 + seed + index / 10
+        store.add_schedule(
+            pipeline,
+            index,
+            {"seed": index},
+            np.full(326, seed * 100 + index, np.float32).tobytes(),
+            "// schedule",
+            0.1,
+            machine,
+            MeasurementRecord(runtime, runtime, 0.01, (runtime,), 1, 0.5),
+        )
+
+
+def small_store(path: Path, pipelines: int = 2) -> Path:
+    with Store(path) as store:
+        for seed in range(pipelines):
+            add_pipeline_rows(store, seed)
+        store.add_failure("random:99", -1, None, "workload_error", "build", "boom", None)
+    return path
+
+
+def dataset(path: Path) -> list[tuple]:
+    with Store(path) as store:
+        return [(s.pipeline_name, s.runtime_ms, s.features.tobytes()) for s in store.samples()] + [store.counts()]
+
+
+def write_shard(shards: Path, number: int, lines: list[str]) -> Path:
+    payload = ("\n".join(lines) + "\n").encode()
+    path = shards / f"shard-{number:04d}-{hashlib.sha256(payload).hexdigest()[:10]}.jsonl.gz"
+    path.write_bytes(gzip.compress(payload, mtime=0))
+    return path
+
+
+def shard_lines(path: Path) -> list[str]:
+    return gzip.decompress(path.read_bytes()).decode().splitlines()
+
+
+def test_rebuild_refuses_to_replace_a_store_that_holds_rows_in_no_shard(tmp_path, capsys):
+    db = small_store(tmp_path / "s.db")
+    with Store(db) as store:
+        export_new_shard(store, tmp_path / "shards")
+        add_pipeline_rows(store, seed=7, schedules=2)  # collected after the export
+    before = dataset(db)
+    with pytest.raises(ShardError, match=r"1 pipelines, 2 schedules, 2 measurements, 0 failures"):
+        rebuild_store(tmp_path / "shards", db)
+    assert main(["shards", "rebuild", "--db", str(db), "--shards", str(tmp_path / "shards")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert dataset(db) == before and not list(tmp_path.glob("s.db.bak-*"))
+
+
+def test_rebuild_with_force_keeps_a_backup_of_the_store_it_replaces(tmp_path):
+    db = small_store(tmp_path / "s.db")
+    with Store(db) as store:
+        export_new_shard(store, tmp_path / "shards")
+    exported = dataset(db)
+    with Store(db) as store:
+        add_pipeline_rows(store, seed=7, schedules=2)
+    before = dataset(db)
+    assert main(["shards", "rebuild", "--db", str(db), "--shards", str(tmp_path / "shards"), "--force"]) == 0
+    (backup,) = tmp_path.glob("s.db.bak-*")
+    assert dataset(backup) == before
+    assert dataset(db) == exported
+
+
+def test_rebuild_refuses_to_overwrite_a_file_that_is_no_perfgraph_store(tmp_path):
+    with Store(small_store(tmp_path / "s.db")) as store:
+        export_new_shard(store, tmp_path / "shards")
+    other = tmp_path / "notes.txt"
+    other.write_text("somebody's notes\n")
+    with pytest.raises(ShardError, match=f"{other}: is not a perfgraph store"):
+        rebuild_store(tmp_path / "shards", other)
+    assert other.read_text() == "somebody's notes\n"
+
+
+def test_rebuild_replaces_a_store_whose_rows_are_all_in_the_shards(tmp_path):
+    db = small_store(tmp_path / "s.db")
+    with Store(db) as store:
+        export_new_shard(store, tmp_path / "shards")
+    before = dataset(db)
+    assert main(["shards", "rebuild", "--db", str(db), "--shards", str(tmp_path / "shards")]) == 0
+    assert dataset(db) == before and not list(tmp_path.glob("s.db.bak-*"))
+
+
+def test_a_shard_cut_at_a_line_and_recompressed_under_its_name_is_refused(tmp_path):
+    with Store(small_store(tmp_path / "s.db")) as store:
+        shard = export_new_shard(store, tmp_path / "shards")
+    lines = shard_lines(shard)
+    shard.write_bytes(gzip.compress(("\n".join(lines[:-3]) + "\n").encode(), mtime=0))
+    with pytest.raises(ShardError, match=re.escape(str(shard)) + ".*content hash"):
+        rebuild_store(tmp_path / "shards", tmp_path / "rebuilt.db")
+    assert not list(tmp_path.glob("rebuilt.db*"))
+
+
+def test_a_shard_cut_mid_stream_is_a_one_line_error_naming_it(tmp_path, capsys):
+    with Store(small_store(tmp_path / "s.db")) as store:
+        shard = export_new_shard(store, tmp_path / "shards")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    code = main(["shards", "rebuild", "--db", str(tmp_path / "r.db"), "--shards", str(tmp_path / "shards")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith(f"perfgraph: error: {shard}: ") and error.count("\n") == 1
+
+
+def interrupt_after_rename(monkeypatch):
+    """Stop an export right after its shard file is renamed into place, before the store is updated."""
+    real_replace = Path.replace
+
+    def replace_then_stop(self, target):
+        result = real_replace(self, target)
+        if Path(target).name.startswith("shard-"):
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(Path, "replace", replace_then_stop)
+
+
+@pytest.mark.parametrize("collected_meanwhile", [False, True])
+def test_an_export_interrupted_after_its_rename_is_not_written_twice(tmp_path, monkeypatch, collected_meanwhile):
+    db = small_store(tmp_path / "s.db")
+    with Store(db) as store, monkeypatch.context() as patch:
+        interrupt_after_rename(patch)
+        with pytest.raises(KeyboardInterrupt):
+            export_new_shard(store, tmp_path / "shards")
+    (first,) = (tmp_path / "shards").glob("shard-*")
+    with Store(db) as store:
+        if collected_meanwhile:
+            add_pipeline_rows(store, seed=7)
+        again = export_new_shard(store, tmp_path / "shards")
+        assert export_new_shard(store, tmp_path / "shards") is None
+    shards = sorted((tmp_path / "shards").glob("shard-*"))
+    assert shards == ([first, again] if collected_meanwhile else [first])
+    assert shard_lines(first)[-1] in shard_lines(shards[0])
+    assert dataset(rebuild_store(tmp_path / "shards", tmp_path / "rebuilt.db").path) == dataset(db)
+
+
+def test_a_second_copy_of_a_shard_is_a_clear_error(tmp_path):
+    with Store(small_store(tmp_path / "s.db")) as store:
+        shard = export_new_shard(store, tmp_path / "shards")
+    copy = tmp_path / "shards" / shard.name.replace("shard-0001", "shard-0002")
+    copy.write_bytes(shard.read_bytes())
+    with pytest.raises(ShardError, match=re.escape(str(copy)) + ".*same content as"):
+        rebuild_store(tmp_path / "shards", tmp_path / "rebuilt.db")
+
+
+@pytest.mark.parametrize("repeated", ["pipeline", "schedule"])
+def test_a_shard_repeating_rows_of_an_earlier_one_is_a_clear_error(tmp_path, repeated):
+    with Store(small_store(tmp_path / "s.db")) as store:
+        shard = export_new_shard(store, tmp_path / "shards")
+    # What the old export left after an interruption, once more rows had come: old rows in a new shard.
+    kinds = ("schedule", "measurement") if repeated == "schedule" else ("pipeline", "schedule", "measurement")
+    lines = [line for line in shard_lines(shard) if json.loads(line)["type"] in kinds]
+    overlapping = write_shard(tmp_path / "shards", 2, lines)
+    with pytest.raises(ShardError, match=re.escape(str(overlapping)) + rf": line 1: .*{repeated}.*already"):
+        rebuild_store(tmp_path / "shards", tmp_path / "rebuilt.db")
+    assert not list(tmp_path.glob("rebuilt.db*"))
+
+
+def test_samples_are_not_exported_into_a_folder_that_holds_other_files(tmp_path, capsys):
+    db = small_store(tmp_path / "s.db")
+    out = tmp_path / "samples"
+    out.mkdir()
+    foreign = out / "p00001_s0000001.sample"
+    foreign.write_bytes(b"another store's sample")
+    with Store(db) as store, pytest.raises(ExportError, match=re.escape(str(out)) + ".*not empty"):
+        export_samples(store, out)
+    assert main(["export", "--db", str(db), "--format", "samples", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"perfgraph: error: {out}: folder not empty")
+    assert sorted(out.iterdir()) == [foreign] and foreign.read_bytes() == b"another store's sample"
+    with Store(db) as store:
+        assert len(export_samples(store, tmp_path / "empty")) == 6

@@ -7,8 +7,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from perfgraph.data.store import Store
 
@@ -23,9 +21,25 @@ def sample_bytes(featurization: bytes, runtime_ms: float, pipeline_id: int, sche
     )
 
 
+class ExportError(ValueError):
+    """An export that would overwrite or mix with files already there; the message names the folder."""
+
+
 def export_samples(store: Store, out_dir: str | Path, pipeline_ids: set[int] | None = None) -> list[Path]:
-    """Write one ``.sample`` per measured schedule; pipeline ids are the store's (distinct per pipeline)."""
+    """Write one ``.sample`` per measured schedule; pipeline ids are the store's (distinct per pipeline).
+
+    ``out_dir`` must be new or empty: Halide's trainer reads a whole folder, and another store's samples
+    there would carry other pipelines under the same ids.
+    """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: is a file, not a folder to write .sample files into")
+    if out.is_dir() and any(out.iterdir()):
+        count = sum(1 for _ in out.iterdir())
+        raise ExportError(
+            f"{out}: folder not empty ({count} entries); give a new or empty folder, so that these samples "
+            "are not mixed with others (pipeline ids are only unique within one store)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rows = store.execute(
@@ -44,6 +58,9 @@ def export_samples(store: Store, out_dir: str | Path, pipeline_ids: set[int] | N
 def export_parquet(store: Store, out_dir: str | Path) -> list[Path]:
     """``samples.parquet`` (one row per measurement, featurization as a float32 list), ``pipelines.parquet``,
     ``failures.parquet``."""
+    import pyarrow as pa  # here, so that the command line can catch ExportError without loading pyarrow
+    import pyarrow.parquet as pq
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     samples = store.execute(

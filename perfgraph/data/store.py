@@ -87,13 +87,26 @@ class Store:
     """
 
     def __init__(self, path: str | Path) -> None:
+        """Open the store at ``path``, creating it when the file is missing or empty.
+
+        Any other file (another application's SQLite database, a directory, not SQLite at all) is
+        refused with :class:`StoreError` before anything in it is changed.
+        """
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a perfgraph store file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._init_schema()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.path}: cannot open the store ({error})") from error
+        try:
+            self._init_schema()
+        except BaseException as error:
+            self._db.close()
+            if isinstance(error, sqlite3.Error):
+                raise StoreError(f"{self.path}: cannot open the store ({error})") from error
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -115,7 +128,18 @@ class Store:
         self._db.execute("COMMIT")
 
     def _init_schema(self) -> None:
+        # Reads first: switching to WAL or adding our tables would change another application's file.
+        try:
+            tables = [row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path}: not a perfgraph store: not an SQLite database ({error})") from error
         found = self._meta("schema_version")
+        if tables and found is None:
+            shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+            raise StoreError(
+                f"{self.path}: not a perfgraph store (an SQLite database with tables {shown} but no perfgraph "
+                "schema version); refusing to change it"
+            )
         if found is not None and int(found) != STORE_SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema version {found}, this perfgraph reads {STORE_SCHEMA_VERSION}")
         feature_version = self._meta("feature_schema_version")
@@ -123,6 +147,9 @@ class Store:
             raise StoreError(
                 f"{self.path}: feature-schema version {feature_version}, this perfgraph reads {FEATURE_SCHEMA_VERSION}"
             )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
         schema = resources.files("perfgraph.data").joinpath("schema.sql").read_text()
         self._db.executescript(schema)  # idempotent: every statement is IF NOT EXISTS
         with self.transaction() as db:
