@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from itertools import zip_longest
@@ -150,6 +151,18 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _machine_samples(store, machine: str | None, quiet: bool = False):  # type: ignore[no-untyped-def]
+    """The store's samples measured on one machine kind (default: the kind with most samples, named)."""
+    kinds = store.samples_by_machine_kind()
+    kind = machine or store.default_machine_kind()
+    if kind is not None and kind not in kinds:
+        raise CliError(f"--machine {kind!r}: no samples from it in {store.path}; known: {', '.join(kinds) or 'none'}")
+    if not quiet and len(kinds) > 1:
+        others = ", ".join(f"{k} ({n})" for k, n in kinds.items() if k != kind)
+        print(f"perfgraph: machine {kind} ({kinds[kind]} samples); also in the store: {others}", file=sys.stderr)
+    return store.samples(machine=kind)
+
+
 def _split(samples, split: str):  # type: ignore[no-untyped-def]
     from perfgraph.features.splits import SplitError, split_samples
 
@@ -162,7 +175,7 @@ def _split(samples, split: str):  # type: ignore[no-untyped-def]
 def cmd_train(args: argparse.Namespace) -> int:
     from perfgraph.models.train import train_model
 
-    samples = open_store(args.db).samples()
+    samples = _machine_samples(open_store(args.db), args.machine)
     hparams = {
         key: value
         for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target))
@@ -189,14 +202,88 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from perfgraph.models.predict import write_predictions_csv
     from perfgraph.models.registry import load_model
 
+    if (args.pipeline is None) == (args.db is None):
+        raise CliError("predict: give --pipeline SPEC (rank new candidates) or --db D (stored samples), not both")
     model = load_model(args.model)
-    samples = open_store(args.db).samples()
-    path = write_predictions_csv(model, samples, args.out)
-    print(f"wrote {len(samples)} predictions of {args.model} to {path}")
+    if args.pipeline is None:
+        from perfgraph.models.predict import write_predictions_csv
+
+        samples = open_store(args.db).samples(machine=args.machine)
+        path = write_predictions_csv(model, samples, args.out or Path("predictions.csv"))
+        print(f"wrote {len(samples)} predictions of {args.model} to {path}")
+        return 0
+    from perfgraph.search.predict import predict_candidates
+
+    uri = _pipeline_uri(args.pipeline)
+    _check_positive(candidates=args.candidates, workers=args.workers)
+    with _progress(args.candidates, "featurizing", quiet=args.json) as bar:
+        result = predict_candidates(uri, model, n=args.candidates, workers=args.workers, on_candidate=bar.update)
+    if args.out:
+        result.write_sources(args.out)
+    print(json.dumps(result.to_json()) if args.json else result.to_table())
+    if args.out and not args.json:
+        print(f"wrote {len(result.candidates)} schedule sources to {args.out}")
+    return 0 if result.candidates else 2
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from perfgraph.data.store import Store
+    from perfgraph.models.registry import load_model
+    from perfgraph.search.tune import tune, write_schedule_file
+
+    uri = _pipeline_uri(args.pipeline)
+    _check_positive(candidates=args.candidates, measure_top=args.measure_top, rounds=args.rounds, workers=args.workers)
+    model = load_model(args.model)
+    say = (lambda _m: None) if args.json else (lambda message: print(message, file=sys.stderr))
+    result = tune(
+        uri,
+        model,
+        Store(args.db),
+        n=args.candidates,
+        k=args.measure_top,
+        rounds=args.rounds,
+        workers=args.workers,
+        on_progress=say,
+    )
+    if result.best is not None:
+        write_schedule_file(result, args.out)
+    print(json.dumps(result.to_json()) if args.json else result.to_table())
+    if result.best is None:
+        print(f"perfgraph: error: {uri}: none of the benchmarked candidates could be measured", file=sys.stderr)
+        return 2
     return 0
+
+
+def _pipeline_uri(spec: str) -> str:
+    """A workload URI from ``FILE.py:FUNCTION``, ``zoo:NAME?...``, ``random:N`` or ``file:...``."""
+    from perfgraph.workloads.base import WorkloadError, parse_uri
+    from perfgraph.workloads.user import user_uri
+
+    try:
+        if spec.startswith(("zoo:", "random:", "file:")):
+            parse_uri(spec)
+            return spec
+        uri = user_uri(spec)
+    except WorkloadError as error:
+        raise CliError(f"--pipeline {spec!r}: {error}") from None
+    path = Path(uri[len("file:") :].rsplit(":", 1)[0])
+    if not path.is_file():
+        raise CliError(f"--pipeline {spec!r}: no such file {str(path)!r}")
+    return uri
+
+
+def _check_positive(**options: int) -> None:
+    for name, value in options.items():
+        if value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _progress(total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="candidate", disable=quiet, dynamic_ncols=True, leave=False)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -208,11 +295,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"no models given and none shipped in {MODELS_DIR}; train one with 'perfgraph train'")
     models = {Path(path).stem: load_model(path) for path in checkpoints}
     store = open_store(args.db)
-    test = _split(store.samples(), args.split).test
+    test = _split(_machine_samples(store, args.machine, quiet=args.json), args.split).test
     test_pipelines = {s.pipeline_id for s in test}
-    pairs = [p for p in store.repeat_pairs() if p[0] in test_pipelines]
+    all_pairs = store.repeat_pairs(machine=args.machine)
+    pairs = [p for p in all_pairs if p[0] in test_pipelines]
     noise = ([p[2] for p in pairs], [p[3] for p in pairs], [p[0] for p in pairs]) if pairs else None
-    extra = _halide_trainer_row(args.halide_trainer)
+    # The shipped Halide-trainer figure was measured on the shipped dataset only.
+    extra = _halide_trainer_row(args.halide_trainer) if args.db is None and args.machine is None else {}
+    if all_pairs:
+        from perfgraph.evaluate.noise import NOISE_CEILING, noise_ceiling
+
+        ceiling = noise_ceiling(
+            [s.runtime_ms for s in test], [s.pipeline_id for s in test], [math.log(b / a) for *_, a, b in all_pairs]
+        )
+        extra = {**(extra or {}), NOISE_CEILING: ceiling.as_dict()}
     report, predictions = evaluate_models(
         models, test, noise, extra_rows=extra, reference="gnn" if "gnn" in models else None, split=args.split
     )
@@ -225,6 +321,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             stage_costs = (example, models["gnn"].stage_costs(example))
         write_report(report, predictions, test, args.report, stage_costs=stage_costs)
     print(json.dumps(report.to_json_dict()) if args.json else report.to_table())
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from perfgraph.models.adapt import adapt, few_shot_samples
+    from perfgraph.models.registry import load_model
+    from perfgraph.models.train import evaluate_model
+
+    _check_positive(samples=args.samples, epochs=args.epochs)
+    if args.out.is_dir():
+        raise CliError(f"--out {args.out}: is a directory; give the checkpoint file to write")
+    store = open_store(args.db)
+    split = _split(_machine_samples(store, args.machine, quiet=True), "test")
+    model = load_model(args.model)
+    shots = few_shot_samples(split.train, args.samples, seed=args.seed)
+    before = evaluate_model(model, split.test) if split.test else {}
+    adapt(model, shots, epochs=args.epochs)
+    after = evaluate_model(model, split.test) if split.test else {}
+    model.save(args.out)
+    print(
+        f"adapted {args.model} to machine {args.machine} on {len(shots)} samples of "
+        f"{len({s.pipeline_id for s in shots})} training pipelines ({args.epochs} epochs)"
+    )
+    for name, metrics in (("before", before), ("after", after)):
+        if metrics:
+            print(
+                f"{name:6s} test ({len(split.test)} samples) " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            )
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -308,21 +433,56 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--split", default="test", choices=("test", "family"))
+    train.add_argument("--machine", help="machine kind whose run times to train on (default: the one with most)")
     train.add_argument("--loss", help="gnn/sequence: mse, relative, rank, mse+rank; halide: halide, mse_log")
     train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
     train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")
     train.set_defaults(run=cmd_train)
 
-    predict = sub.add_parser("predict", help="predict run times for every measured sample of a dataset")
+    predict = sub.add_parser(
+        "predict", help="rank never-run candidate schedules of a pipeline, or predict a dataset's samples"
+    )
+    predict.add_argument("--pipeline", metavar="SPEC", help="FILE.py:FUNCTION, zoo:NAME?... or random:N")
+    predict.add_argument("--candidates", type=int, default=64, metavar="N", help="distinct candidates to rank")
     predict.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
-    predict.add_argument("--db", type=Path)
-    predict.add_argument("--out", type=Path, default=Path("predictions.csv"))
+    predict.add_argument("--db", type=Path, help="predict this store's measured samples instead (writes a CSV)")
+    predict.add_argument("--machine", help="with --db: the machine kind (default: the one with most samples)")
+    predict.add_argument(
+        "--out", type=Path, help="with --pipeline: a folder for every schedule source; with --db: the CSV"
+    )
+    predict.add_argument("--workers", type=int, default=2, help="autoscheduler processes at once")
+    predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=cmd_predict)
+
+    adapt = sub.add_parser("adapt", help="fine-tune a trained model on a few samples of another machine kind")
+    adapt.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
+    adapt.add_argument("--db", type=Path)
+    adapt.add_argument("--machine", required=True, help="the new machine kind (perfgraph stats lists them)")
+    adapt.add_argument("--samples", type=int, default=128, metavar="N", help="samples of its training pipelines")
+    adapt.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--out", type=Path, required=True, help="the adapted checkpoint to write")
+    adapt.set_defaults(run=cmd_adapt)
+
+    schedule = sub.add_parser("schedule", help="model-guided search: rank candidates, benchmark the best, keep one")
+    schedule.add_argument("--pipeline", metavar="SPEC", required=True, help="FILE.py:FUNCTION, zoo:... or random:N")
+    schedule.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
+    schedule.add_argument("--candidates", type=int, default=256, metavar="N", help="candidates scored per round")
+    schedule.add_argument("--measure-top", type=int, default=8, metavar="K", help="benchmarked per round")
+    schedule.add_argument("--rounds", type=int, default=1, metavar="R", help="update the model between rounds")
+    schedule.add_argument(
+        "--db", type=Path, default=Path("tuning.db"), help="store for the benchmarked candidates (default tuning.db)"
+    )
+    schedule.add_argument("--out", type=Path, default=Path("schedule.py"), help="the chosen schedule as Python")
+    schedule.add_argument("--workers", type=int, default=2)
+    schedule.add_argument("--json", action="store_true")
+    schedule.set_defaults(run=cmd_schedule)
 
     evaluate = sub.add_parser("evaluate", help="compare models on pipelines never seen in training")
     evaluate.add_argument("--db", type=Path)
     evaluate.add_argument("--models", type=Path, nargs="+", help=f"checkpoints (default: every {MODELS_DIR}/*.pt)")
     evaluate.add_argument("--split", default="test", choices=("test", "family"))
+    evaluate.add_argument("--machine", help="machine kind to evaluate on (default: the one with most samples)")
     evaluate.add_argument("--report", type=Path, metavar="DIR", help="write report.md, report.json and plots here")
     evaluate.add_argument(
         "--halide-trainer",

@@ -243,8 +243,14 @@ class Store:
         return schedule_id
 
     def add_repeat_measurement(self, schedule_id: int, machine_id: int, measurement: MeasurementRecord) -> None:
+        self.add_measurement(schedule_id, machine_id, measurement, is_repeat=True)
+
+    def add_measurement(
+        self, schedule_id: int, machine_id: int, measurement: MeasurementRecord, is_repeat: bool = False
+    ) -> None:
+        """Commit one measurement of a stored schedule: a re-measurement, or its first on another machine."""
         with self.transaction() as db:
-            self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=True)
+            self._insert_measurement(db, schedule_id, machine_id, measurement, is_repeat=is_repeat)
 
     @staticmethod
     def _insert_measurement(
@@ -321,6 +327,17 @@ class Store:
         done |= {r[0] for r in self._db.execute("SELECT candidate_index FROM failures WHERE pipeline_uri = ?", (uri,))}
         return done
 
+    def failed_candidates(self, uri: str, machine: str) -> set[int]:
+        """Candidate indices of a pipeline whose last failure was recorded on machine kind ``machine``."""
+        kinds = {machine_id: info.kind for machine_id, info in self.machines().items()}
+        return {
+            index
+            for index, machine_id in self._db.execute(
+                "SELECT candidate_index, machine_id FROM failures WHERE pipeline_uri = ?", (uri,)
+            )
+            if kinds.get(machine_id) == machine
+        }
+
     def pipeline_failed(self, uri: str) -> bool:
         return (
             self._db.execute(
@@ -340,6 +357,34 @@ class Store:
         }
         return [index in new for index in range(count)]
 
+    def candidate_outcome(
+        self, uri: str, candidate_index: int, machine: str
+    ) -> tuple[int | None, float | None, str | None, str | None]:
+        """``(schedule id, run time ms on machine kind, schedule source, failure)`` of one candidate.
+
+        A duplicate's run time is its measured twin's; ``failure`` is ``"kind: message"`` or ``None``.
+        """
+        row = self._db.execute(
+            "SELECT s.schedule_id, COALESCE(s.duplicate_of, s.schedule_id), s.schedule_source FROM schedules s "
+            "JOIN pipelines p USING (pipeline_id) WHERE p.uri = ? AND s.candidate_index = ?",
+            (uri, candidate_index),
+        ).fetchone()
+        if row is None:
+            failure = self._db.execute(
+                "SELECT kind, message FROM failures WHERE pipeline_uri = ? AND candidate_index = ?",
+                (uri, candidate_index),
+            ).fetchone()
+            reason = f"{failure[0]}: {failure[1].strip()}" if failure else "not run (interrupted)"
+            return None, None, None, reason
+        schedule_id, measured_id, source = row
+        ids = [machine_id for machine_id, info in self.machines().items() if info.kind == machine]
+        runtime = self._db.execute(
+            f"SELECT MIN(runtime_ms) FROM measurements WHERE schedule_id = ? AND is_repeat = 0 "
+            f"AND machine_id IN ({','.join('?' * len(ids)) or 'NULL'})",
+            (measured_id, *ids),
+        ).fetchone()[0]
+        return schedule_id, runtime, source, None
+
     def measured_hashes(self, pipeline_id: int) -> dict[str, int]:
         """Features hash -> schedule id of every measured schedule of a pipeline (for de-duplication)."""
         rows = self._db.execute(
@@ -348,17 +393,53 @@ class Store:
         )
         return {h: sid for h, sid in rows}
 
-    def samples(self, measured_only: bool = True) -> list[Sample]:
-        """Every measured schedule (first measurement, not re-measurements) as a :class:`Sample`."""
+    def machines(self) -> dict[int, MachineInfo]:
+        """Every machine the store has measurements or failures from, by id."""
+        return {
+            machine_id: MachineInfo.from_json(json.loads(info))
+            for machine_id, info in self._db.execute("SELECT machine_id, info FROM machines ORDER BY machine_id")
+        }
+
+    def samples_by_machine_kind(self) -> dict[str, int]:
+        """Machine kind -> number of first measurements taken on it, most first."""
+        kinds: dict[str, int] = {}
+        machines = self.machines()
+        for machine_id, count in self._db.execute(
+            "SELECT machine_id, COUNT(*) FROM measurements WHERE is_repeat = 0 GROUP BY machine_id"
+        ):
+            kind = machines[machine_id].kind if machine_id in machines else "unknown"
+            kinds[kind] = kinds.get(kind, 0) + count
+        return dict(sorted(kinds.items(), key=lambda item: (-item[1], item[0])))
+
+    def default_machine_kind(self) -> str | None:
+        """The machine kind with the most samples (``None`` for an empty store)."""
+        return next(iter(self.samples_by_machine_kind()), None)
+
+    def _machine_ids(self, kind: str) -> list[int]:
+        ids = [machine_id for machine_id, info in self.machines().items() if info.kind == kind]
+        if not ids:
+            known = ", ".join(self.samples_by_machine_kind()) or "none"
+            raise StoreError(f"{self.path}: no measurements from machine kind {kind!r}; the store has: {known}")
+        return ids
+
+    def samples(self, measured_only: bool = True, machine: str | None = None) -> list[Sample]:
+        """Every measured schedule (first measurement, not re-measurements) as a :class:`Sample`.
+
+        Run times come from one machine kind only (``machine``; default: the kind with the most
+        samples), so that measurements of different CPUs are never mixed. With ``measured_only=False``,
+        schedules not measured on that kind come with ``runtime_ms=None``.
+        """
         graphs = {p.pipeline_id: p for p in self.pipelines()}
+        kind = machine or self.default_machine_kind()
+        ids = self._machine_ids(kind) if kind is not None else [-1]
         query = (
             "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s "
             f"{'JOIN' if measured_only else 'LEFT JOIN'} measurements m "
-            "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 "
+            f"ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 AND m.machine_id IN ({','.join('?' * len(ids))}) "
             "WHERE s.duplicate_of IS NULL ORDER BY s.pipeline_id, s.schedule_id"
         )
         samples = []
-        for pipeline_id, schedule_id, blob, runtime_ms in self._db.execute(query):
+        for pipeline_id, schedule_id, blob, runtime_ms in self._db.execute(query, ids):
             pipeline = graphs[pipeline_id]
             samples.append(
                 Sample(
@@ -376,22 +457,54 @@ class Store:
         return samples
 
     def repeat_pairs(
-        self, repeated_from: str | None = None, repeated_before: str | None = None
+        self, repeated_from: str | None = None, repeated_before: str | None = None, machine: str | None = None
     ) -> list[tuple[int, int, float, float]]:
         """``(pipeline_id, schedule_id, first_ms, repeat_ms)`` for schedules measured twice, independently.
 
-        ``repeated_from`` / ``repeated_before`` (times as stored in ``measured_at``) keep the pairs whose
-        re-measurement was taken in that window, to compare the noise of collection settings over time.
+        Both measurements come from one machine kind (``machine``; default: the kind with the most
+        samples). ``repeated_from`` / ``repeated_before`` (times as stored in ``measured_at``) keep the
+        pairs whose re-measurement was taken in that window, to compare collection settings over time.
         """
+        kind = machine or self.default_machine_kind()
+        if kind is None:
+            return []
+        ids = self._machine_ids(kind)
+        inside = ",".join(str(int(i)) for i in ids)
         return [
             tuple(r)
             for r in self._db.execute(
                 "SELECT s.pipeline_id, s.schedule_id, a.runtime_ms, b.runtime_ms FROM measurements a "
                 "JOIN measurements b ON a.schedule_id = b.schedule_id AND a.is_repeat = 0 AND b.is_repeat = 1 "
+                f"AND a.machine_id IN ({inside}) AND b.machine_id IN ({inside}) "
                 "JOIN schedules s ON s.schedule_id = a.schedule_id "
                 "WHERE (?1 IS NULL OR b.measured_at >= ?1) AND (?2 IS NULL OR b.measured_at < ?2) "
                 "ORDER BY s.schedule_id",
                 (repeated_from, repeated_before),
+            )
+        ]
+
+    def measured_on(self, pipeline_id: int, machine: str) -> set[int]:
+        """Schedule ids of a pipeline that have a first measurement on machine kind ``machine``."""
+        ids = [machine_id for machine_id, info in self.machines().items() if info.kind == machine]
+        if not ids:
+            return set()
+        return {
+            r[0]
+            for r in self._db.execute(
+                "SELECT s.schedule_id FROM schedules s JOIN measurements m ON m.schedule_id = s.schedule_id "
+                f"AND m.is_repeat = 0 AND m.machine_id IN ({','.join('?' * len(ids))}) WHERE s.pipeline_id = ?",
+                (*ids, pipeline_id),
+            )
+        }
+
+    def measured_schedules(self, pipeline_id: int) -> list[tuple[int, int, dict]]:
+        """``(schedule_id, candidate_index, config)`` of every measured (non-duplicate) schedule of a pipeline."""
+        return [
+            (schedule_id, index, json.loads(config))
+            for schedule_id, index, config in self._db.execute(
+                "SELECT schedule_id, candidate_index, config FROM schedules WHERE pipeline_id = ? "
+                "AND duplicate_of IS NULL ORDER BY candidate_index",
+                (pipeline_id,),
             )
         ]
 
