@@ -175,7 +175,9 @@ def _split(samples, split: str):  # type: ignore[no-untyped-def]
 def cmd_train(args: argparse.Namespace) -> int:
     from perfgraph.models.train import train_model
 
-    samples = _machine_samples(open_store(args.db), args.machine)
+    store = open_store(args.db)
+    machine = args.machine or store.default_machine_kind()
+    samples = _machine_samples(store, machine)
     hparams = {
         key: value
         for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target))
@@ -190,6 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             device=args.device,
             seed=args.seed,
             split="family" if args.split == "family" else "fixed",
+            machine=machine,
             **hparams,
         )
     except (TypeError, ValueError) as error:
@@ -218,6 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     uri = _pipeline_uri(args.pipeline)
     _check_positive(candidates=args.candidates, workers=args.workers)
+    _warn_if_unseen_machine(model, args.model)
     with _progress(args.candidates, "featurizing", quiet=args.json) as bar:
         result = predict_candidates(uri, model, n=args.candidates, workers=args.workers, on_candidate=bar.update)
     if args.out:
@@ -236,6 +240,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     uri = _pipeline_uri(args.pipeline)
     _check_positive(candidates=args.candidates, measure_top=args.measure_top, rounds=args.rounds, workers=args.workers)
     model = load_model(args.model)
+    _warn_if_unseen_machine(model, args.model)
     say = (lambda _m: None) if args.json else (lambda message: print(message, file=sys.stderr))
     result = tune(
         uri,
@@ -254,6 +259,22 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         print(f"perfgraph: error: {uri}: none of the benchmarked candidates could be measured", file=sys.stderr)
         return 2
     return 0
+
+
+def _warn_if_unseen_machine(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Say so when the model was trained on other machine kinds than this one (or on unrecorded ones)."""
+    from perfgraph.measure.host import current_machine
+    from perfgraph.schedules.autoscheduler import benchmark_target
+
+    here = current_machine(str(benchmark_target())).kind
+    if here in model.machine_kinds:
+        return
+    trained = ", ".join(model.machine_kinds) or "machines it does not record"
+    print(
+        f"perfgraph: warning: {path} was trained on {trained}, not on this machine ({here}): run times may be "
+        f"off by a machine-wide factor and some orderings; 'perfgraph adapt' fine-tunes it on this machine's samples",
+        file=sys.stderr,
+    )
 
 
 def _pipeline_uri(spec: str) -> str:
@@ -338,6 +359,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     shots = few_shot_samples(split.train, args.samples, seed=args.seed)
     before = evaluate_model(model, split.test) if split.test else {}
     adapt(model, shots, epochs=args.epochs)
+    model.machine_kinds = tuple(dict.fromkeys([*model.machine_kinds, args.machine]))
     after = evaluate_model(model, split.test) if split.test else {}
     model.save(args.out)
     print(

@@ -36,6 +36,8 @@ class CostModel(ABC):
 
     #: Short name used in reports and on the command line (``gnn``, ``halide``, ``xgboost`` ...).
     name: str = "model"
+    #: The machine kinds whose measurements trained the model (saved in its checkpoint; empty: unknown).
+    machine_kinds: tuple[str, ...] = ()
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments as plain values (what a checkpoint stores; ``load`` passes them back)."""

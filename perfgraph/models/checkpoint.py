@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,14 @@ class CheckpointError(ValueError):
     """A file that is not a perfgraph checkpoint of the expected model kind."""
 
 
-def save_checkpoint(path: str | Path, model_kind: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plain values and tensors) tagged with its model kind and schema version."""
+def save_checkpoint(
+    path: str | Path, model_kind: str, payload: dict[str, Any], machine_kinds: Sequence[str] = ()
+) -> None:
+    """Write ``payload`` (plain values and tensors) tagged with its model kind and schema version.
+
+    ``machine_kinds`` names the machine kinds whose measurements trained the model (``perfgraph
+    stats`` lists them); loading a model to predict for another kind warns.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -36,6 +43,7 @@ def save_checkpoint(path: str | Path, model_kind: str, payload: dict[str, Any]) 
         "feature_schema_version": FEATURE_SCHEMA_VERSION,
         "payload": payload,
         "payload_sha256": payload_digest(payload),
+        "machine_kinds": list(machine_kinds),
     }
     tmp = path.with_name(path.name + ".tmp")
     _save_with_crcs(record, tmp)

@@ -335,6 +335,7 @@ class HalideCostModel(CostModel):
                 "log_scale": self.log_scale_,
                 "history": [list(row) for row in self.history_],
             },
+            machine_kinds=self.machine_kinds,
         )
 
     @classmethod

@@ -25,7 +25,10 @@ def make_model(name: str, **hyper_parameters: object) -> CostModel:
 
 def load_model(path: str | Path) -> CostModel:
     """Load a checkpoint of any kind (safely: no code runs), refusing other feature-schema versions."""
-    kind = read_checkpoint_header(path)["model_kind"]
+    header = read_checkpoint_header(path)
+    kind = header["model_kind"]
     if kind not in MODEL_CLASSES:
         raise CheckpointError(f"{path}: unknown model kind {kind!r}")
-    return MODEL_CLASSES[kind].load(path)
+    model = MODEL_CLASSES[kind].load(path)
+    model.machine_kinds = tuple(header.get("machine_kinds", ()))
+    return model

@@ -83,12 +83,14 @@ def train_model(
     device: str = "auto",
     seed: int = 0,
     split: str = "fixed",
+    machine: str | None = None,
     **hparams: Any,
 ) -> TrainingResult:
     """Split ``samples`` by pipeline, fit ``model_name`` (any of ``MODEL_CLASSES``) and save it to ``out``.
 
     ``hparams`` go to the model's constructor, as do ``device`` and ``epochs`` for the models that
-    train by epochs (``epochs=None`` keeps the model's default).
+    train by epochs (``epochs=None`` keeps the model's default). ``machine`` (the samples' machine
+    kind) is recorded in the checkpoint.
     """
     if model_name not in MODEL_CLASSES:
         raise ValueError(f"model_name must be one of {sorted(MODEL_CLASSES)}, got {model_name!r}")
@@ -100,6 +102,7 @@ def train_model(
     hparams.update({k: v for k, v in options.items() if k in accepted and v is not None})
     model = make_model(model_name, **hparams)
     model.fit(parts.train, parts.valid)
+    model.machine_kinds = (machine,) if machine else ()
     model.save(out)
     metrics = {part: evaluate_model(model, getattr(parts, part)) for part in ("train", "valid", "test")}
     log_path = Path(f"{out}.log.json")

@@ -209,6 +209,7 @@ class _XGBoostModel(CostModel):
                 "booster": booster_to_tensor(self.booster_),
                 "calibration": {"log_scale": self.log_scale_, "score_floor": self.score_floor_},
             },
+            machine_kinds=self.machine_kinds,
         )
 
     @classmethod

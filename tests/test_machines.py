@@ -1,0 +1,92 @@
+"""Machines: a kind per CPU and target, samples of two kinds never mixed, checkpoints that know their kinds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from perfgraph.data.stats import dataset_stats
+from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash
+from perfgraph.features.layout import FEATURES_PER_STAGE
+from perfgraph.measure.host import MachineInfo
+from perfgraph.models.registry import load_model
+from perfgraph.models.train import train_model
+from perfgraph.schedules.stage_graph import StageGraph
+
+from .synthetic import synthetic_samples
+
+ZEN4 = MachineInfo("AMD EPYC", 2, "x86-64-linux-tune_znver4-avx-avx2-f16c-fma-jit-sse41", "21.0.0", "a", "Linux 6.1")
+ZEN5 = MachineInfo(
+    "AMD EPYC", 2, "x86-64-linux-tune_znver5-avx-avx2-avxvnni-f16c-fma-jit-sse41", "21.0.0", "b", "Linux 6.1"
+)
+XEON = MachineInfo(
+    "Intel(R) Xeon(R) Processor @ 2.50GHz", 2, "x86-64-linux-avx-avx2-f16c-fma-jit-sse41", "21.0.0", "c", "L"
+)
+
+
+def test_cpu_kinds_differ_and_old_fingerprints_are_kept():
+    assert len({ZEN4.kind, ZEN5.kind, XEON.kind}) == 3
+    # The fingerprint is computed from the fields stored before the descriptor grew (shards keep matching).
+    richer = MachineInfo(**{**vars(ZEN4), "isa_flags": ("avx2",), "cache_kib": {"L2": 1024}, "base_mhz": 2500.0})
+    assert richer.fingerprint == ZEN4.fingerprint and richer.kind == ZEN4.kind
+    assert MachineInfo.from_json(richer.to_json()) == richer
+
+
+def _measurement(ms: float) -> MeasurementRecord:
+    return MeasurementRecord(ms, ms, 0.01, (ms, ms * 1.01), 1, 0.5)
+
+
+@pytest.fixture
+def two_machine_store(tmp_path):
+    """Three schedules measured on Zen 4, two of them also on the Xeon (and one re-measured there)."""
+    store = Store(tmp_path / "two.db")
+    zen4, xeon = store.machine_id(ZEN4), store.machine_id(XEON)
+    graph = StageGraph(("out",), (), (), ())
+    rows = np.ones((1, FEATURES_PER_STAGE), np.float32)
+    pipeline = store.add_pipeline("random:1", "identity", "random", graph, {}, algorithm_hash(rows.tobytes()))
+    for index in range(3):
+        featurization = (rows * (index + 1)).tobytes()
+        schedule = store.add_schedule(pipeline, index, {}, featurization, "", 0.1, zen4, _measurement(1.0 + index))
+        if index < 2:
+            store.add_measurement(schedule, xeon, _measurement(10.0 + index))
+    store.add_repeat_measurement(schedule - 2, xeon, _measurement(10.5))
+    return store
+
+
+def test_samples_come_from_one_machine_kind_and_the_default_is_the_one_with_most(two_machine_store):
+    store = two_machine_store
+    assert store.samples_by_machine_kind() == {ZEN4.kind: 3, XEON.kind: 2}
+    assert store.default_machine_kind() == ZEN4.kind
+    assert [s.runtime_ms for s in store.samples()] == [1.0, 2.0, 3.0]
+    assert [s.runtime_ms for s in store.samples(machine=XEON.kind)] == [10.0, 11.0]
+    assert store.repeat_pairs() == []
+    assert [(a, b) for *_, a, b in store.repeat_pairs(machine=XEON.kind)] == [(10.0, 10.5)]
+    with pytest.raises(StoreError, match="no measurements from machine kind 'nosuch'"):
+        store.samples(machine="nosuch")
+
+
+def test_stats_break_counts_and_noise_down_by_machine_kind(two_machine_store):
+    by_kind = dataset_stats(two_machine_store).by_machine_kind
+    assert by_kind[ZEN4.kind]["samples"] == 3 and by_kind[XEON.kind]["samples"] == 2
+    assert by_kind[XEON.kind]["repeat_pairs"] == 1 and by_kind[ZEN4.kind]["repeat_pairs"] == 0
+    assert by_kind[XEON.kind]["min_runtime_ms"] == 10.0
+
+
+def test_a_checkpoint_records_its_machine_kinds_and_a_model_for_another_machine_warns(tmp_path):
+    out = tmp_path / "m.pt"
+    train_model(synthetic_samples(8, 6), "xgboost_sum", out, machine="some-cpu/avx2")
+    assert load_model(out).machine_kinds == ("some-cpu/avx2",)
+    # Predicting on this machine with a model trained on another kind says so (exit 0 all the same).
+    code = (
+        "import sys; from pathlib import Path; from perfgraph.cli import _warn_if_unseen_machine;"
+        "from perfgraph.models.registry import load_model;"
+        f"_warn_if_unseen_machine(load_model({str(out)!r}), Path({str(out)!r}))"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert "was trained on some-cpu/avx2, not on this machine" in finished.stderr
+    assert json.loads(json.dumps(list(load_model(out).machine_kinds))) == ["some-cpu/avx2"]
