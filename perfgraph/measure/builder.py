@@ -23,7 +23,7 @@ import numpy as np
 
 from perfgraph.data.records import Sample
 from perfgraph.features.layout import FEATURES_PER_STAGE
-from perfgraph.measure.runner import Timeouts, run_job
+from perfgraph.measure.runner import INTERRUPTED, Timeouts, run_job
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig
 from perfgraph.schedules.stage_graph import StageGraph, StageGraphError, parse_dag_dump
 
@@ -147,6 +147,8 @@ def build_candidates(
             remaining = [p for p in pending if p not in done]
             if outcome.ok or not remaining:
                 return
+            if outcome.failure_kind == INTERRUPTED:  # the operator stopped us (Ctrl-C): stop, do not retry
+                raise KeyboardInterrupt
             if outcome.failure_phase == "start":  # the pipeline itself does not build: no config can succeed
                 raise BuildError(f"{uri}: {outcome.failure_message}")
             failed, pending = remaining[0], remaining[1:]  # the config in flight killed its worker
