@@ -6,7 +6,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import zip_longest
 from pathlib import Path
 
@@ -37,11 +37,12 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
     from perfgraph.workloads.zoo import ZOO, zoo_variants
 
     random_uris = [f"random:{args.seed + i}" for i in range(args.random)]
-    names = sorted(ZOO) if "all" in (args.zoo or []) else (args.zoo or [])
+    for name in args.zoo or []:
+        if name not in ZOO and name != "all":
+            raise CliError(f"--zoo {name!r}: no such zoo entry; known: {', '.join(sorted(ZOO))}, or 'all'")
+    names = sorted(ZOO) if "all" in (args.zoo or []) else list(dict.fromkeys(args.zoo or []))
     zoo_uris: list[str] = []
     for name in names:
-        if name not in ZOO:
-            raise CliError(f"--zoo {name!r}: no such zoo entry; known: {', '.join(sorted(ZOO))}, or 'all'")
         zoo_uris += zoo_variants(name, args.zoo_variants, seed=args.seed) if args.zoo_variants > 1 else [zoo_uri(name)]
     # Interleave families, so that a collection stopped early still covers every kind of workload.
     by_round = zip_longest(_round_robin(zoo_uris, args.zoo_variants), random_uris)
@@ -81,11 +82,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         show_progress=not args.json,
     )
     summary = Collector(store, options).collect(uris)
-    bad_user = store.execute(
-        "SELECT pipeline_uri, message FROM failures WHERE candidate_index = -1 AND kind = 'workload_error' "
-        "AND pipeline_uri LIKE 'file:%'"
-    ).fetchall()
-    bad_user = [(uri, message) for uri, message in bad_user if uri in uris]
+    # A user pipeline that yields no sample is the user's problem to fix: say why, naming it. (Not after a
+    # stop, which may have come before its candidates ran.)
+    unusable = [] if summary.stopped else _user_pipelines_without_samples(store, uris)
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
@@ -97,9 +96,43 @@ def cmd_collect(args: argparse.Namespace) -> int:
         )
     if summary.stopped:
         print("perfgraph: collection stopped early; run the same command again to resume", file=sys.stderr)
-    for _uri, message in bad_user:
+        return 130  # like a shell's Ctrl-C: scripts must not take a partial collection for a finished one
+    for message in unusable:
         print(f"perfgraph: error: {message}", file=sys.stderr)
-    return 2 if bad_user else 0
+    return 2 if unusable else 0
+
+
+def _user_pipelines_without_samples(store, uris: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    """For each ``file:`` pipeline of ``uris`` that has no measured sample: why, naming the file and function."""
+    from perfgraph.workloads.user import split_user_target
+
+    messages = []
+    for uri in uris:
+        if not uri.startswith("file:"):
+            continue
+        measured = store.execute(
+            "SELECT COUNT(*) FROM measurements m JOIN schedules s USING (schedule_id) "
+            "JOIN pipelines p USING (pipeline_id) WHERE p.uri = ?",
+            (uri,),
+        ).fetchone()[0]
+        if measured:
+            continue
+        failures = store.execute(
+            "SELECT candidate_index, kind, phase, message FROM failures WHERE pipeline_uri = ? "
+            "ORDER BY candidate_index",
+            (uri,),
+        ).fetchall()
+        path, function = split_user_target(uri[len("file:") :])
+        where = f"pipeline file {str(path)!r}, function {function!r}: no sample measured"
+        if not failures:
+            messages.append(f"{where} (every candidate was a duplicate, or none ran)")
+            continue
+        index, kind, phase, message = failures[0]  # the analysis (-1) first: then no candidate ran
+        what = "the pipeline's analysis" if index == -1 else f"all {len(failures)} candidates failed; the first"
+        # Messages already naming the workload start with it; keep them whole but on one line.
+        reason = " ".join(message.split())
+        messages.append(f"{where}: {what} failed with {kind} during {phase or 'start'}: {reason}")
+    return messages
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -220,7 +253,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from perfgraph.search.predict import predict_candidates
 
     uri = _pipeline_uri(args.pipeline)
-    _check_positive(candidates=args.candidates, workers=args.workers)
     _warn_if_unseen_machine(model, args.model)
     with _progress(args.candidates, "featurizing", quiet=args.json) as bar:
         result = predict_candidates(uri, model, n=args.candidates, workers=args.workers, on_candidate=bar.update)
@@ -238,7 +270,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     from perfgraph.search.tune import tune, write_schedule_file
 
     uri = _pipeline_uri(args.pipeline)
-    _check_positive(candidates=args.candidates, measure_top=args.measure_top, rounds=args.rounds, workers=args.workers)
     model = load_model(args.model)
     _warn_if_unseen_machine(model, args.model)
     say = (lambda _m: None) if args.json else (lambda message: print(message, file=sys.stderr))
@@ -295,10 +326,40 @@ def _pipeline_uri(spec: str) -> str:
     return uri
 
 
-def _check_positive(**options: int) -> None:
-    for name, value in options.items():
-        if value < 1:
-            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (argparse's error names the option).
+
+    >>> _at_least(1)("3")
+    3
+    >>> _at_least(1)("0")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be >= 1, got 0
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value}")
+    return value
+
+
+_POSITIVE, _COUNT = _at_least(1), _at_least(0)
 
 
 def _progress(total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
@@ -314,7 +375,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoints = args.models or sorted(MODELS_DIR.glob("*.pt"))
     if not checkpoints:
         raise CliError(f"no models given and none shipped in {MODELS_DIR}; train one with 'perfgraph train'")
-    models = {Path(path).stem: load_model(path) for path in checkpoints}
+    models = {name: load_model(path) for name, path in _model_names(checkpoints).items()}
     store = open_store(args.db)
     test = _split(_machine_samples(store, args.machine, quiet=args.json), args.split).test
     test_pipelines = {s.pipeline_id for s in test}
@@ -345,12 +406,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_names(checkpoints: Sequence[Path]) -> dict[str, Path]:
+    """A unique report name per checkpoint: its stem, prefixed by its folder where two stems are equal.
+
+    >>> _model_names([Path("runs/a/gnn.pt"), Path("runs/b/gnn.pt"), Path("xgboost.pt")])
+    {'a/gnn': PosixPath('runs/a/gnn.pt'), 'b/gnn': PosixPath('runs/b/gnn.pt'), 'xgboost': PosixPath('xgboost.pt')}
+    """
+    by_file: dict[Path, Path] = {}
+    for given in checkpoints:  # a file given twice counts once
+        by_file.setdefault(Path(given).resolve(), Path(given))
+    stems = [path.stem for path in by_file]
+    names: dict[str, Path] = {}
+    for path, given in by_file.items():
+        name = path.stem if stems.count(path.stem) == 1 else f"{path.parent.name}/{path.stem}"
+        if name in names:  # same folder name and stem: the whole path
+            name = str(path.with_suffix(""))
+        names[name] = given
+    return names
+
+
 def cmd_adapt(args: argparse.Namespace) -> int:
     from perfgraph.models.adapt import adapt, few_shot_samples
     from perfgraph.models.registry import load_model
     from perfgraph.models.train import evaluate_model
 
-    _check_positive(samples=args.samples, epochs=args.epochs)
     if args.out.is_dir():
         raise CliError(f"--out {args.out}: is a directory; give the checkpoint file to write")
     store = open_store(args.db)
@@ -389,15 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = sub.add_parser("collect", help="sample schedules with Adams2019, measure them, store the samples")
     collect.add_argument("--db", type=Path, help=f"SQLite store (default {DEFAULT_DB})")
-    collect.add_argument("--random", type=int, default=0, metavar="N", help="N seeded random pipelines")
+    collect.add_argument("--random", type=_COUNT, default=0, metavar="N", help="N seeded random pipelines")
     collect.add_argument("--seed", type=int, default=0, help="first random-pipeline seed; zoo-variant seed")
-    collect.add_argument("--zoo", nargs="+", metavar="NAME", help="zoo entries ('all' for every entry)")
-    collect.add_argument("--zoo-variants", type=int, default=1, metavar="V", help="shape variants per zoo entry")
-    collect.add_argument("--pipeline", nargs="+", metavar="FILE.py:FUNCTION", help="your own pipelines")
     collect.add_argument(
-        "--schedules", type=int, default=32, metavar="K", help="measured schedules wanted per pipeline"
+        "--zoo", nargs="+", action="extend", metavar="NAME", help="zoo entries ('all' for every entry)"
     )
-    collect.add_argument("--workers", type=int, default=2, help="candidates in flight at once")
+    collect.add_argument("--zoo-variants", type=_POSITIVE, default=1, metavar="V", help="shape variants per zoo entry")
+    collect.add_argument(
+        "--pipeline", nargs="+", action="extend", metavar="FILE.py:FUNCTION", help="your own pipelines"
+    )
+    collect.add_argument(
+        "--schedules", type=_POSITIVE, default=32, metavar="K", help="measured schedules wanted per pipeline"
+    )
+    collect.add_argument("--workers", type=_POSITIVE, default=2, help="candidates in flight at once")
     collect.add_argument(
         "--compile-on-idle-benchmark-cpus",
         action=argparse.BooleanOptionalAction,
@@ -406,13 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.add_argument(
         "--max-beam",
-        type=int,
+        type=_POSITIVE,
         metavar="B",
         help="cap the beam of the beam-search candidate (default: 32, less for big pipelines)",
     )
     collect.add_argument(
         "--remeasure-fraction",
-        type=float,
+        type=_fraction,
         default=0.05,
         help="share of schedules measured a second time, for the noise floor",
     )
@@ -451,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--db", type=Path)
     train.add_argument("--model", default="gnn", help="gnn, sequence, halide, xgboost or xgboost_sum")
     train.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=_POSITIVE, help="training epochs (default: the model's own)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--split", default="test", choices=("test", "family"))
@@ -465,14 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="rank never-run candidate schedules of a pipeline, or predict a dataset's samples"
     )
     predict.add_argument("--pipeline", metavar="SPEC", help="FILE.py:FUNCTION, zoo:NAME?... or random:N")
-    predict.add_argument("--candidates", type=int, default=64, metavar="N", help="distinct candidates to rank")
+    predict.add_argument("--candidates", type=_POSITIVE, default=64, metavar="N", help="distinct candidates to rank")
     predict.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
     predict.add_argument("--db", type=Path, help="predict this store's measured samples instead (writes a CSV)")
     predict.add_argument("--machine", help="with --db: the machine kind (default: the one with most samples)")
     predict.add_argument(
         "--out", type=Path, help="with --pipeline: a folder for every schedule source; with --db: the CSV"
     )
-    predict.add_argument("--workers", type=int, default=2, help="autoscheduler processes at once")
+    predict.add_argument("--workers", type=_POSITIVE, default=2, help="autoscheduler processes at once")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=cmd_predict)
 
@@ -480,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
     adapt.add_argument("--db", type=Path)
     adapt.add_argument("--machine", required=True, help="the new machine kind (perfgraph stats lists them)")
-    adapt.add_argument("--samples", type=int, default=128, metavar="N", help="samples of its training pipelines")
-    adapt.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
+    adapt.add_argument("--samples", type=_POSITIVE, default=128, metavar="N", help="samples of its training pipelines")
+    adapt.add_argument("--epochs", type=_POSITIVE, default=30, help="fine-tuning epochs")
     adapt.add_argument("--seed", type=int, default=0)
     adapt.add_argument("--out", type=Path, required=True, help="the adapted checkpoint to write")
     adapt.set_defaults(run=cmd_adapt)
@@ -489,20 +572,22 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = sub.add_parser("schedule", help="model-guided search: rank candidates, benchmark the best, keep one")
     schedule.add_argument("--pipeline", metavar="SPEC", required=True, help="FILE.py:FUNCTION, zoo:... or random:N")
     schedule.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
-    schedule.add_argument("--candidates", type=int, default=256, metavar="N", help="candidates scored per round")
-    schedule.add_argument("--measure-top", type=int, default=8, metavar="K", help="benchmarked per round")
-    schedule.add_argument("--rounds", type=int, default=1, metavar="R", help="update the model between rounds")
+    schedule.add_argument("--candidates", type=_POSITIVE, default=256, metavar="N", help="candidates scored per round")
+    schedule.add_argument("--measure-top", type=_POSITIVE, default=8, metavar="K", help="benchmarked per round")
+    schedule.add_argument("--rounds", type=_POSITIVE, default=1, metavar="R", help="update the model between rounds")
     schedule.add_argument(
         "--db", type=Path, default=Path("tuning.db"), help="store for the benchmarked candidates (default tuning.db)"
     )
     schedule.add_argument("--out", type=Path, default=Path("schedule.py"), help="the chosen schedule as Python")
-    schedule.add_argument("--workers", type=int, default=2)
+    schedule.add_argument("--workers", type=_POSITIVE, default=2)
     schedule.add_argument("--json", action="store_true")
     schedule.set_defaults(run=cmd_schedule)
 
     evaluate = sub.add_parser("evaluate", help="compare models on pipelines never seen in training")
     evaluate.add_argument("--db", type=Path)
-    evaluate.add_argument("--models", type=Path, nargs="+", help=f"checkpoints (default: every {MODELS_DIR}/*.pt)")
+    evaluate.add_argument(
+        "--models", type=Path, nargs="+", action="extend", help=f"checkpoints (default: every {MODELS_DIR}/*.pt)"
+    )
     evaluate.add_argument("--split", default="test", choices=("test", "family"))
     evaluate.add_argument("--machine", help="machine kind to evaluate on (default: the one with most samples)")
     evaluate.add_argument("--report", type=Path, metavar="DIR", help="write report.md, report.json and plots here")

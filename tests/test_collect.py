@@ -173,7 +173,7 @@ def test_resume_after_kill_9_loses_nothing_committed(tmp_path):
     assert set(measured_before) <= after
 
 
-def test_sigint_finishes_the_jobs_in_flight_and_records_no_false_failure(tmp_path):
+def test_sigint_finishes_the_jobs_in_flight_records_no_false_failure_and_exits_130(tmp_path):
     db = tmp_path / "stopped.db"
     command = [sys.executable, "-m", "perfgraph.cli", "collect", "--db", str(db)]
     command += ["--pipeline", f"{USER_PIPELINES}:blur", "--schedules", "12", "--max-beam", "2", "--json"]
@@ -188,12 +188,52 @@ def test_sigint_finishes_the_jobs_in_flight_and_records_no_false_failure(tmp_pat
                 break
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr
+    assert process.returncode == 130, stderr  # a partial collection is not a finished one
     assert json.loads(stdout)["stopped"] is True
     assert "run the same command again to resume" in stderr
     with Store(db) as store:
         assert store.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
         assert 1 <= len(store.done_candidates(f"file:{USER_PIPELINES}:blur")) < 12
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of a process's direct children (the collector's workers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def test_a_second_sigint_kills_the_jobs_in_flight_at_once(tmp_path):
+    db = tmp_path / "aborted.db"
+    command = [sys.executable, "-m", "perfgraph.cli", "collect", "--db", str(db), "--json"]
+    command += ["--pipeline", f"{USER_PIPELINES}:hangs_when_measured", "--schedules", "2", "--max-beam", "2"]
+    env = {**os.environ, "PERFGRAPH_TEST_HANG_COUNTER": str(tmp_path / "builds")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:  # until its candidates are in flight
+        time.sleep(0.5)
+        with contextlib.suppress(sqlite3.OperationalError), sqlite3.connect(db) as connection:
+            if connection.execute("SELECT COUNT(*) FROM pipelines").fetchone()[0]:
+                break
+    time.sleep(2.0)
+    workers = _children(process.pid)
+    assert workers, "no candidate was in flight"
+    process.send_signal(signal.SIGINT)  # stop: each candidate would run for 2 minutes, to its time limit
+    time.sleep(1.0)
+    aborted_at = time.monotonic()
+    process.send_signal(signal.SIGINT)  # abort
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - aborted_at < 20, "the abort waited for the jobs in flight"
+    assert process.returncode == 130, stderr
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with Store(db) as store:  # a killed candidate is no failure: it runs again on resume
+        assert store.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
+        assert store.pipeline_by_uri(f"file:{USER_PIPELINES}:hangs_when_measured") is not None
 
 
 def test_a_second_collector_on_the_same_store_is_refused(tmp_path):
@@ -213,7 +253,7 @@ def test_a_second_collector_on_the_same_store_is_refused(tmp_path):
     first.communicate(timeout=240)
     assert second.returncode == 2
     assert f"{db}: another collector (pid {first.pid})" in second.stderr
-    assert first.returncode == 0
+    assert first.returncode in (0, 130)  # 130: stopped early by the SIGINT
     with Store(db) as store:
         assert store.execute("SELECT COUNT(*) FROM failures").fetchone()[0] == 0
 

@@ -41,7 +41,7 @@ from perfgraph.data.store import (
 )
 from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.measure.host import current_machine
-from perfgraph.measure.runner import INTERRUPTED, JobResult, Timeouts, run_job
+from perfgraph.measure.runner import INTERRUPTED, JobResult, LiveWorkers, Timeouts, run_job
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.measure.worker import lock_if_free
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, sampling_plan
@@ -157,6 +157,7 @@ class Collector:
         self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
         self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
         self._stop = threading.Event()
+        self._workers = LiveWorkers()  # the jobs in flight, killed by an abort
         self._explicit = False  # set by measure_configs
         self.summary = CollectSummary()
 
@@ -223,6 +224,13 @@ class Collector:
         """Start no new job; the jobs in flight finish and are recorded. Safe from any thread."""
         self._stop.set()
 
+    def abort(self) -> None:
+        """Stop now: start no new job and kill the jobs in flight (they run again on resume). Any thread."""
+        self._stop.set()
+        self._workers.kill_all()
+        with self._claims:  # a candidate waiting for its killed twin waits no more
+            self._claims.notify_all()
+
     @contextlib.contextmanager
     def _sole_collector(self) -> Iterator[None]:
         """Hold ``DB.collect.lock`` while collecting; a second collector on the same store is refused.
@@ -246,13 +254,18 @@ class Collector:
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
-        """SIGINT / SIGTERM stop the collection gently; a second one aborts (in-flight jobs re-run on resume)."""
+        """SIGINT / SIGTERM stop the collection gently; a second one aborts at once.
+
+        The abort kills the workers in flight (a compile or a benchmark can take minutes) and raises
+        :class:`KeyboardInterrupt`; their candidates were not committed and run again on resume.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def on_signal(signum: int, _frame: object) -> None:
             if self._stop.is_set():
+                self.abort()
                 raise KeyboardInterrupt
             self.stop()
             name = signal.Signals(signum).name
@@ -370,7 +383,8 @@ class Collector:
             "autoschedule": self.options.timeouts.analyze_s,
             "reference": self.options.timeouts.analyze_s,
         }
-        return run_job(job, limits, self.compile_cpus, env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
+        env = {"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"}
+        return run_job(job, limits, self.compile_cpus, env=env, live=self._workers)
 
     def _record_analysis(self, uri: str, result: JobResult) -> bool:
         """Store the pipeline described by an analysis job; ``False`` (and a failure row) if it failed."""
@@ -429,7 +443,8 @@ class Collector:
             "autoschedule": timeouts.beam_autoschedule_s if candidate.config.beam_size > 1 else timeouts.autoschedule_s,
             "reference": timeouts.analyze_s,  # a missing reference output is rebuilt by the candidate
         }
-        result = run_job(job, limits, self.compile_cpus, env={"HL_NUM_THREADS": "1"}, on_event=on_event)
+        env = {"HL_NUM_THREADS": "1"}
+        result = run_job(job, limits, self.compile_cpus, env=env, on_event=on_event, live=self._workers)
         return result, duplicate_of[0]
 
     def _record(self, candidate: _Candidate, result: JobResult, duplicate_of: int | None) -> int | None:
@@ -535,7 +550,7 @@ class Collector:
         """
         with self._claims:
             claimed = self._claimed.setdefault(pipeline_id, {})
-            while digest in claimed and claimed[digest] is None:
+            while digest in claimed and claimed[digest] is None and not self._workers.aborted:
                 self._claims.wait()
             if digest in claimed:
                 return claimed[digest]

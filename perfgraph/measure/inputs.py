@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import halide as hl
 import numpy as np
 
-from perfgraph.workloads.base import BuiltPipeline, random_input
+from perfgraph.workloads.base import BuiltPipeline, ScalarSpec, WorkloadError, random_input
 
 MAX_INPUT_WIDENINGS = 16  # Halide reports one violated input bound per call
 T = TypeVar("T")
@@ -48,7 +48,10 @@ def make_buffers(built: BuiltPipeline, input_seed: int) -> RunBuffers:
             buffer.set_min(list(spec.mins))
         inputs[spec.name] = buffer
     for spec in built.input_scalars:
-        inputs[spec.name] = spec.value
+        try:
+            inputs[spec.name] = scalar_argument(spec)
+        except WorkloadError as error:
+            raise WorkloadError(f"workload {built.uri!r}: {error}") from None
     outputs = []
     for spec in built.output_buffers:
         buffer = hl.Buffer(halide_type(spec.dtype), list(spec.extents))
@@ -56,6 +59,32 @@ def make_buffers(built: BuiltPipeline, input_seed: int) -> RunBuffers:
             buffer.set_min(list(spec.mins))
         outputs.append(buffer)
     return RunBuffers(inputs, outputs)
+
+
+def scalar_argument(spec: ScalarSpec) -> int | float | bool:
+    """The value to pass for a scalar Param: a Python value of its own type, which it must fit.
+
+    A compiled pipeline refuses a ``float`` for an integer Param (pybind's "Unable to cast Python instance
+    of type <class 'float'>"), and an ``int`` outside the Param's range.
+
+    >>> scalar_argument(ScalarSpec("radius", "int32", 2.0))
+    2
+    >>> scalar_argument(ScalarSpec("gain", "uint8", 300))
+    Traceback (most recent call last):
+    perfgraph.workloads.base.WorkloadError: scalar input 'gain' (uint8): its value 300 does not fit
+    """
+    value, dtype = spec.value, np.dtype(spec.dtype)
+    if dtype.kind == "f":
+        return float(value)
+    if dtype.kind == "b":
+        if value not in (0, 1):
+            raise WorkloadError(f"scalar input {spec.name!r} (bool): its value {value!r} does not fit")
+        return bool(value)
+    info = np.iinfo(dtype)
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if not whole or not info.min <= int(value) <= info.max:
+        raise WorkloadError(f"scalar input {spec.name!r} ({spec.dtype}): its value {value!r} does not fit")
+    return int(value)
 
 
 def halide_type(dtype: str) -> hl.Type:

@@ -35,6 +35,7 @@ FAILURE_KINDS = (
 # collector records no failure and runs the candidate again on resume.
 INTERRUPTED = "interrupted"
 _EXTERNAL_SIGNALS = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
+STDERR_TAIL_LINES = 5
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,60 @@ _ERROR_KIND_BY_PHASE = {
 }
 
 
+class LiveWorkers:
+    """The worker processes of one caller's jobs in flight, so that an abort can stop them at once.
+
+    :meth:`kill_all` kills every worker's process group, and any worker started afterwards as soon as
+    it starts; their jobs end :data:`INTERRUPTED` (not the candidate's doing: nothing is recorded).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._processes: dict[int, subprocess.Popen] = {}
+        self._killed: set[int] = set()
+        self.aborted = False
+
+    def add(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._processes[process.pid] = process
+            if not self.aborted:
+                return
+            self._killed.add(process.pid)
+        _kill(process)
+
+    def remove(self, process: subprocess.Popen) -> bool:
+        """Forget a worker that ended; whether :meth:`kill_all` had killed it."""
+        with self._lock:
+            self._processes.pop(process.pid, None)
+            return process.pid in self._killed
+
+    def kill_all(self) -> int:
+        """Kill every live worker's process group now (and any started later); how many there were."""
+        with self._lock:
+            self.aborted = True
+            processes = list(self._processes.values())
+            self._killed.update(self._processes)
+        for process in processes:
+            _kill(process)
+        return len(processes)
+
+
 def run_job(
     job: dict,
     limits: dict[str, float],
     cpus: set[int],
     env: dict[str, str] | None = None,
     on_event: Callable[[dict], str | None] | None = None,
+    live: LiveWorkers | None = None,
 ) -> JobResult:
     """Run ``job`` in a fresh worker pinned to ``cpus``; ``limits`` maps phase -> seconds.
 
     ``on_event`` sees every event and may return a line to send to the worker (the de-duplication
     reply). The first phase is ``"start"`` (building the pipeline) until the worker names another.
+    ``live``, when given, holds the worker while it runs (see :class:`LiveWorkers`).
     """
     result = JobResult()
+    killed_by_abort = False
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "perfgraph.measure.worker"],
@@ -97,6 +139,8 @@ def run_job(
             cwd=tempfile.gettempdir(),  # `python -m` puts the working directory first on sys.path
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),
         )
+        if live is not None:
+            live.add(process)
         events: queue.Queue[dict | None] = queue.Queue()
         threading.Thread(target=_read_events, args=(process.stdout, events), daemon=True).start()
         assert process.stdin is not None
@@ -130,9 +174,14 @@ def run_job(
                 except BrokenPipeError:
                     pass
         returncode = process.wait()
+        if live is not None:
+            killed_by_abort = live.remove(process)
         stderr.seek(0)
         result.stderr = stderr.read()
-    if result.failure_kind is None and returncode != 0:
+    if killed_by_abort:
+        result.failure_kind, result.failure_phase = INTERRUPTED, phase
+        result.failure_message = "stopped by an abort"
+    elif result.failure_kind is None and returncode != 0:
         result.failure_phase = phase
         if returncode in _EXTERNAL_SIGNALS:
             result.failure_kind = INTERRUPTED
@@ -140,9 +189,30 @@ def run_job(
             result.failure_kind = "autoschedule_error"
         else:
             result.failure_kind = "crash"
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        result.failure_message = f"worker exited with {_describe_exit(returncode)} during {phase}: {tail}"
+        result.failure_message = (
+            f"worker exited with {_describe_exit(returncode)} during {phase}: {last_words(result.stderr)}"
+        )
     return result
+
+
+def last_words(stderr: str) -> str:
+    """What a dying worker said last: the uncaught C++ exception and its message, else the tail of stderr.
+
+    The worker prints an uncaught ``Halide::Error``'s message after libstdc++'s "terminate called ..." line
+    (``worker._report_uncaught_cxx_exceptions``); Halide's diagnostics before it (the autoscheduler's
+    debug output) are left out.
+
+    >>> last_words("Pass 0 of 5\\nterminate called after throwing an instance of 'Halide::Error'\\n"
+    ...            "  what():  Error: unknown keys\\n")
+    "terminate called after throwing an instance of 'Halide::Error'\\n  what():  Error: unknown keys"
+    >>> last_words("a\\nb\\nc\\nd\\ne\\nf\\n")
+    'b\\nc\\nd\\ne\\nf'
+    """
+    lines = stderr.strip().splitlines()
+    dying = [i for i, line in enumerate(lines) if line.startswith("terminate called")]
+    if dying:
+        return "\n".join(lines[dying[-1] :]).strip()
+    return "\n".join(lines[-STDERR_TAIL_LINES:])
 
 
 def _read_events(stream, events: queue.Queue) -> None:  # type: ignore[no-untyped-def]

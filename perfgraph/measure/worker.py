@@ -13,6 +13,7 @@ can skip benchmarking a schedule whose features were already measured.
 from __future__ import annotations
 
 import base64
+import ctypes
 import fcntl
 import json
 import os
@@ -141,18 +142,39 @@ def featurize(job: dict) -> None:
         )
 
 
+INTEGER_OUTPUT_TOLERANCE = 1  # units: an integer output computed in float may round the other way
+
+
 def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
-    """``None`` if an output equals the reference, else a short reason (floats allow FMA rounding)."""
+    """``None`` if an output equals the reference within a tolerance that fits its type, else why not.
+
+    Schedules change the order and fusion of float operations (FMA contraction, vectorised reductions),
+    so float outputs may differ in their last bits, and an integer output computed in float (an 8-bit
+    image through a tone curve) by one unit where a value lies near a rounding boundary. Float outputs
+    are compared with a relative tolerance, integer outputs within one unit, booleans exactly: a wrong
+    schedule (wrong bounds, a missed update, a race) differs by far more.
+
+    >>> _matches(np.array([10, 200], np.uint8), np.array([11, 200], np.uint8)) is None
+    True
+    >>> _matches(np.array([10, 200], np.uint8), np.array([12, 200], np.uint8))
+    '1 of 2 values differ from the reference (by up to 2)'
+    """
     if actual.shape != expected.shape:
         return f"shape {actual.shape} != reference {expected.shape}"
     if actual.dtype.kind == "f":
         scale = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
         close = np.isclose(actual, expected, rtol=1e-3, atol=1e-4 * max(scale, 1.0), equal_nan=True)
+    elif actual.dtype.kind in "iu":
+        wide = np.int64 if actual.dtype.itemsize < 8 else object  # differences without wrap-around
+        difference = np.abs(actual.astype(wide) - expected.astype(wide))
+        close = np.asarray(difference <= INTEGER_OUTPUT_TOLERANCE, dtype=bool)
     else:
         close = actual == expected
     if close.all():
         return None
     bad = int((~close).sum())
+    if actual.dtype.kind in "iu":
+        return f"{bad} of {close.size} values differ from the reference (by up to {difference[~close].max()})"
     return f"{bad} of {close.size} values differ from the reference"
 
 
@@ -228,8 +250,62 @@ def measure(job: dict) -> None:
     )
 
 
+_on_terminate = None  # the installed handler, kept alive as long as the process
+
+
+def _report_uncaught_cxx_exceptions() -> None:
+    """Make an uncaught ``Halide::Error`` print its message before the worker aborts.
+
+    Adams2019 can throw where no caller catches (an exception that leaves a ``noexcept`` function, or a
+    second one thrown while unwinding): C++ then calls ``std::terminate``, whose default handler says only
+    "terminate called after throwing an instance of 'Halide::Error'", because ``Halide::Error`` does not
+    derive from ``std::exception`` and the handler cannot read its text. This installs a terminate handler
+    that adds the ``what()`` of a Halide error, on stderr, which the runner reads back
+    (:func:`perfgraph.measure.runner.last_words`). Off where libstdc++ or Halide's symbols are missing.
+    """
+    global _on_terminate
+    import halide as hl
+
+    try:
+        cxx = ctypes.CDLL("libstdc++.so.6")
+        halide = ctypes.CDLL(os.path.join(hl.install_dir(), "lib64", "libHalide.so"))
+        exception_type, current_exception = cxx.__cxa_current_exception_type, cxx._ZSt17current_exceptionv
+        set_terminate, what = cxx._ZSt13set_terminatePFvvE, halide._ZNK6Halide5Error4whatEv
+        demangle = cxx.__cxa_demangle
+    except (OSError, AttributeError):
+        return
+    exception_type.restype = ctypes.c_void_p
+    current_exception.argtypes, current_exception.restype = [ctypes.c_void_p], ctypes.c_void_p
+    what.argtypes, what.restype = [ctypes.c_void_p], ctypes.c_char_p
+    set_terminate.argtypes, set_terminate.restype = [ctypes.c_void_p], ctypes.c_void_p
+    demangle.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    demangle.restype = ctypes.c_char_p  # leaks a malloc'd string, once, in a process about to abort
+
+    @ctypes.CFUNCTYPE(None)
+    def on_terminate() -> None:  # std::abort follows when it returns
+        type_info = exception_type()
+        if not type_info:
+            os.write(2, b"terminate called without an active exception\n")
+            return
+        # A std::type_info is a vtable pointer, then the mangled name ("N6Halide12CompileErrorE").
+        mangled = ctypes.cast(ctypes.c_void_p.from_address(type_info + 8).value, ctypes.c_char_p).value or b""
+        name = (demangle(mangled, None, None, None) or mangled).decode(errors="replace")
+        message = f"terminate called after throwing an instance of '{name}'\n"
+        if name.startswith("Halide::") and name.endswith("Error"):
+            exception_ptr = ctypes.c_void_p()  # std::exception_ptr: the thrown object's address
+            current_exception(ctypes.addressof(exception_ptr))
+            if exception_ptr.value:
+                text = (what(exception_ptr.value) or b"").decode(errors="replace")
+                message += f"  what():  {text.strip()}\n"
+        os.write(2, message.encode())
+
+    _on_terminate = on_terminate
+    set_terminate(ctypes.cast(on_terminate, ctypes.c_void_p))
+
+
 def main() -> None:
     job = json.loads(sys.stdin.readline())
+    _report_uncaught_cxx_exceptions()
     from perfgraph.workloads.base import WorkloadError
 
     try:

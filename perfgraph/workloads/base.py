@@ -41,11 +41,15 @@ class BufferSpec:
 
 @dataclass(frozen=True)
 class ScalarSpec:
-    """A scalar ``hl.Param`` input and the estimate used as its value."""
+    """A scalar ``hl.Param`` input and the estimate used as its value, of the Param's own type.
+
+    ``value`` is an ``int`` for integer Params (exact up to 64 bits), a ``bool`` for ``hl.Bool()`` ones
+    and a ``float`` for floating-point ones: Halide's compiled pipelines accept no other.
+    """
 
     name: str
     dtype: str
-    value: float
+    value: int | float | bool
 
 
 @dataclass
@@ -162,10 +166,18 @@ def _int_of(value: object) -> int:
     return int(float(_constant_text(value)))
 
 
-def _float_of(value: object) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    return float(_constant_text(value))
+def _scalar_of(value: object, dtype: str) -> int | float | bool:
+    """A Param's constant estimate as a Python value of its numpy ``dtype`` (exact for 64-bit integers).
+
+    >>> _scalar_of(2, "int32"), _scalar_of(1, "bool"), _scalar_of(0.5, "float32")
+    (2, True, 0.5)
+    """
+    text = str(value) if isinstance(value, int | float) else _constant_text(value)
+    if dtype == "bool":
+        return bool(int(float(text)))
+    if dtype.startswith(("int", "uint")):
+        return int(text) if re.fullmatch(r"-?\d+", text) else int(float(text))
+    return float(text)
 
 
 def _output_estimate(func: hl.Func, recorded: dict[str, list]) -> list[tuple[int, int]] | None:
@@ -243,7 +255,8 @@ def build_pipeline(uri: str, builder: Builder | None = None) -> BuiltPipeline:
                 raise WorkloadError(
                     f"workload {uri!r}: scalar input {arg.name!r} has no estimate; call set_estimate on it"
                 )
-            input_scalars.append(ScalarSpec(arg.name, numpy_dtype(arg.type), _float_of(estimates.scalar_estimate)))
+            dtype = numpy_dtype(arg.type)
+            input_scalars.append(ScalarSpec(arg.name, dtype, _scalar_of(estimates.scalar_estimate, dtype)))
             continue
         bounds = estimates.buffer_estimates
         if len(bounds) != arg.dimensions or not all(r.min.defined() and r.extent.defined() for r in bounds):

@@ -104,3 +104,59 @@ def conv_relu():
     relu[x, y, c] = hl.max(conv[x, y, c], 0.0)
     relu.set_estimates([(0, 32), (0, 32), (0, 4)])
     return [relu]
+
+
+def typed_params():
+    """Scalar Params of their own types (int32, int64, uint8, bool, float32), each with an estimate."""
+    inp = hl.ImageParam(hl.Float(32), 2, "input")
+    inp.set_estimates([(0, 64), (0, 64)])
+    radius = hl.Param(hl.Int(32), "radius", 2)
+    radius.set_estimate(2)
+    offset = hl.Param(hl.Int(64), "offset", 2**40 + 3)
+    offset.set_estimate(2**40 + 3)
+    gain = hl.Param(hl.UInt(8), "gain", 200)
+    gain.set_estimate(200)
+    invert = hl.Param(hl.Bool(), "invert", True)
+    invert.set_estimate(True)
+    scale = hl.Param(hl.Float(32), "scale", 0.5)
+    scale.set_estimate(0.5)
+    x, y = hl.Var("x"), hl.Var("y")
+    clamped = hl.BoundaryConditions.repeat_edge(inp)
+    r = hl.RDom([hl.Range(-radius, 2 * radius + 1)])
+    box = hl.Func("box")
+    box[x, y] = 0.0
+    box[x, y] += clamped[x + r.x, y]
+    out = hl.Func("typed")
+    value = box[x, y] * scale * hl.f32(gain) / 255 + hl.f32(offset % 7)
+    # Not hl.select(invert, ...): Halide 21's Python set_estimate(True) stores an int32 estimate, on which
+    # Adams2019 fails ("First argument to Select is not a bool").
+    out[x, y] = value * (1 - 2 * hl.f32(invert))
+    out.set_estimates([(0, 64), (0, 64)])
+    return [out]
+
+
+def tone_curve_u8():
+    """An 8-bit image through a gamma curve and a blur computed in float, rounded back to 8 bits."""
+    inp = hl.ImageParam(hl.UInt(8), 2, "input")
+    inp.set_estimates([(0, 128), (0, 128)])
+    x, y = hl.Var("x"), hl.Var("y")
+    clamped = hl.BoundaryConditions.repeat_edge(inp)
+    curve = hl.Func("curve")
+    curve[x, y] = hl.pow(hl.f32(clamped[x, y]) / 255.0, 1.0 / 2.2) * 255.0
+    blur = hl.Func("blur_x")
+    blur[x, y] = (curve[x - 1, y] + 2.0 * curve[x, y] + curve[x + 1, y]) * 0.25
+    out = hl.Func("toned")
+    out[x, y] = hl.u8(hl.clamp(blur[x, y] + 0.5, 0.0, 255.0))
+    out.set_estimates([(0, 128), (0, 128)])
+    return [out]
+
+
+def aborts_the_autoscheduler():
+    """Estimates of extent 0: Adams2019 (Halide 21) throws where nothing catches it, and its process aborts."""
+    inp = hl.ImageParam(hl.Float(32), 1, "input")
+    inp.set_estimates([(0, 0)])
+    x = hl.Var("x")
+    out = hl.Func("empty")
+    out[x] = inp[x] + 1
+    out.set_estimates([(0, 0)])
+    return [out]
