@@ -37,6 +37,7 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
     from perfgraph.workloads.zoo import ZOO, zoo_variants
 
     random_uris = [f"random:{args.seed + i}" for i in range(args.random)]
+    dlrandom_uris = [f"dlrandom:{args.seed + i}" for i in range(args.dlrandom)]
     for name in args.zoo or []:
         if name not in ZOO and name != "all":
             raise CliError(f"--zoo {name!r}: no such zoo entry; known: {', '.join(sorted(ZOO))}, or 'all'")
@@ -45,7 +46,7 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
     for name in names:
         zoo_uris += zoo_variants(name, args.zoo_variants, seed=args.seed) if args.zoo_variants > 1 else [zoo_uri(name)]
     # Interleave families, so that a collection stopped early still covers every kind of workload.
-    by_round = zip_longest(_round_robin(zoo_uris, args.zoo_variants), random_uris)
+    by_round = zip_longest(_round_robin(zoo_uris, args.zoo_variants), random_uris, dlrandom_uris)
     uris = [uri for pair in by_round for uri in pair if uri is not None]
     for spec in args.pipeline or []:
         try:
@@ -57,7 +58,9 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
             raise CliError(f"--pipeline {spec!r}: no such file {str(path)!r}")
         uris.append(uri)
     if not uris:
-        raise CliError("nothing to collect: give --random N, --zoo NAME ... or --pipeline FILE.py:FUNCTION")
+        raise CliError(
+            "nothing to collect: give --random N, --dlrandom N, --zoo NAME ... or --pipeline FILE.py:FUNCTION"
+        )
     return list(dict.fromkeys(uris))
 
 
@@ -314,7 +317,7 @@ def _pipeline_uri(spec: str) -> str:
     from perfgraph.workloads.user import user_uri
 
     try:
-        if spec.startswith(("zoo:", "random:", "file:")):
+        if spec.startswith(("zoo:", "random:", "dlrandom:", "file:")):
             parse_uri(spec)
             return spec
         uri = user_uri(spec)
@@ -469,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect = sub.add_parser("collect", help="sample schedules with Adams2019, measure them, store the samples")
     collect.add_argument("--db", type=Path, help=f"SQLite store (default {DEFAULT_DB})")
     collect.add_argument("--random", type=_COUNT, default=0, metavar="N", help="N seeded random pipelines")
+    collect.add_argument("--dlrandom", type=_COUNT, default=0, metavar="N", help="N seeded random DL pipelines")
     collect.add_argument("--seed", type=int, default=0, help="first random-pipeline seed; zoo-variant seed")
     collect.add_argument(
         "--zoo", nargs="+", action="extend", metavar="NAME", help="zoo entries ('all' for every entry)"

@@ -5,6 +5,7 @@ exactly the pipeline the collector means:
 
 * ``zoo:conv2d?c_in=16&h=28`` -- a layer or block of the DL zoo with parameters,
 * ``random:42`` -- the seeded random pipeline number 42,
+* ``dlrandom:42`` -- the seeded random DL pipeline number 42 (convolutions, attention ...),
 * ``file:/abs/path/model.py:build`` -- a user's own pipeline function.
 
 Every builder returns the output ``hl.Func`` s; inputs are ``hl.ImageParam`` / ``hl.Param`` with
@@ -76,9 +77,10 @@ def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
     ('random', '7', {})
     """
     kind, sep, rest = uri.partition(":")
-    if not sep or kind not in ("zoo", "random", "file"):
+    if not sep or kind not in ("zoo", "random", "dlrandom", "file"):
         raise WorkloadError(
-            f"workload {uri!r}: expected 'zoo:NAME[?k=v&...]', 'random:SEED' or 'file:PATH.py:FUNCTION'"
+            f"workload {uri!r}: expected 'zoo:NAME[?k=v&...]', 'random:SEED', 'dlrandom:SEED' "
+            "or 'file:PATH.py:FUNCTION'"
         )
     target, _, query = rest.partition("?")
     return kind, target, dict(parse_qsl(query, keep_blank_values=True))
@@ -91,10 +93,10 @@ def zoo_uri(name: str, **params: object) -> str:
 
 
 def family_of(uri: str) -> str:
-    """The workload family used for the family split (``random``, ``user`` or the zoo layer's family)."""
+    """The workload family used for the family split (``random``, ``dlrandom``, ``user`` or the zoo's family)."""
     kind, target, _ = parse_uri(uri)
-    if kind == "random":
-        return "random"
+    if kind in ("random", "dlrandom"):
+        return kind
     if kind == "file":
         return "user"
     from perfgraph.workloads.zoo import ZOO
@@ -111,13 +113,17 @@ def resolve_builder(uri: str) -> Builder:
         if target not in ZOO:
             raise WorkloadError(f"workload {uri!r}: no zoo entry {target!r}; known: {', '.join(sorted(ZOO))}")
         return ZOO[target].builder(params)
-    if kind == "random":
-        from perfgraph.workloads.random_pipeline import random_pipeline
-
+    if kind in ("random", "dlrandom"):
         try:
             seed = int(target)
         except ValueError:
             raise WorkloadError(f"workload {uri!r}: the random seed must be an integer, got {target!r}") from None
+        if kind == "dlrandom":
+            from perfgraph.workloads.dl_random import dl_random_pipeline
+
+            return lambda: dl_random_pipeline(seed)
+        from perfgraph.workloads.random_pipeline import random_pipeline
+
         return lambda: random_pipeline(seed)
     from perfgraph.workloads.user import load_user_builder
 
