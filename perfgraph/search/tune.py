@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from perfgraph.data.store import Store
-from perfgraph.measure.builder import analyse_stage_graph
+from perfgraph.measure.builder import Candidate, analyse_stage_graph
 from perfgraph.measure.collector import CollectOptions, Collector
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.models.base import CostModel
 from perfgraph.schedules.autoscheduler import benchmark_target
-from perfgraph.measure.builder import Candidate
 from perfgraph.search.predict import RankedCandidate, rank_candidates, sample_candidates
 
 
