@@ -21,9 +21,11 @@ class GNNCostModel(NeuralCostModel):
     channels, ``layers`` residual message-passing layers, ``heads`` attention heads (``gatv2`` and
     ``transformer``), ``dropout``. Training: the keywords of :class:`NeuralCostModel`, with its
     defaults, except ``loss``, which defaults to ``mse+rank`` here (chosen by ``select_gnn.py``):
-    ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), Adam ``lr`` and ``weight_decay``, at
-    most ``epochs`` epochs with early stopping after ``patience`` epochs without validation
-    improvement, ``batch_size`` graphs per step, ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``).
+    ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), ``features`` (``all``, or ``schedule``
+    for the 39 schedule features only: :data:`~perfgraph.models.neural.FEATURE_SETS`), Adam ``lr``
+    and ``weight_decay``, at most ``epochs`` epochs with early stopping after ``patience`` epochs
+    without validation improvement, ``batch_size`` graphs per step, ``seed``, ``device`` (``auto``,
+    ``cpu``, ``cuda``).
     ``update`` fine-tunes for ``update_epochs`` at ``lr * update_lr_factor``. ``progress`` shows a
     progress bar.
     """

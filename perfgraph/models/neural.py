@@ -24,12 +24,19 @@ from torch_geometric.data import Batch, Data
 
 from perfgraph.data.records import Sample
 from perfgraph.features.graphs import as_graphs, measured_only
+from perfgraph.features.layout import FEATURES_PER_STAGE, SCHEDULE_SLICE
 from perfgraph.features.normalization import FeatureNormalizer
 from perfgraph.models.base import CostModel
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.losses import make_loss
 from perfgraph.models.stage_network import StageCostNetwork
 from perfgraph.models.training import DEVICES, predict_log_runtimes, resolve_device, train_network
+
+#: The stage features a neural model may read (``features``): all 326, or only the 39 schedule
+#: features, an ablation that asks how much the pipeline features (op histograms, access patterns)
+#: add. Unread features are zeroed after standardisation (each reads as its training mean), so the
+#: network's shape does not change; the stage graph and its edge features are kept either way.
+FEATURE_SETS: dict[str, slice] = {"all": slice(0, FEATURES_PER_STAGE), "schedule": SCHEDULE_SLICE}
 
 
 class NotFittedError(RuntimeError):
@@ -51,6 +58,7 @@ class NeuralCostModel(CostModel):
         self,
         *,
         loss: str = "mse",
+        features: str = "all",
         lr: float = 1e-3,
         epochs: int = 300,
         patience: int = 30,
@@ -63,6 +71,8 @@ class NeuralCostModel(CostModel):
         progress: bool = True,
     ) -> None:
         make_loss(loss)  # validates the name now rather than after an hour of data loading
+        if features not in FEATURE_SETS:
+            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {features!r}")
         check_positive("lr", lr, float)
         check_positive("epochs", epochs)
         check_positive("batch_size", batch_size)
@@ -74,7 +84,7 @@ class NeuralCostModel(CostModel):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        self.loss, self.lr, self.epochs, self.patience = loss, lr, epochs, patience
+        self.loss, self.features, self.lr, self.epochs, self.patience = loss, features, lr, epochs, patience
         self.batch_size, self.weight_decay, self.seed, self.device = batch_size, weight_decay, seed, device
         self.update_epochs, self.update_lr_factor, self.progress = update_epochs, update_lr_factor, progress
         self.network_: StageCostNetwork | None = None
@@ -101,7 +111,17 @@ class NeuralCostModel(CostModel):
         graphs = as_graphs(items)
         if require_measured:
             graphs = measured_only(graphs, argument)
-        return self.normalizer_.transform_all(graphs)  # type: ignore[union-attr]
+        return self._network_inputs(graphs)
+
+    def _network_inputs(self, raw_graphs: Sequence[Data]) -> list[Data]:
+        """``raw_graphs`` standardised, with the features outside ``features`` zeroed."""
+        graphs = self.normalizer_.transform_all(raw_graphs)  # type: ignore[union-attr]
+        if self.features != "all":
+            unread = torch.ones(FEATURES_PER_STAGE, dtype=torch.bool)
+            unread[FEATURE_SETS[self.features]] = False
+            for graph in graphs:  # each x is a fresh tensor from the normaliser, safe to edit in place
+                graph.x[:, unread] = 0.0
+        return graphs
 
     def fit(self, train: Sequence[Sample | Data], valid: Sequence[Sample | Data]) -> NeuralCostModel:
         """Train from scratch; the normaliser and the run-time scale come from ``train`` only.
@@ -112,7 +132,7 @@ class NeuralCostModel(CostModel):
         if not raw_train:
             raise ValueError("train: no samples to fit on")
         self.normalizer_ = FeatureNormalizer().fit(raw_train)
-        train_graphs = self.normalizer_.transform_all(raw_train)
+        train_graphs = self._network_inputs(raw_train)
         valid_graphs = self._graphs(valid, "valid", require_measured=True)
         torch.manual_seed(self.seed)
         network = self.build_network()

@@ -1,7 +1,11 @@
-"""The non-graph neural control: the same features, losses and training, an LSTM instead of a GNN.
+"""The non-graph neural control: the same features and training loop, an LSTM instead of a GNN.
 
-If the GNN beats this model, the stage graph is what helps, not the per-stage features or the
-training recipe, which both models share through :class:`~perfgraph.models.neural.NeuralCostModel`.
+If the GNN beats this model *trained with the same loss and budget*, the stage graph is what helps,
+not the per-stage features or the training loop, which both models share through
+:class:`~perfgraph.models.neural.NeuralCostModel`. The defaults are not the same: the GNN defaults to
+the ``mse+rank`` loss, this model to ``mse`` (so the shipped ``models/gnn.pt`` and
+``models/sequence.pt`` differ in their loss); ``benchmarks/compare_models.py`` trains both with one
+loss, budget and several seeds.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ class SequenceCostModel(NeuralCostModel):
     """Run time as the sum of per-stage costs from an LSTM over the stages in topological order.
 
     Architecture: ``hidden`` channels, ``layers`` stacked LSTM layers, ``bidirectional``, ``dropout``
-    between LSTM layers. The training hyper-parameters are those of
-    :class:`~perfgraph.models.gnn.GNNCostModel`.
+    between LSTM layers. Training: the keywords of :class:`~perfgraph.models.gnn.GNNCostModel`, all with
+    :class:`~perfgraph.models.neural.NeuralCostModel`'s defaults, so ``loss`` defaults to ``mse`` here
+    but to ``mse+rank`` for the GNN: pass ``loss`` explicitly to compare the two.
     """
 
     name = "sequence"

@@ -1,0 +1,256 @@
+"""Compare the neural cost models fairly: one loss, one budget, several seeds, validation and test.
+
+Does the stage graph help? Four models are trained on the same split, with the same loss, the same
+epoch budget, the same early stopping (on the validation loss, with patience) and the same seeds; only
+the architecture differs:
+
+* ``gnn``: the shipped configuration, GIN convolutions, 3 residual layers, 64 channels;
+* ``sequence``: the LSTM over the stages in topological order (the non-graph control);
+* ``no-graph``: the same GNN with ``layers=0``, no message passing: a per-stage MLP, summed;
+* ``schedule-only``: the same GNN reading only the 39 schedule features of every stage (the 287
+  pipeline features zeroed after standardisation; the graph and its edge features are kept).
+
+Every model is trained once per seed (initial weights and batch order) and scored on the validation
+and the test pipelines with :func:`~perfgraph.evaluate.metrics.evaluate_predictions`; the tables give
+mean and standard deviation over the seeds. The test error is also split in two: the *bias* of each
+pipeline (the mean log error over its schedules: the whole pipeline predicted too slow or too fast)
+and the *residual* within it (log error minus its pipeline's mean: the schedules of one pipeline
+misjudged against each other). Their RMSEs, weighted by sample, add in squares to the RMSE(ln); the
+ranking metrics (tau, top-1) see the residual only.
+
+    taskset -c 0 .venv/bin/python benchmarks/compare_models.py --db data/perfgraph.db --seeds 0,1,2 --json out.json
+
+Models are built by :func:`select_gnn.candidates` (the GNN and the LSTM, with the same training
+keywords), the ablations from the GNN's parameters with one of them changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from select_gnn import candidates
+from torch_geometric.data import Data
+
+from perfgraph.data.store import Store
+from perfgraph.evaluate.metrics import evaluate_predictions, log_errors
+from perfgraph.features.dataset import StageGraphDataset
+from perfgraph.features.splits import SPLITS, split_samples
+from perfgraph.models.gnn import GNNCostModel
+from perfgraph.models.neural import NeuralCostModel
+
+MODELS = ("gnn", "sequence", "no-graph", "schedule-only")
+DEFAULT_MACHINE = "amd-epyc/znver4-avx2"
+#: Metrics in the tables: (key, header, decimals).
+TABLE_METRICS = (("rmse_log", "RMSE(ln)", 3), ("mape", "MAPE %", 1), ("kendall_tau", "tau", 3), ("top1", "top-1", 3))
+SPLIT_METRICS = (("rmse_log", "RMSE(ln)", 3), ("bias_rmse_log", "bias", 3), ("residual_rmse_log", "residual", 3))
+
+
+def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, NeuralCostModel]]:
+    """The four models, untrained, with ``seed``; ``args.models`` picks which."""
+    shipped = argparse.Namespace(**{**vars(args), "convs": [args.conv], "losses": [args.loss], "no_sequence": False})
+    built = dict(candidates(shipped, seed))
+    gnn = built[f"gnn/{args.conv}"]
+    params = gnn.get_params()
+    models = {
+        "gnn": gnn,
+        "sequence": built["sequence/lstm"],
+        "no-graph": GNNCostModel(**{**params, "layers": 0}),
+        "schedule-only": GNNCostModel(**{**params, "features": "schedule"}),
+    }
+    return [(name, models[name]) for name in args.models]
+
+
+def bias_and_residual(predicted_ms: np.ndarray, measured_ms: np.ndarray, pipeline_ids: np.ndarray) -> dict:
+    """RMSE of the per-pipeline mean log error and of the log error around it (both per sample).
+
+    ``bias**2 + residual**2 == rmse_log**2``: the residual sums to zero within every pipeline.
+
+    >>> split = bias_and_residual(np.array([2.0, 2.0, 1.0]), np.array([1.0, 1.0, 1.0]), np.array([0, 0, 1]))
+    >>> round(split["bias_rmse_log"], 4), split["residual_rmse_log"]
+    (0.566, 0.0)
+    """
+    errors = log_errors(predicted_ms, measured_ms)
+    _, group = np.unique(pipeline_ids, return_inverse=True)
+    pipeline_bias = np.bincount(group, weights=errors) / np.bincount(group)
+    residual = errors - pipeline_bias[group]
+    return {
+        "bias_rmse_log": float(np.sqrt(np.mean(pipeline_bias[group] ** 2))),
+        "residual_rmse_log": float(np.sqrt(np.mean(residual**2))),
+    }
+
+
+def score(model: NeuralCostModel, graphs: Sequence[Data]) -> dict:
+    """Every metric of :func:`evaluate_predictions` plus the bias / residual split of the log error."""
+    measured = np.exp(np.array([float(g.y) for g in graphs]))
+    pipeline_ids = np.array([int(g.pipeline_id) for g in graphs])
+    predicted = model.predict(graphs)
+    return {
+        **evaluate_predictions(predicted, measured, pipeline_ids).as_dict(),
+        **bias_and_residual(predicted, measured, pipeline_ids),
+    }
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per model: ``[mean, standard deviation]`` over its seeds of every metric, per part."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["model"], []).append(run)
+    summary = []
+    for model, group in groups.items():
+        entry: dict = {"model": model, "seeds": [run["seed"] for run in group]}
+        for part in ("valid", "test"):
+            entry[part] = {key: _mean_sd([run[part][key] for run in group]) for key in group[0][part]}
+        entry["epochs"] = _mean_sd([run["epochs"] for run in group])
+        summary.append(entry)
+    return summary
+
+
+def _mean_sd(values: list) -> list[float | None]:
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return [None, None]
+    return [statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0]
+
+
+def _cell(pair: list[float | None], decimals: int) -> str:
+    mean, sd = pair
+    return "-" if mean is None else f"{mean:.{decimals}f} ± {sd:.{decimals}f}"
+
+
+def print_table(summary: list[dict], part: str, metrics: tuple, title: str) -> None:
+    print(f"\n{title}")
+    header = f"{'model':<15}" + "".join(f"{name:>17}" for _, name, _ in metrics)
+    print(header)
+    print("-" * len(header))
+    for entry in summary:
+        cells = "".join(f"{_cell(entry[part][key], digits):>17}" for key, _, digits in metrics)
+        print(f"{entry['model']:<15}{cells}")
+
+
+def load_graphs(db: Path, machine: str) -> list[Data]:
+    """The measured samples of one machine kind, as stage graphs (never mixing CPUs)."""
+    with Store(db) as store:
+        samples = store.samples(machine=machine)
+    return list(StageGraphDataset.from_samples(samples))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", type=Path, default=Path("data/perfgraph.db"), help="perfgraph SQLite store")
+    parser.add_argument("--machine", default=DEFAULT_MACHINE, help="machine kind whose run times are used")
+    parser.add_argument("--split", choices=SPLITS, default="fixed")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS), help=",".join(MODELS))
+    parser.add_argument("--conv", default="gin", help="the GNN's convolution (shipped: gin)")
+    parser.add_argument("--layers", type=int, default=3, help="the GNN's message-passing layers (shipped: 3)")
+    parser.add_argument("--loss", default="mse+rank", help="one loss for every model (shipped GNN: mse+rank)")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--patience", type=int, default=30)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2], help="comma-separated"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (core 1 is for benchmarks)")
+    parser.add_argument("--json", type=Path, default=None, help="write every run and the summary here")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs already in --json (same settings) and add the missing ones"
+    )
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {','.join(MODELS)}")
+    torch.set_num_threads(args.threads)
+
+    started = time.perf_counter()
+    graphs = load_graphs(args.db, args.machine)
+    parts = split_samples(graphs, args.split)
+    print(f"{args.db} ({args.machine}): {parts.describe()}  [{time.perf_counter() - started:.0f} s]")
+    print(f"loss {args.loss}, at most {args.epochs} epochs, patience {args.patience}, lr {args.lr}")
+    header = (
+        f"{'model':<15} {'seed':>4} {'epochs':>6} {'best':>4} {'valid RMSE':>10} {'tau':>6} {'test RMSE':>10} "
+        f"{'tau':>6} {'s/epoch':>7} {'sec':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    runs = previous_runs(args)
+    done = {(run["model"], run["seed"]) for run in runs}
+    for seed in args.seeds:  # seed by seed, so that a cut-short run has whole seeds
+        for name, model in models_for_seed(args, seed):
+            if (name, seed) in done:
+                continue
+            fit_started = time.perf_counter()
+            model.fit(parts.train, parts.valid)
+            run = {
+                "model": name,
+                "seed": seed,
+                "params": model.get_params(),
+                "epochs": len(model.log_),
+                "best_epoch": min(model.log_, key=lambda entry: entry["valid_loss"])["epoch"],
+                "epoch_seconds": statistics.fmean(entry["seconds"] for entry in model.log_),
+                "seconds": time.perf_counter() - fit_started,
+                "valid": score(model, parts.valid),
+                "test": score(model, parts.test),
+            }
+            runs.append(run)
+            print(
+                f"{name:<15} {seed:>4} {run['epochs']:>6} {run['best_epoch']:>4} {run['valid']['rmse_log']:>10.3f} "
+                f"{run['valid']['kendall_tau']:>6.3f} {run['test']['rmse_log']:>10.3f} "
+                f"{run['test']['kendall_tau']:>6.3f} {run['epoch_seconds']:>7.1f} {run['seconds']:>6.0f}",
+                flush=True,
+            )
+            if args.json:
+                _write_json(args, runs)
+    summary = summarize(runs)
+    seeds = ",".join(map(str, args.seeds))
+    print_table(summary, "valid", TABLE_METRICS, f"validation, mean ± sd over seeds {seeds}")
+    print_table(summary, "test", TABLE_METRICS, f"test, mean ± sd over seeds {seeds}")
+    print_table(summary, "test", SPLIT_METRICS, "test log error: per-pipeline bias and within-pipeline residual")
+    for part in ("valid", "test"):
+        best = min(summary, key=lambda entry: entry[part]["rmse_log"][0])
+        print(f"lowest mean {part} RMSE(ln): {best['model']}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        _write_json(args, runs)
+
+
+#: Settings that must match for ``--resume`` to keep earlier runs.
+_RESUMABLE = ("db", "machine", "split", "conv", "layers", "loss", "hidden", "epochs", "patience", "lr", "batch_size")
+
+
+def previous_runs(args: argparse.Namespace) -> list[dict]:
+    """With ``--resume``, every run already in ``--json`` (refused if its settings differ); else none."""
+    if not (args.resume and args.json and args.json.is_file()):
+        return []
+    record = json.loads(args.json.read_text())
+    ours = _settings(args)
+    differing = sorted(key for key in _RESUMABLE if record["command"].get(key) != ours[key])
+    if differing:
+        raise SystemExit(f"--resume: {args.json} was run with other settings: {', '.join(differing)}")
+    return record["runs"]
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+
+
+def _write_json(args: argparse.Namespace, runs: list[dict]) -> None:
+    record = {
+        "command": _settings(args),
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
