@@ -69,7 +69,7 @@ def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, model
     predict_s: dict[str, float] = {}
     for name, model in models.items():
         t0 = time.perf_counter()
-        ranked = rank_candidates(model, candidates)
+        ranked = rank_candidates(model, candidates, with_stage_costs=0)
         predict_s[name] = time.perf_counter() - t0
         chosen[name] = [r.candidate for r in ranked]
     pool = {c.features_hash: c for c in candidates}

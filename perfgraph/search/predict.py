@@ -23,7 +23,7 @@ from perfgraph.measure.builder import (
 )
 from perfgraph.measure.runner import Timeouts
 from perfgraph.models.base import CostModel
-from perfgraph.schedules.autoscheduler import search_configs
+from perfgraph.schedules.autoscheduler import AutoschedulerConfig, search_configs
 from perfgraph.schedules.stage_graph import StageGraph
 
 # Duplicates (equal featurizations) are common on small pipelines: more configs are drawn until
@@ -84,11 +84,7 @@ class CandidatePredictions:
             f"{'rank':>4}  {'predicted ms':>12}  {'config':<34}  most expensive stages (predicted share)",
         ]
         for ranked in self.candidates[:limit]:
-            c = ranked.candidate.config
-            config = (
-                f"seed {c.random_dropout_seed}, {'narrow' if c.disable_subtiling else 'full'}, "
-                f"{c.parallelism} core{'s' if c.parallelism > 1 else ''}"
-            )
+            config = describe_config(ranked.candidate.config)
             total = sum(ranked.stage_costs_ms.values()) or 1.0
             stages = ", ".join(f"{n} {v / total:.0%}" for n, v in list(ranked.stage_costs_ms.items())[:3])
             lines.append(f"{ranked.rank:>4}  {ranked.predicted_ms:>12.4g}  {config:<34}  {stages}")
@@ -110,6 +106,18 @@ class CandidatePredictions:
             path.write_text(header + ranked.candidate.schedule_source)
             paths.append(path)
         return paths
+
+
+def describe_config(config: AutoschedulerConfig) -> str:
+    """``seed 7, narrow, 4 cores``: what sets a search candidate apart, for tables.
+
+    >>> describe_config(AutoschedulerConfig(random_dropout_seed=7, disable_subtiling=True))
+    'seed 7, narrow, 1 core'
+    """
+    cores = f"{config.parallelism} core{'s' if config.parallelism > 1 else ''}"
+    if config.beam_size > 1:
+        return f"beam {config.beam_size}, {'narrow' if config.disable_subtiling else 'full'}, {cores}"
+    return f"seed {config.random_dropout_seed}, {'narrow' if config.disable_subtiling else 'full'}, {cores}"
 
 
 def sample_candidates(
@@ -153,19 +161,26 @@ def sample_candidates(
     return distinct, tried, failures, seed
 
 
-def rank_candidates(model: CostModel, candidates: list[Candidate]) -> list[RankedCandidate]:
-    """Predict every candidate and sort them fastest first; stage costs where the model has them."""
+def rank_candidates(
+    model: CostModel, candidates: list[Candidate], with_stage_costs: int | None = None
+) -> list[RankedCandidate]:
+    """Predict every candidate and sort them fastest first.
+
+    Per-stage costs (where the model has them) are computed for the ``with_stage_costs`` best ranked
+    candidates (``None``: all); they cost one forward pass each, the ranking one batched pass in all.
+    """
     if not candidates:
         return []
     samples = [c.to_sample(schedule_id=i) for i, c in enumerate(candidates)]
     predicted = np.asarray(model.predict(samples), dtype=np.float64)
     stage_costs = getattr(model, "stage_costs", None)
+    limit = len(candidates) if with_stage_costs is None else with_stage_costs
     order = np.argsort(predicted, kind="stable")
     ranked = []
     for rank, index in enumerate(order, start=1):
         candidate = candidates[index]
         costs: dict[str, float] = {}
-        if callable(stage_costs):
+        if callable(stage_costs) and rank <= limit:
             values = stage_costs(samples[index])
             pairs = zip(candidate.graph.stage_names, map(float, values), strict=True)
             costs = dict(sorted(pairs, key=lambda kv: -kv[1]))

@@ -21,7 +21,7 @@ from perfgraph.measure.collector import CollectOptions, Collector
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.models.base import CostModel
 from perfgraph.schedules.autoscheduler import benchmark_target
-from perfgraph.search.predict import RankedCandidate, rank_candidates, sample_candidates
+from perfgraph.search.predict import RankedCandidate, describe_config, rank_candidates, sample_candidates
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,8 @@ class TuneResult:
         lines = [f"{self.pipeline}: {self.scored} candidates scored by {self.model}, {len(self.measured)} benchmarked"]
         lines.append(f"{'round':>5}  {'rank':>4}  {'predicted ms':>12}  {'measured ms':>11}  config")
         for m in sorted(self.measured, key=lambda m: (m.round, m.ranked.rank)):
-            c = m.ranked.candidate.config
             measured = f"{m.measured_ms:11.4g}" if m.measured_ms is not None else f"{'failed':>11}"
-            config = (
-                f"seed {c.random_dropout_seed}, {'narrow' if c.disable_subtiling else 'full'}, {c.parallelism} cores"
-            )
+            config = describe_config(m.ranked.candidate.config)
             lines.append(f"{m.round:>5}  {m.ranked.rank:>4}  {m.ranked.predicted_ms:12.4g}  {measured}  {config}")
         best = self.best
         if best is None:
@@ -159,7 +156,7 @@ def tune(
             )
         seen |= {c.features_hash for c in candidates}
         t1 = time.perf_counter()
-        ranked = rank_candidates(model, candidates)
+        ranked = rank_candidates(model, candidates, with_stage_costs=k)
         t2 = time.perf_counter()
         top = ranked[:k]
         say(f"round {round_}/{rounds}: benchmarking the {len(top)} predicted fastest of {len(ranked)}")
