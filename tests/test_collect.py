@@ -21,6 +21,7 @@ import pytest
 from perfgraph.cli import build_parser
 from perfgraph.data.store import Store
 from perfgraph.measure.collector import INPUT_SEED, CollectOptions, top_up_count
+from perfgraph.measure.host import MachineInfo
 from perfgraph.measure.runner import JobResult, Timeouts, run_job
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig
 
@@ -345,3 +346,34 @@ def test_no_candidate_runs_while_another_holds_the_benchmark_cores(analysed_blur
     assert [phase for phase, _ in phases] == ["autoschedule", "compile", "wait", "run"]
     assert dict(phases)["run"] >= released_at
     assert result.events["measured"]["compiled_on_benchmark_cpus"] is False
+
+
+def test_a_new_machine_kind_measures_the_stored_schedules_and_rebuilds_missing_references(tmp_path):
+    """A store from another CPU (here: its machine record renamed) on a fresh machine (no references)."""
+    import shutil
+
+    uri = f"file:{USER_PIPELINES}:blur"
+    db = tmp_path / "other.db"
+    collect_tiny(db, [uri], schedules=4, top_up=False, remeasure_fraction=0.0).close()
+    with Store(db) as store:
+        (machine_id, info), *_ = store.execute("SELECT machine_id, info FROM machines").fetchall()
+        other = {**json.loads(info), "cpu_model": "Some Other CPU"}
+        store.execute(
+            "UPDATE machines SET info = ?, fingerprint = 'other' WHERE machine_id = ?", (json.dumps(other), machine_id)
+        )
+        deterministic = {
+            sid
+            for sid, config in store.execute("SELECT schedule_id, config FROM schedules WHERE duplicate_of IS NULL")
+            if not json.loads(config)["random_weights"]
+        }
+        schedules_before = store.counts()["schedules"]
+    shutil.rmtree(str(db) + ".refs")  # a store rebuilt from shards has no reference outputs
+    with collect_tiny(db, [uri], schedules=4, top_up=False, remeasure_fraction=0.0) as store:
+        kinds = store.samples_by_machine_kind()
+        here = next(kind for kind in kinds if kind != MachineInfo.from_json(other).kind)
+        measured_here = {s.schedule_id for s in store.samples(machine=here)}
+        failures = store.execute("SELECT kind, message FROM failures").fetchall()
+        assert store.counts()["schedules"] == schedules_before  # the same schedules, measured again
+    assert failures == []
+    assert measured_here == deterministic and deterministic
+    assert list(Path(str(db) + ".refs").glob("*.npz"))  # rebuilt on demand by the first candidate
