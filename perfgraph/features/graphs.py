@@ -50,15 +50,12 @@ def sample_to_graph(sample: Sample) -> Data:
     ``schedule_id``, ``pipeline_name`` and ``family`` travel along so that predictions and splits can
     be traced back to the store.
     """
-    forward = torch.from_numpy(np.asarray(sample.edges, dtype=np.int64).reshape(2, -1).copy())
-    edge_values = torch.from_numpy(signed_log1p(sample.edge_features).reshape(-1, NUM_EDGE_FEATURES))
-    num_edges = forward.shape[1]
-    direction = torch.cat([torch.zeros(num_edges, 1), torch.ones(num_edges, 1)])
+    edge_index, edge_attr = edge_tensors(sample)
     log_runtime = math.nan if sample.runtime_ms is None else math.log(sample.runtime_ms)
     return Data(
         x=torch.from_numpy(signed_log1p(sample.features)),
-        edge_index=torch.cat([forward, forward.flip(0)], dim=1),
-        edge_attr=torch.cat([torch.cat([edge_values, edge_values]), direction], dim=1),
+        edge_index=edge_index,
+        edge_attr=edge_attr,
         y=torch.tensor([log_runtime], dtype=torch.float32),
         pipeline_id=torch.tensor([sample.pipeline_id], dtype=torch.long),
         schedule_id=torch.tensor([sample.schedule_id], dtype=torch.long),
@@ -66,6 +63,20 @@ def sample_to_graph(sample: Sample) -> Data:
         family=sample.family,
         num_nodes=sample.num_stages,
     )
+
+
+def edge_tensors(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """``edge_index`` (2, 2E) and log-transformed ``edge_attr`` (2E, 10): both directions, flag last.
+
+    They depend on the pipeline only, so a batch of schedules of one pipeline builds them once
+    (:mod:`~perfgraph.features.pipeline_batch`).
+    """
+    forward = torch.from_numpy(np.asarray(sample.edges, dtype=np.int64).reshape(2, -1).copy())
+    edge_values = torch.from_numpy(signed_log1p(sample.edge_features).reshape(-1, NUM_EDGE_FEATURES))
+    num_edges = forward.shape[1]
+    direction = torch.cat([torch.zeros(num_edges, 1), torch.ones(num_edges, 1)])
+    edge_index = torch.cat([forward, forward.flip(0)], dim=1)
+    return edge_index, torch.cat([torch.cat([edge_values, edge_values]), direction], dim=1)
 
 
 def as_graphs(items: Iterable[Sample | Data]) -> list[Data]:

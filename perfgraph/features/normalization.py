@@ -74,16 +74,33 @@ class FeatureNormalizer:
 
     def transform(self, graph: Data) -> Data:
         """A shallow copy of ``graph`` with standardised ``x`` and ``edge_attr``; ``graph`` is unchanged."""
-        if not self.is_fitted:
-            raise RuntimeError("FeatureNormalizer.transform called before fit (or load)")
+        self._require_fitted("transform")
         out = graph.__copy__()  # shallow: the other tensors are shared, not copied
-        out.x = ((graph.x - self.node_mean) / self.node_std).clamp(-self.clip, self.clip)
-        edge_attr = graph.edge_attr.clone()
+        out.x = self.standardize_nodes(graph.x)
+        out.edge_attr = self.standardize_edges(graph.edge_attr)
+        return out
+
+    def standardize_nodes(self, x: torch.Tensor, columns: slice = slice(0, FEATURES_PER_STAGE)) -> torch.Tensor:
+        """Log-transformed node features ``x`` (..., k) holding the feature ``columns``, standardised.
+
+        Column-wise, so standardising the schedule and the pipeline columns apart (as the batched
+        search path does) gives bit-for-bit what :meth:`transform` gives for whole rows.
+        """
+        self._require_fitted("standardize_nodes")
+        return ((x - self.node_mean[columns]) / self.node_std[columns]).clamp(-self.clip, self.clip)
+
+    def standardize_edges(self, edge_attr: torch.Tensor) -> torch.Tensor:
+        """A copy of ``edge_attr`` (E, 10) with the stored edge features standardised (not the flag)."""
+        self._require_fitted("standardize_edges")
+        edge_attr = edge_attr.clone()
         edge_attr[:, :NUM_EDGE_FEATURES] = ((edge_attr[:, :NUM_EDGE_FEATURES] - self.edge_mean) / self.edge_std).clamp(
             -self.clip, self.clip
         )
-        out.edge_attr = edge_attr
-        return out
+        return edge_attr
+
+    def _require_fitted(self, method: str) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(f"FeatureNormalizer.{method} called before fit (or load)")
 
     def transform_all(self, graphs: Sequence[Data]) -> list[Data]:
         return [self.transform(g) for g in graphs]

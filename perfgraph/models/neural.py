@@ -29,6 +29,7 @@ from perfgraph.features.normalization import FeatureNormalizer
 from perfgraph.models.base import CostModel
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.losses import make_loss
+from perfgraph.models.shared_inference import predict_samples_log_runtimes
 from perfgraph.models.stage_network import StageCostNetwork
 from perfgraph.models.training import DEVICES, predict_log_runtimes, resolve_device, train_network
 
@@ -158,14 +159,41 @@ class NeuralCostModel(CostModel):
         return self
 
     def predict(self, samples: Sequence[Sample | Data]) -> np.ndarray:
-        """Predicted run times in milliseconds (float64), one per sample, in order."""
+        """Predicted run times in milliseconds (float64), one per sample, in order.
+
+        :class:`Sample` records take the search path (:mod:`~perfgraph.models.shared_inference`):
+        samples of one pipeline are scored as one batch whose pipeline part is encoded once. Graphs
+        (``Data``) take the training path. Both give the same numbers to float tolerance.
+        """
         network = self._require_fitted("predict")
-        graphs = self._graphs(samples, "samples", require_measured=False)
-        if not graphs:
-            return np.empty(0, dtype=np.float64)
+        items = list(samples)
+        for position, item in enumerate(items):
+            if not isinstance(item, Sample | Data):
+                raise TypeError(f"samples[{position}]: expected a Sample or a graph Data, got {type(item).__name__}")
         device = resolve_device(self.device)
-        network.to(device)
-        return np.exp(predict_log_runtimes(network, graphs, max(self.batch_size, 256), device))
+        if next(network.parameters()).device != device:
+            network.to(device)
+        if network.training:
+            network.eval()
+        log_runtimes = np.empty(len(items), dtype=np.float64)
+        sample_positions = [i for i, item in enumerate(items) if isinstance(item, Sample)]
+        graph_positions = [i for i, item in enumerate(items) if not isinstance(item, Sample)]
+        if sample_positions:
+            log_runtimes[sample_positions] = predict_samples_log_runtimes(
+                network, self.normalizer_, [items[i] for i in sample_positions], device, self._unread_features()
+            )
+        if graph_positions:
+            graphs = self._graphs([items[i] for i in graph_positions], "samples", require_measured=False)
+            log_runtimes[graph_positions] = predict_log_runtimes(network, graphs, max(self.batch_size, 256), device)
+        return np.exp(log_runtimes)
+
+    def _unread_features(self) -> torch.Tensor | None:
+        """Boolean mask (326,) of the stage features outside ``features`` (zeroed), or ``None`` for all."""
+        if self.features == "all":
+            return None
+        unread = torch.ones(FEATURES_PER_STAGE, dtype=torch.bool)
+        unread[FEATURE_SETS[self.features]] = False
+        return unread
 
     def update(self, samples: Sequence[Sample | Data]) -> None:
         """Fine-tune for ``update_epochs`` at ``lr * update_lr_factor``, keeping the normaliser.

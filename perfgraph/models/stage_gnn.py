@@ -18,6 +18,8 @@ from torch_geometric.data import Batch
 from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv, TransformerConv
 
 from perfgraph.features.graphs import EDGE_ATTR_DIM
+from perfgraph.features.pipeline_batch import batched_edge_index
+from perfgraph.models.shared_gine import gine_stage_major
 from perfgraph.models.stage_network import StageCostNetwork, cost_head, stage_encoder
 
 #: Convolution types, and whether each reads edge features.
@@ -59,9 +61,28 @@ class StageGNN(StageCostNetwork):
             raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
 
     def node_log_costs(self, batch: Batch) -> torch.Tensor:
-        h = self.encoder(batch.x)
+        return self.refine(self.encoder(batch.x), batch.edge_index, batch.edge_attr)
+
+    def refine(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to log costs (nodes,)."""
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            edge_args = (batch.edge_attr,) if self.uses_edge_attr else ()
-            z = conv(norm(h), batch.edge_index, *edge_args)
+            edge_args = (edge_attr,) if self.uses_edge_attr else ()
+            z = conv(norm(h), edge_index, *edge_args)
             h = h + self.dropout(nn.functional.gelu(z))
         return self.head(h).squeeze(-1)
+
+    def shared_node_log_costs(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Log costs (S, N) of ``N`` schedules of one pipeline from their encoded stages ``h`` (S, N, hidden).
+
+        ``edge_index`` (2, 2E) and ``edge_attr`` (2E, 10) are the pipeline's, shared by all ``N``. GIN
+        layers run stage-major (:func:`~perfgraph.models.shared_gine.gine_stage_major`); other
+        convolutions get the flattened batch, its edges offset once, vectorised. Inference only.
+        """
+        if all(isinstance(conv, GINEConv) for conv in self.convs):
+            for conv, norm in zip(self.convs, self.norms, strict=True):
+                h = h + self.dropout(nn.functional.gelu(gine_stage_major(conv, norm(h), edge_index, edge_attr)))
+            return self.head(h).squeeze(-1)
+        s, n, hidden = h.shape
+        edge_attr = edge_attr.repeat(n, 1) if self.uses_edge_attr else edge_attr
+        flat = h.transpose(0, 1).reshape(n * s, hidden)  # graph-major, as a PyG batch
+        return self.refine(flat, batched_edge_index(edge_index, n, s), edge_attr).view(n, s).T

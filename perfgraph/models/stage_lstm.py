@@ -51,3 +51,11 @@ class StageLSTM(StageCostNetwork):
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=dense.shape[1])
         return self.head(out[mask]).squeeze(-1)[order]
+
+    def shared_node_log_costs(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Log costs (S, N) of ``N`` schedules of one pipeline from their encoded stages ``h`` (S, N, hidden).
+
+        Every sequence has the same ``S`` stages, so nothing is padded or packed; the edges are unused.
+        """
+        out, _ = self.lstm(h.flip(0).transpose(0, 1))  # (N, S, width), inputs first as node_log_costs reads
+        return self.head(out).squeeze(-1).T.flip(0)
