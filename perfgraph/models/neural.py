@@ -247,6 +247,7 @@ class NeuralCostModel(CostModel):
                 "normalizer": self.normalizer_.state_dict(),  # type: ignore[union-attr]
                 "log": list(self.log_),
             },
+            machine_kinds=self.machine_kinds,
         )
 
     @classmethod
