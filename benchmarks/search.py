@@ -115,7 +115,15 @@ def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, model
         rows[name] = {"ms": outcome.runtime_ms, "wall_s": time.perf_counter() - t0, "benchmarks": 1, "beam": beam}
         if outcome.failure:
             rows[name]["failure"] = outcome.failure
-    return {"uri": uri, "stages": graph.num_stages, "distinct": len(candidates), "tried": tried, "methods": rows}
+    return {
+        "uri": uri,
+        "stages": graph.num_stages,
+        "distinct": len(candidates),
+        "tried": tried,
+        "featurize_s": featurize_s,  # analysis + every candidate tried (Adams2019's own search per candidate)
+        "predict_s": predict_s,  # per model: ranking every distinct candidate
+        "methods": rows,
+    }
 
 
 def main() -> None:
