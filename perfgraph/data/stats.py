@@ -77,7 +77,8 @@ def dataset_stats(store: Store) -> DatasetStats:
     per_pipeline = [
         r[0]
         for r in q(
-            "SELECT COUNT(m.measurement_id) FROM pipelines p LEFT JOIN schedules s ON s.pipeline_id = p.pipeline_id "
+            "SELECT COUNT(DISTINCT m.schedule_id) FROM pipelines p "
+            "LEFT JOIN schedules s ON s.pipeline_id = p.pipeline_id "
             "LEFT JOIN measurements m ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 GROUP BY p.pipeline_id"
         )
     ]
