@@ -5,9 +5,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import random
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ import pytest
 
 from perfgraph.cli import main
 from perfgraph.data.export import ExportError, export_parquet, export_samples
-from perfgraph.data.shards import ShardError, export_new_shard, rebuild_store
+from perfgraph.data.shards import ShardError, export_new_shard, read_shard, rebuild_store
 from perfgraph.data.store import MeasurementRecord, Store, StoreError
 from perfgraph.measure.host import MachineInfo
 from perfgraph.schedules.stage_graph import StageGraph
@@ -324,3 +329,62 @@ def test_samples_are_not_exported_into_a_folder_that_holds_other_files(tmp_path,
     assert sorted(out.iterdir()) == [foreign] and foreign.read_bytes() == b"another store's sample"
     with Store(db) as store:
         assert len(export_samples(store, tmp_path / "empty")) == 6
+
+
+# -- kill -9 inside `perfgraph shards export` (issue 15 section 5) -------------------------------------------------
+
+
+def wait_for_write_lock(db: Path, process: subprocess.Popen, timeout_s: float = 120.0) -> bool:
+    """Poll until another process holds the store's write lock (the export's transaction); False if it ended first."""
+    deadline = time.monotonic() + timeout_s
+    with sqlite3.connect(db, timeout=0, isolation_level=None) as probe:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.execute("ROLLBACK")
+            except sqlite3.OperationalError:  # "database is locked": the export is reading and marking rows
+                return True
+            time.sleep(0.005)
+    return False
+
+
+def check_store_and_shards(db: Path, shards: Path) -> None:
+    """The store is intact, every shard file is whole, and every shard the store names exists."""
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        named = {
+            name
+            for table in ("pipelines", "schedules", "measurements", "failures")
+            for (name,) in connection.execute(f"SELECT DISTINCT shard FROM {table} WHERE shard IS NOT NULL")
+        }
+    files = sorted(shards.glob("shard-*.jsonl.gz"))
+    for shard in files:
+        read_shard(shard)  # the content hash in its name matches
+    assert named <= {shard.name for shard in files}
+
+
+def test_kill_9_inside_shards_export_loses_nothing_and_a_rerun_completes_it(tmp_path):
+    db, shards = small_store(tmp_path / "s.db"), tmp_path / "shards"
+    command = [sys.executable, "-m", "perfgraph.cli", "shards", "export", "--db", str(db), "--shards", str(shards)]
+    rng = random.Random(15)
+    killed_inside = 0
+    for round_ in range(3):
+        with Store(db) as store:  # rows collected since the last export, so that each round has work
+            for seed in range(10 + 40 * round_, 50 + 40 * round_):
+                add_pipeline_rows(store, seed, schedules=5)
+        expected = dataset(db)
+        process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if wait_for_write_lock(db, process):
+            time.sleep(rng.uniform(0.0, 0.6))  # the export itself takes about 0.2-0.5 s here
+            killed_inside += process.poll() is None
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        check_store_and_shards(db, shards)
+        assert dataset(db) == expected
+    assert killed_inside >= 1, "no kill landed inside an export"
+
+    assert main(command[3:]) == 0  # the same command, run to its end
+    check_store_and_shards(db, shards)
+    with Store(db) as store:
+        assert export_new_shard(store, shards) is None
+    assert dataset(rebuild_store(shards, tmp_path / "rebuilt.db").path) == dataset(db)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from perfgraph.data.store import Store
+from perfgraph.features.layout import FEATURES_PER_STAGE
 
 
 def sample_bytes(featurization: bytes, runtime_ms: float, pipeline_id: int, schedule_id: int) -> bytes:
@@ -19,6 +21,40 @@ def sample_bytes(featurization: bytes, runtime_ms: float, pipeline_id: int, sche
         + np.int32(pipeline_id).tobytes()
         + np.int32(schedule_id).tobytes()
     )
+
+
+class SampleFileError(ValueError):
+    """Bytes that are not one ``.sample`` file (as :func:`sample_bytes` writes them)."""
+
+
+@dataclass(frozen=True)
+class SampleFile:
+    """What one ``.sample`` file holds, in the units Halide's trainer reads."""
+
+    features: np.ndarray  # (n_stages, FEATURES_PER_STAGE) float32, Halide's featurization rows
+    runtime_ms: float
+    pipeline_id: int
+    schedule_id: int
+
+
+def parse_sample_bytes(data: bytes) -> SampleFile:
+    """Read one ``.sample`` file's bytes back (the inverse of :func:`sample_bytes`).
+
+    >>> parse_sample_bytes(sample_bytes(bytes(4 * FEATURES_PER_STAGE), 2.5, 7, 9)).runtime_ms
+    2.5
+    >>> parse_sample_bytes(b"short")
+    Traceback (most recent call last):
+    ...
+    perfgraph.data.export.SampleFileError: 5 bytes: a .sample file is 1304*N + 12 bytes (N >= 1 stages)
+    """
+    row_bytes = 4 * FEATURES_PER_STAGE
+    body = len(data) - 12
+    if body < row_bytes or body % row_bytes:
+        raise SampleFileError(f"{len(data)} bytes: a .sample file is {row_bytes}*N + 12 bytes (N >= 1 stages)")
+    features = np.frombuffer(data, np.float32, body // 4).reshape(-1, FEATURES_PER_STAGE)
+    runtime_ms = float(np.frombuffer(data, np.float32, 1, body)[0])
+    pipeline_id, schedule_id = (int(v) for v in np.frombuffer(data, np.int32, 2, body + 4))
+    return SampleFile(features, runtime_ms, pipeline_id, schedule_id)
 
 
 class ExportError(ValueError):

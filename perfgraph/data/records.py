@@ -41,6 +41,10 @@ class Sample:
             )
         if self.edges.ndim != 2 or self.edges.shape[0] != 2:
             raise ValueError(f"Sample {self.pipeline_id}/{self.schedule_id}: edges must be (2, E)")
+        if not np.issubdtype(self.edges.dtype, np.integer):
+            raise ValueError(
+                f"Sample {self.pipeline_id}/{self.schedule_id}: edges must be integer indices, not {self.edges.dtype}"
+            )
         if self.edge_features.shape != (self.edges.shape[1], NUM_EDGE_FEATURES):
             raise ValueError(
                 f"Sample {self.pipeline_id}/{self.schedule_id}: edge_features must be "

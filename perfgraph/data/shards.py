@@ -25,7 +25,7 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from perfgraph.data.store import MeasurementRecord, Store
+from perfgraph.data.store import MeasurementRecord, PipelineRecord, Store, StoreError
 from perfgraph.measure.host import MachineInfo
 from perfgraph.schedules.stage_graph import StageGraph
 
@@ -297,7 +297,10 @@ def _replay_shard(store: Store, shard: Path) -> None:
                 f"{shard}: line {number}: a row that an earlier shard already holds ({error}); "
                 "is this shard a second copy of one export?"
             ) from error
-        except (KeyError, ValueError, TypeError) as error:
+        except (KeyError, ValueError, TypeError, OverflowError, RecursionError, zlib.error, sqlite3.Error) as error:
+            # A record edited or damaged with its hash recomputed: name the line, whatever gave way.
+            raise ShardError(f"{shard}: line {number}: {type(error).__name__}: {error}") from error
+        except StoreError as error:
             raise ShardError(f"{shard}: line {number}: {error}") from error
 
 
@@ -337,8 +340,12 @@ def _refuse_duplicate_shards(shards: list[Path]) -> None:
 
 
 def _replay(store: Store, row: dict, shard: str) -> None:
+    if not isinstance(row, dict):
+        raise ValueError(f"a JSON {type(row).__name__}, not a record")
     kind = row["type"]
     if kind == "machine":
+        if not isinstance(row["info"], dict):
+            raise ValueError("a machine record whose info is no JSON object")
         store.machine_id(MachineInfo.from_json(row["info"]))
         return
     machine = None
@@ -360,7 +367,7 @@ def _replay(store: Store, row: dict, shard: str) -> None:
         )
         store.execute("UPDATE pipelines SET shard = ? WHERE uri = ?", (shard, row["uri"]))
     elif kind == "schedule":
-        pipeline = store.pipeline_by_uri(row["uri"])
+        pipeline = _pipeline(store, row["uri"])
         _refuse_second_copy(
             store,
             "SELECT shard FROM schedules WHERE pipeline_id = ? AND candidate_index = ?",
@@ -383,7 +390,7 @@ def _replay(store: Store, row: dict, shard: str) -> None:
         )
         store.execute("UPDATE schedules SET shard = ? WHERE schedule_id = ?", (shard, schedule_id))
     elif kind == "measurement":
-        pipeline = store.pipeline_by_uri(row["uri"])
+        pipeline = _pipeline(store, row["uri"])
         schedule_id = _schedule_id(store, pipeline.pipeline_id, row["candidate_index"])
         record = MeasurementRecord(
             row["runtime_ms"],
@@ -429,6 +436,13 @@ def _refuse_second_copy(store: Store, query: str, key: tuple, what: str) -> None
     found = store.execute(query, key).fetchone()
     if found is not None:
         raise ValueError(f"{what} is already in {found[0]}: is this shard a second copy of one export?")
+
+
+def _pipeline(store: Store, uri: str) -> PipelineRecord:
+    pipeline = store.pipeline_by_uri(uri)
+    if pipeline is None:
+        raise ValueError(f"pipeline {uri!r} is in no earlier line")
+    return pipeline
 
 
 def _schedule_id(store: Store, pipeline_id: int, candidate_index: int) -> int:

@@ -73,8 +73,29 @@ def algorithm_hash(featurization: bytes) -> str:
     return hashlib.sha256(np.ascontiguousarray(rows[:, PIPELINE_SLICE]).tobytes()).hexdigest()
 
 
+class FeaturizationError(ValueError):
+    """Stored featurization bytes that are not zlib-compressed rows of ``FEATURES_PER_STAGE`` float32s."""
+
+
 def decode_featurization(blob: bytes) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(blob), dtype=np.float32).reshape(-1, FEATURES_PER_STAGE)
+    """The ``(n_stages, FEATURES_PER_STAGE)`` float32 rows of a stored (zlib-compressed) featurization.
+
+    >>> decode_featurization(zlib.compress(bytes(4 * FEATURES_PER_STAGE))).shape
+    (1, 326)
+    >>> decode_featurization(zlib.compress(bytes(7)))
+    Traceback (most recent call last):
+    ...
+    perfgraph.data.store.FeaturizationError: featurization: 7 bytes, not a whole number of 326-float32 stage rows
+    """
+    try:
+        raw = zlib.decompress(blob)
+    except (zlib.error, TypeError) as error:
+        raise FeaturizationError(f"featurization: not zlib-compressed ({error})") from error
+    if len(raw) % (4 * FEATURES_PER_STAGE):
+        raise FeaturizationError(
+            f"featurization: {len(raw)} bytes, not a whole number of {FEATURES_PER_STAGE}-float32 stage rows"
+        )
+    return np.frombuffer(raw, dtype=np.float32).reshape(-1, FEATURES_PER_STAGE)
 
 
 class Store:

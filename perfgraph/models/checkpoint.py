@@ -80,10 +80,24 @@ def read_checkpoint_header(path: str | Path) -> dict[str, Any]:
     expected = record.get("payload_sha256")
     if expected is not None and payload_digest(record.get("payload")) != expected:
         raise CheckpointError(f"{path}: corrupt checkpoint: its payload does not match the sha256 saved with it")
-    version = int(record.get("feature_schema_version", -1))
+    version = record.get("feature_schema_version", -1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: not a perfgraph checkpoint (feature_schema_version {version!r:.40})")
     if version != FEATURE_SCHEMA_VERSION:
         raise SchemaMismatchError(path, version)
+    _check_header_types(path, record)
     return record
+
+
+def _check_header_types(path: Path, record: dict[str, Any]) -> None:
+    """The fields that loading reads have the types :func:`save_checkpoint` writes."""
+    kinds = record.get("machine_kinds", [])
+    if not isinstance(record.get("model_kind"), str):
+        raise CheckpointError(f"{path}: not a perfgraph checkpoint (model_kind {record.get('model_kind')!r:.40})")
+    if not isinstance(record.get("payload"), dict):
+        raise CheckpointError(f"{path}: not a perfgraph checkpoint (its payload is no dict)")
+    if not isinstance(kinds, list | tuple) or not all(isinstance(kind, str) for kind in kinds):
+        raise CheckpointError(f"{path}: not a perfgraph checkpoint (machine_kinds {kinds!r:.40})")
 
 
 def _check_container(path: Path) -> None:

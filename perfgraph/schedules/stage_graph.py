@@ -95,6 +95,7 @@ _STAGE = re.compile(r"^  Stage (\d+):\s*$")
 _FLAGS = re.compile(r"^  pointwise: \d+ boundary condition: \d+ wrapper: \d+ input: (\d) output: \d")
 _EDGE = re.compile(r"^Edge: (\S+) -> (\S+)\s*$")
 _JACOBIAN_ROW = re.compile(r"^\s+\[(.*)\]\s*$")
+_COEFFICIENT = re.compile(r"-?[0-9]+(/[0-9]+)?")  # what Halide prints for a known Jacobian entry
 
 
 def _stage_name(func: str, stage: int) -> str:
@@ -122,7 +123,10 @@ def parse_dag_dump(log: str) -> StageGraph:
             current = [node.group(1), 0, False]
             funcs.append(current)  # type: ignore[arg-type]
         elif current is not None and _STAGE.match(line):
-            current[1] = max(current[1], int(_STAGE.match(line).group(1)) + 1)  # type: ignore[union-attr]
+            index = int(_STAGE.match(line).group(1))  # type: ignore[union-attr]
+            if index > current[1]:  # Halide numbers a Func's stages 0, 1, 2 ...
+                raise StageGraphError(f"Node {current[0]}: 'Stage {index}:' after {current[1]} stages")
+            current[1] = max(current[1], index + 1)
         elif current is not None and _FLAGS.match(line):
             current[2] = _FLAGS.match(line).group(1) == "1"  # type: ignore[union-attr]
         elif _EDGE.match(line):
@@ -166,6 +170,9 @@ def _assemble(funcs: list, edges_raw: list[EdgeInfo]) -> StageGraph:
         if not is_input:
             stage_names.extend(_stage_name(name, s) for s in reversed(range(num_stages)))
     row_of = {stage: row for row, stage in enumerate(stage_names)}
+    stageless = [name for name, num_stages, is_input in funcs if not is_input and num_stages == 0]
+    if stageless:
+        raise StageGraphError(f"Node {stageless[0]}: no 'Stage 0:' block (a truncated or edited dump?)")
     final_stage = {name: _stage_name(name, n - 1) for name, n, is_input in funcs if not is_input}
     edges: list[tuple[int, int]] = []
     features: list[tuple[float, ...]] = []
@@ -189,12 +196,15 @@ def _assemble(funcs: list, edges_raw: list[EdgeInfo]) -> StageGraph:
 
 
 def _coefficient(entry: str) -> float | None:
-    if entry == "_":
+    """A Jacobian entry's value; ``None`` for an unknown one (``_``) or anything else Halide would not print."""
+    if not _COEFFICIENT.fullmatch(entry):
         return None
     try:
         return float(Fraction(entry))
-    except (ValueError, ZeroDivisionError):
+    except ZeroDivisionError:
         return None
+    except (ValueError, OverflowError) as error:  # more digits than a float (or Python's int parser) holds
+        raise StageGraphError(f"Jacobian entry {entry[:20]}...: out of range ({error})") from error
 
 
 def edge_features(edge: EdgeInfo) -> tuple[float, ...]:

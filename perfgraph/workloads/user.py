@@ -19,6 +19,8 @@ def split_user_target(target: str) -> tuple[Path, str]:
     path, sep, function = target.rpartition(":")
     if not sep or not path or not function:
         raise WorkloadError(f"pipeline {target!r}: expected FILE.py:FUNCTION")
+    if "\0" in target:
+        raise WorkloadError(f"pipeline {target!r}: a NUL character in FILE.py:FUNCTION")
     return Path(path), function
 
 
@@ -50,4 +52,7 @@ def load_user_builder(target: str) -> Builder:
 def user_uri(spec: str) -> str:
     """The canonical URI of a ``FILE.py:FUNCTION`` argument (absolute path, so workers find it)."""
     path, function = split_user_target(spec)
-    return f"file:{path.resolve()}:{function}"
+    try:
+        return f"file:{path.resolve()}:{function}"
+    except (OSError, RuntimeError) as error:  # a symbolic-link loop, an unreadable folder
+        raise WorkloadError(f"pipeline file {str(path)!r}: cannot resolve its path ({error})") from error
