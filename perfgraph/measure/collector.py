@@ -192,7 +192,7 @@ class Collector:
         :class:`MeasuredConfig` per config, in order. Raises :class:`StoreError` when the pipeline
         cannot be analysed.
         """
-        if not all(not c.random_weights for c in configs):
+        if any(c.random_weights for c in configs):
             raise ValueError("random-weight configs are seeded from the clock and cannot be rebuilt for measurement")
         self._explicit = True
         try:
