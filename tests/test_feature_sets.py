@@ -44,13 +44,14 @@ def with_other_pipeline_features(samples):
 def test_a_schedule_only_model_ignores_the_pipeline_features(model_class):
     model = fitted(model_class, "schedule")
     samples = synthetic_samples(num_pipelines=2, num_schedules=3, seed=5)
-    assert np.array_equal(model.predict(samples), model.predict(with_other_pipeline_features(samples)))
+    # Equal up to float rounding: changed pipeline features regroup the samples in the batched search path.
+    np.testing.assert_allclose(model.predict(with_other_pipeline_features(samples)), model.predict(samples), rtol=1e-5)
 
 
 def test_a_model_of_all_features_reads_the_pipeline_features():
     model = fitted(GNNCostModel, "all")
     samples = synthetic_samples(num_pipelines=2, num_schedules=3, seed=5)
-    assert not np.array_equal(model.predict(samples), model.predict(with_other_pipeline_features(samples)))
+    assert not np.allclose(model.predict(samples), model.predict(with_other_pipeline_features(samples)), rtol=1e-3)
 
 
 def test_the_feature_set_is_saved_with_the_checkpoint(tmp_path):
@@ -59,7 +60,7 @@ def test_the_feature_set_is_saved_with_the_checkpoint(tmp_path):
     loaded = GNNCostModel.load(tmp_path / "gnn.pt")
     samples = synthetic_samples(num_pipelines=2, num_schedules=3, seed=5)
     assert loaded.features == "schedule"
-    assert np.array_equal(loaded.predict(with_other_pipeline_features(samples)), model.predict(samples))
+    np.testing.assert_allclose(loaded.predict(with_other_pipeline_features(samples)), model.predict(samples), rtol=1e-5)
 
 
 def test_an_unknown_feature_set_is_refused_naming_argument_and_value():
