@@ -6,8 +6,9 @@ and role (``b0_conv``, ``b0_bn``, ``b0_relu``, ``b1_scores``, ``b1_attn`` ...), 
 layer (``b0_conv_w``, ``b1_ln_gamma`` ...); the input is ``input``. Every input and the output have
 estimates. The family name, for held-out splits, is ``dlrandom``.
 
->>> [f.name() for f in dl_random_pipeline(3)] == [plan_dl_random_pipeline(3).output.name]
-True
+>>> outputs = dl_random_pipeline(3)  # in a fresh process the name is exact; Halide adds $N to repeats
+>>> len(outputs), outputs[0].name().startswith(plan_dl_random_pipeline(3).output.name)
+(1, True)
 """
 
 from __future__ import annotations
