@@ -117,9 +117,8 @@ class NeuralCostModel(CostModel):
     def _network_inputs(self, raw_graphs: Sequence[Data]) -> list[Data]:
         """``raw_graphs`` standardised, with the features outside ``features`` zeroed."""
         graphs = self.normalizer_.transform_all(raw_graphs)  # type: ignore[union-attr]
-        if self.features != "all":
-            unread = torch.ones(FEATURES_PER_STAGE, dtype=torch.bool)
-            unread[FEATURE_SETS[self.features]] = False
+        unread = self._unread_features()
+        if unread is not None:
             for graph in graphs:  # each x is a fresh tensor from the normaliser, safe to edit in place
                 graph.x[:, unread] = 0.0
         return graphs
