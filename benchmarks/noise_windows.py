@@ -65,7 +65,7 @@ def _median(values: list[float]) -> float | None:
 def window_noise(store: Store, window: Window, machine: str | None = None) -> dict[str, BandNoise]:
     """Per run-time band, the noise of the measurements taken in ``window`` on machine kind ``machine``."""
     kind = machine or store.default_machine_kind()
-    ids = ",".join(str(i) for i, info in store.machines().items() if info.kind == kind) or "NULL"
+    ids = ",".join(str(i) for i in store.machine_ids(kind)) or "NULL"
     firsts = store.execute(
         "SELECT runtime_ms, cv FROM measurements WHERE is_repeat = 0 AND measured_at >= ?1 "
         f"AND (?2 IS NULL OR measured_at < ?2) AND machine_id IN ({ids})",

@@ -398,7 +398,7 @@ class Store:
             reason = f"{failure[0]}: {failure[1].strip()}" if failure else "not run (interrupted)"
             return None, None, None, reason
         schedule_id, measured_id, source = row
-        ids = [machine_id for machine_id, info in self.machines().items() if info.kind == machine]
+        ids = self.machine_ids(machine)
         runtime = self._db.execute(
             f"SELECT MIN(runtime_ms) FROM measurements WHERE schedule_id = ? AND is_repeat = 0 "
             f"AND machine_id IN ({','.join('?' * len(ids)) or 'NULL'})",
@@ -436,8 +436,12 @@ class Store:
         """The machine kind with the most samples (``None`` for an empty store)."""
         return next(iter(self.samples_by_machine_kind()), None)
 
+    def machine_ids(self, kind: str) -> list[int]:
+        """Ids of the machines of one kind (empty when the store has none)."""
+        return [machine_id for machine_id, info in self.machines().items() if info.kind == kind]
+
     def _machine_ids(self, kind: str) -> list[int]:
-        ids = [machine_id for machine_id, info in self.machines().items() if info.kind == kind]
+        ids = self.machine_ids(kind)
         if not ids:
             known = ", ".join(self.samples_by_machine_kind()) or "none"
             raise StoreError(f"{self.path}: no measurements from machine kind {kind!r}; the store has: {known}")
@@ -506,7 +510,7 @@ class Store:
 
     def measured_on(self, pipeline_id: int, machine: str) -> set[int]:
         """Schedule ids of a pipeline that have a first measurement on machine kind ``machine``."""
-        ids = [machine_id for machine_id, info in self.machines().items() if info.kind == machine]
+        ids = self.machine_ids(machine)
         if not ids:
             return set()
         return {
