@@ -21,7 +21,8 @@ TINY_WORKLOADS = (
     zoo_uri("resnet_basic_block", w=16, h=16, c_in=8, c_out=8, stride=1),
     f"file:{USER_PIPELINES}:blur",
 )
-FAST_TIMING = TimingPolicy(min_repeats=3, max_repeats=30, min_duration_s=0.05)
+# The quiet protocol as collected, with short bursts and at most a second of waiting for a quiet core.
+FAST_TIMING = TimingPolicy(min_repeats=3, max_repeats=30, min_duration_s=0.05, burst_s=0.02, max_wait_s=1.0)
 TINY_SCHEDULES = 8  # Halide's trainer skips pipelines with fewer than 8 schedules
 
 

@@ -97,9 +97,16 @@ def test_shards_rebuild_the_same_dataset_and_are_never_rewritten(tiny_db, tmp_pa
         assert first is not None and export_new_shard(store, tmp_path / "shards") is None
         expected = [(s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in store.samples()]
         pairs = store.repeat_pairs()
+        how = "SELECT protocol, conditions FROM measurements ORDER BY measurement_id"
+        conditions = store.execute(how).fetchall()
     rebuilt = rebuild_store(tmp_path / "shards", tmp_path / "rebuilt.db")
     assert [(s.pipeline_name, s.schedule_id, s.runtime_ms, s.features.tobytes()) for s in rebuilt.samples()] == expected
     assert rebuilt.repeat_pairs() == pairs
+    # Every measurement keeps its timing protocol and the conditions it ran in (calibration, steal time).
+    parsed = [(protocol, json.loads(how)) for protocol, how in conditions]
+    assert [(protocol, json.loads(how)) for protocol, how in rebuilt.execute(how).fetchall()] == parsed
+    assert {protocol for protocol, _ in parsed} == {"quiet-v2"}
+    assert all({"calibration_ms", "steal_ms", "quiet"} <= how.keys() for _, how in parsed)
     assert rebuilt.counts() == Store(copy).counts()
 
 

@@ -45,7 +45,9 @@ CREATE TABLE IF NOT EXISTS measurements (
     compile_s REAL NOT NULL,
     is_repeat INTEGER NOT NULL DEFAULT 0,   -- 1: an independent re-measurement (for the noise floor)
     measured_at TEXT NOT NULL,
-    shard TEXT
+    shard TEXT,
+    protocol TEXT NOT NULL DEFAULT 'window-v1',  -- timing protocol (perfgraph.measure.timing)
+    conditions TEXT                         -- JSON: slow bursts rejected, calibration, steal time
 );
 
 CREATE TABLE IF NOT EXISTS failures (

@@ -25,7 +25,14 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from perfgraph.data.store import MeasurementRecord, PipelineRecord, Store, StoreError
+from perfgraph.data.store import (
+    MEASUREMENT_PROTOCOLS,
+    WINDOW_PROTOCOL,
+    MeasurementRecord,
+    PipelineRecord,
+    Store,
+    StoreError,
+)
 from perfgraph.measure.host import MachineInfo
 from perfgraph.schedules.stage_graph import StageGraph
 
@@ -87,11 +94,13 @@ def _rows(store: Store) -> Iterator[tuple[str | None, int | None, dict]]:
         )
     for row in q(
         "SELECT m.measurement_id, p.uri, s.candidate_index, k.fingerprint, m.runtime_ms, m.median_ms, m.cv, "
-        "m.repeats_ms, m.threads, m.compile_s, m.is_repeat, m.measured_at FROM measurements m "
+        "m.repeats_ms, m.threads, m.compile_s, m.is_repeat, m.measured_at, m.protocol, m.conditions "
+        "FROM measurements m "
         "JOIN schedules s USING (schedule_id) JOIN pipelines p USING (pipeline_id) JOIN machines k USING (machine_id) "
         "WHERE m.shard IS NULL ORDER BY m.measurement_id"
     ):
-        key, uri, index, fingerprint, runtime, median, cv, repeats, threads, compile_s, is_repeat, at = row
+        key, uri, index, fingerprint, runtime, median, cv, repeats, threads, compile_s, is_repeat, at = row[:12]
+        protocol, how = row[12:]
         yield (
             "measurements",
             key,
@@ -108,6 +117,8 @@ def _rows(store: Store) -> Iterator[tuple[str | None, int | None, dict]]:
                 "compile_s": compile_s,
                 "is_repeat": bool(is_repeat),
                 "measured_at": at,
+                "protocol": protocol,
+                "conditions": None if how is None else json.loads(how),
             },
         )
     for row in q(
@@ -392,6 +403,9 @@ def _replay(store: Store, row: dict, shard: str) -> None:
     elif kind == "measurement":
         pipeline = _pipeline(store, row["uri"])
         schedule_id = _schedule_id(store, pipeline.pipeline_id, row["candidate_index"])
+        protocol, conditions = row.get("protocol", WINDOW_PROTOCOL), row.get("conditions")  # older shards: window-v1
+        if protocol not in MEASUREMENT_PROTOCOLS or not isinstance(conditions, dict | None):
+            raise ValueError(f"measurement protocol {protocol!r} / conditions {conditions!r}: not one perfgraph writes")
         record = MeasurementRecord(
             row["runtime_ms"],
             row["median_ms"],
@@ -399,6 +413,8 @@ def _replay(store: Store, row: dict, shard: str) -> None:
             tuple(row["repeats_ms"]),
             row["threads"],
             row["compile_s"],
+            protocol,
+            conditions,
         )
         _refuse_second_copy(
             store,

@@ -27,6 +27,10 @@ from perfgraph.measure.host import MachineInfo
 from perfgraph.schedules.stage_graph import StageGraph
 
 STORE_SCHEMA_VERSION = 1
+# Timing protocols a measurement can be taken under (perfgraph.measure.timing explains both).
+WINDOW_PROTOCOL = "window-v1"
+QUIET_PROTOCOL = "quiet-v2"
+MEASUREMENT_PROTOCOLS = (WINDOW_PROTOCOL, QUIET_PROTOCOL)
 
 
 class StoreError(RuntimeError):
@@ -54,6 +58,8 @@ class MeasurementRecord:
     repeats_ms: tuple[float, ...]
     threads: int
     compile_s: float
+    protocol: str = WINDOW_PROTOCOL  # one of MEASUREMENT_PROTOCOLS
+    conditions: dict | None = None  # how the benchmark ran: slow bursts rejected, calibration, steal time
 
 
 def now() -> str:
@@ -173,6 +179,10 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         schema = resources.files("perfgraph.data").joinpath("schema.sql").read_text()
         self._db.executescript(schema)  # idempotent: every statement is IF NOT EXISTS
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(measurements)")}
+        if "protocol" not in columns:  # a store from before the timing protocols: window-v1 throughout
+            self._db.execute("ALTER TABLE measurements ADD COLUMN protocol TEXT NOT NULL DEFAULT 'window-v1'")
+            self._db.execute("ALTER TABLE measurements ADD COLUMN conditions TEXT")
         with self.transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),))
             db.execute(
@@ -279,7 +289,7 @@ class Store:
     ) -> None:
         db.execute(
             "INSERT INTO measurements (schedule_id, machine_id, runtime_ms, median_ms, cv, repeats_ms, threads, "
-            "compile_s, is_repeat, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "compile_s, is_repeat, measured_at, protocol, conditions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 schedule_id,
                 machine_id,
@@ -291,6 +301,8 @@ class Store:
                 m.compile_s,
                 int(is_repeat),
                 now(),
+                m.protocol,
+                None if m.conditions is None else json.dumps(m.conditions),
             ),
         )
 
@@ -482,13 +494,18 @@ class Store:
         return samples
 
     def repeat_pairs(
-        self, repeated_from: str | None = None, repeated_before: str | None = None, machine: str | None = None
+        self,
+        repeated_from: str | None = None,
+        repeated_before: str | None = None,
+        machine: str | None = None,
+        protocol: str | None = None,
     ) -> list[tuple[int, int, float, float]]:
         """``(pipeline_id, schedule_id, first_ms, repeat_ms)`` for schedules measured twice, independently.
 
         Both measurements come from one machine kind (``machine``; default: the kind with the most
-        samples). ``repeated_from`` / ``repeated_before`` (times as stored in ``measured_at``) keep the
-        pairs whose re-measurement was taken in that window, to compare collection settings over time.
+        samples) and, with ``protocol``, were both taken under that timing protocol. ``repeated_from`` /
+        ``repeated_before`` (times as stored in ``measured_at``) keep the pairs whose re-measurement was
+        taken in that window, to compare collection settings over time.
         """
         kind = machine or self.default_machine_kind()
         if kind is None:
@@ -503,8 +520,9 @@ class Store:
                 f"AND a.machine_id IN ({inside}) AND b.machine_id IN ({inside}) "
                 "JOIN schedules s ON s.schedule_id = a.schedule_id "
                 "WHERE (?1 IS NULL OR b.measured_at >= ?1) AND (?2 IS NULL OR b.measured_at < ?2) "
+                "AND (?3 IS NULL OR (a.protocol = ?3 AND b.protocol = ?3)) "
                 "ORDER BY s.schedule_id",
-                (repeated_from, repeated_before),
+                (repeated_from, repeated_before, protocol),
             )
         ]
 

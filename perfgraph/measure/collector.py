@@ -443,7 +443,8 @@ class Collector:
             "autoschedule": timeouts.beam_autoschedule_s if candidate.config.beam_size > 1 else timeouts.autoschedule_s,
             "reference": timeouts.analyze_s,  # a missing reference output is rebuilt by the candidate
         }
-        env = {"HL_NUM_THREADS": "1"}
+        # Single-threaded: Halide's pipelines, and NumPy's BLAS in the timing calibration kernel.
+        env = {"HL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         result = run_job(job, limits, self.compile_cpus, env=env, on_event=on_event, live=self._workers)
         return result, duplicate_of[0]
 
@@ -619,4 +620,6 @@ def _measurement(event: dict) -> MeasurementRecord:
         repeats_ms=tuple(event["repeats_ms"]),
         threads=1,
         compile_s=event["compile_s"],
+        protocol=event["protocol"],
+        conditions=event.get("conditions"),
     )

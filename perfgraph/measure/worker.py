@@ -183,7 +183,7 @@ def measure(job: dict) -> None:
     import halide as hl
 
     from perfgraph.measure.inputs import call_widening_inputs, make_buffers
-    from perfgraph.measure.timing import TimingPolicy, benchmark
+    from perfgraph.measure.timing import Calibration, TimingPolicy, benchmark
     from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
     from perfgraph.workloads.base import build_pipeline
 
@@ -226,7 +226,12 @@ def measure(job: dict) -> None:
             os.sched_setaffinity(0, set(job["benchmark_cpus"]))
         emit("phase", phase="run")
         policy = TimingPolicy(**job["timing"])
-        timing, _ = call_widening_inputs(lambda: benchmark(lambda: _run(callable_, names, buffers), policy), buffers)
+        calibration = Calibration(Path(job["lock_path"]).with_suffix(".calibration.json"))
+        steal_before = steal_ms(job["benchmark_cpus"])
+        timing, _ = call_widening_inputs(
+            lambda: benchmark(lambda: _run(callable_, names, buffers), policy, calibration), buffers
+        )
+        steal = steal_ms(job["benchmark_cpus"]) - steal_before
     reference = np.load(reference_path)
     mismatch = next(
         (
@@ -247,7 +252,25 @@ def measure(job: dict) -> None:
         cv=timing.cv,
         compile_s=compile_s,
         compiled_on_benchmark_cpus=on_benchmark_cpus,
+        protocol=timing.protocol,
+        conditions={**timing.conditions(), "steal_ms": steal},
     )
+
+
+def steal_ms(cpus: list[int]) -> float:
+    """Milliseconds the hypervisor has run others on ``cpus`` since boot (``/proc/stat`` steal column).
+
+    0.0 where ``/proc/stat`` is missing (not Linux).
+    """
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    wanted = {f"cpu{cpu}" for cpu in cpus}
+    rows = [fields for fields in map(str.split, lines) if fields and fields[0] in wanted and len(fields) > 8]
+    total = sum(int(fields[8]) for fields in rows)
+    return total * 1000.0 / ticks
 
 
 _on_terminate = None  # the installed handler, kept alive as long as the process
