@@ -269,13 +269,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     from perfgraph.data.store import Store
+    from perfgraph.measure.builder import analyse_stage_graph
     from perfgraph.models.registry import load_model
-    from perfgraph.search.tune import tune, write_schedule_file
+    from perfgraph.search.tune import beam_seed, tune, write_schedule_file
 
     uri = _pipeline_uri(args.pipeline)
     model = load_model(args.model)
     _warn_if_unseen_machine(model, args.model)
     say = (lambda _m: None) if args.json else (lambda message: print(message, file=sys.stderr))
+    graph, seeds = None, []
+    if args.beam_seed is not None:
+        weights = None if args.beam_seed == "shipped" else args.beam_seed
+        if weights is not None and not Path(weights).is_file():
+            raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
+        graph = analyse_stage_graph(uri)
+        seeds = [beam_seed(graph, None if weights is None else str(Path(weights).resolve()))]
     result = tune(
         uri,
         model,
@@ -285,6 +293,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         workers=args.workers,
         on_progress=say,
+        seeds=seeds,
+        graph=graph,
     )
     if result.best is not None:
         write_schedule_file(result, args.out)
@@ -581,6 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--rounds", type=_POSITIVE, default=1, metavar="R", help="update the model between rounds")
     schedule.add_argument(
         "--db", type=Path, default=Path("tuning.db"), help="store for the benchmarked candidates (default tuning.db)"
+    )
+    schedule.add_argument(
+        "--beam-seed",
+        nargs="?",
+        const="shipped",
+        metavar="WEIGHTS",
+        help="also benchmark Adams2019's own beam search (with this .weights file, or Halide's shipped weights "
+        "when none is given), so that the search returns at worst its schedule",
     )
     schedule.add_argument("--out", type=Path, default=Path("schedule.py"), help="the chosen schedule as Python")
     schedule.add_argument("--workers", type=_POSITIVE, default=2)

@@ -13,11 +13,12 @@ import pytest
 
 import perfgraph.measure.builder as builder
 from perfgraph.data.store import Store
+from perfgraph.measure.builder import analyse_stage_graph
 from perfgraph.measure.collector import INPUT_SEED
 from perfgraph.models.registry import load_model
 from perfgraph.paths import MODELS_DIR
 from perfgraph.search.predict import predict_candidates
-from perfgraph.search.tune import tune, write_schedule_file
+from perfgraph.search.tune import beam_seed, tune, write_schedule_file
 
 from .conftest import FAST_TIMING, USER_PIPELINES
 
@@ -132,3 +133,25 @@ def test_update_lowers_the_error_on_the_newly_measured_candidates(tuned):
     before = log_error()
     model.update(samples)
     assert log_error() < before
+
+
+def test_a_beam_seed_is_benchmarked_whatever_its_rank_and_marked(gnn, tmp_path):
+    graph = analyse_stage_graph(BLUR)
+    store = Store(tmp_path / "tuning.db")
+    seed = beam_seed(graph)
+    result = tune(BLUR, gnn, store, n=3, k=1, workers=2, update=False, timing=FAST_TIMING, seeds=[seed], graph=graph)
+    seeded = [m for m in result.measured if m.seed]
+    assert len(seeded) == 1 and seeded[0].ranked.candidate.config == seed
+    assert seeded[0].measured_ms is not None  # Adams2019's own schedule, measured by the same runner
+    assert any(m.ranked.rank == 1 for m in result.measured)  # beside the model's top k
+    assert result.best.measured_ms <= seeded[0].measured_ms  # so the search is never worse than the beam
+    assert "(seed)" in result.to_table()
+
+
+def test_a_missing_beam_seed_weights_file_is_a_clear_error(tmp_path, capsys):
+    from perfgraph.cli import main
+
+    missing = tmp_path / "nope.weights"
+    code = main(["schedule", "--pipeline", BLUR.removeprefix("file:"), "--beam-seed", str(missing)])
+    assert code == 2
+    assert f"--beam-seed {missing}: no such .weights file" in capsys.readouterr().err

@@ -72,6 +72,10 @@ class CollectOptions:
     # On a machine kind the store has not measured a pipeline on, its stored deterministic schedules
     # are measured here too: the same schedules on two CPUs (machine-transfer data).
     cross_machine: bool = True
+    # Each worker's address-space limit in MiB (RLIMIT_AS); None: no limit. A candidate that needs more
+    # fails as ``out_of_memory``, for good: None by default, so that no machine's limit drops schedules
+    # silently. A normal worker reserves 0.3-1.2 GiB (README, "A memory limit per worker").
+    memory_mb: int | None = None
     show_progress: bool = True
 
 
@@ -384,7 +388,7 @@ class Collector:
             "reference": self.options.timeouts.analyze_s,
         }
         env = {"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"}
-        return run_job(job, limits, self.compile_cpus, env=env, live=self._workers)
+        return run_job(job, limits, self.compile_cpus, env=env, live=self._workers, memory_mb=self.options.memory_mb)
 
     def _record_analysis(self, uri: str, result: JobResult) -> bool:
         """Store the pipeline described by an analysis job; ``False`` (and a failure row) if it failed."""
@@ -445,7 +449,15 @@ class Collector:
         }
         # Single-threaded: Halide's pipelines, and NumPy's BLAS in the timing calibration kernel.
         env = {"HL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        result = run_job(job, limits, self.compile_cpus, env=env, on_event=on_event, live=self._workers)
+        result = run_job(
+            job,
+            limits,
+            self.compile_cpus,
+            env=env,
+            on_event=on_event,
+            live=self._workers,
+            memory_mb=self.options.memory_mb,
+        )
         return result, duplicate_of[0]
 
     def _record(self, candidate: _Candidate, result: JobResult, duplicate_of: int | None) -> int | None:

@@ -1,8 +1,10 @@
-"""Runs one worker job in its own process, with a separate time limit for each phase.
+"""Runs one worker job in its own process, with a separate time limit for each phase and a memory limit.
 
 The worker reports the phase it enters (autoschedule, compile, wait, run); the runner applies that
 phase's limit, kills the process group when it is exceeded, and turns every way a job can end into
 an :class:`JobResult`: the events received, and a failure kind and message when it did not finish.
+An optional memory limit caps each worker's address space (``RLIMIT_AS``), so that one candidate
+that allocates without bound fails alone, as ``out_of_memory``, instead of the machine swapping.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import contextlib
 import json
 import os
 import queue
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -29,6 +33,7 @@ FAILURE_KINDS = (
     "run_error",
     "crash",
     "timeout",
+    "out_of_memory",
     "wrong_output",
 )
 # A worker stopped from outside (the operator, a shutdown) says nothing about its candidate: the
@@ -62,6 +67,17 @@ class JobResult:
     def ok(self) -> bool:
         return self.failure_kind is None
 
+
+# How a worker that could not allocate says so: Python's MemoryError (the worker reports it as an error
+# event), an ENOMEM OSError, an uncaught std::bad_alloc, LLVM's "out of memory" abort, Halide's runtime
+# ("Out of memory (halide_malloc returned nullptr)"), OpenBLAS ("Memory allocation still failed").
+_OUT_OF_MEMORY = re.compile(
+    r"MemoryError|std::bad_alloc|out of memory|Cannot allocate memory|memory allocation\b.*\bfailed", re.IGNORECASE
+)
+# Under an address-space limit only (elsewhere they have other causes: a noexec mount, say): a shared library
+# that cannot be mapped when importing, JIT code memory that cannot be mapped (Halide then reports that
+# "mprotect failed").
+_OUT_OF_ADDRESS_SPACE = re.compile(r"failed to map segment|mprotect failed", re.IGNORECASE)
 
 _ERROR_KIND_BY_PHASE = {
     "autoschedule": "autoschedule_error",
@@ -118,12 +134,15 @@ def run_job(
     env: dict[str, str] | None = None,
     on_event: Callable[[dict], str | None] | None = None,
     live: LiveWorkers | None = None,
+    memory_mb: int | None = None,
 ) -> JobResult:
     """Run ``job`` in a fresh worker pinned to ``cpus``; ``limits`` maps phase -> seconds.
 
     ``on_event`` sees every event and may return a line to send to the worker (the de-duplication
     reply). The first phase is ``"start"`` (building the pipeline) until the worker names another.
-    ``live``, when given, holds the worker while it runs (see :class:`LiveWorkers`).
+    ``live``, when given, holds the worker while it runs (see :class:`LiveWorkers`). ``memory_mb``,
+    when given, caps the worker's address space (``RLIMIT_AS``, MiB); a worker that cannot allocate
+    (or, with a limit, is killed by SIGKILL that the runner did not send) ends ``"out_of_memory"``.
     """
     result = JobResult()
     killed_by_abort = False
@@ -137,7 +156,7 @@ def run_job(
             env={**os.environ, **(env or {})},
             start_new_session=True,
             cwd=tempfile.gettempdir(),  # `python -m` puts the working directory first on sys.path
-            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+            preexec_fn=lambda: _limit_worker(cpus, memory_mb),
         )
         if live is not None:
             live.add(process)
@@ -167,6 +186,9 @@ def run_job(
                     event["event"], event["event"]
                 )
                 result.failure_phase, result.failure_message = phase, event["message"]
+                if event["event"] != "wrong_output" and _could_not_allocate(event["message"], memory_mb):
+                    result.failure_kind = "out_of_memory"
+                    result.failure_message = _out_of_memory_message(memory_mb, phase, event["message"])
             if on_event is not None and (reply := on_event(event)) is not None:
                 try:
                     process.stdin.write(reply + "\n")
@@ -183,16 +205,56 @@ def run_job(
         result.failure_message = "stopped by an abort"
     elif result.failure_kind is None and returncode != 0:
         result.failure_phase = phase
+        words = last_words(result.stderr)
+        result.failure_message = f"worker exited with {_describe_exit(returncode)} during {phase}: {words}"
         if returncode in _EXTERNAL_SIGNALS:
             result.failure_kind = INTERRUPTED
+        elif _could_not_allocate(words, memory_mb) or (memory_mb is not None and returncode == -signal.SIGKILL):
+            # Nobody here sent that SIGKILL (a timeout or an abort is decided above): the kernel's OOM killer.
+            result.failure_kind = "out_of_memory"
+            detail = f"it exited with {_describe_exit(returncode)}: {words}"
+            result.failure_message = _out_of_memory_message(memory_mb, phase, detail)
         elif phase in ("start", "autoschedule") and returncode == -signal.SIGABRT:
             result.failure_kind = "autoschedule_error"
         else:
             result.failure_kind = "crash"
-        result.failure_message = (
-            f"worker exited with {_describe_exit(returncode)} during {phase}: {last_words(result.stderr)}"
-        )
     return result
+
+
+def _limit_worker(cpus: set[int], memory_mb: int | None) -> None:
+    """In the new worker, before it runs Python: pin it to ``cpus`` and cap its address space."""
+    os.sched_setaffinity(0, cpus)
+    if memory_mb is not None:
+        limit = memory_mb * 2**20
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _could_not_allocate(text: str, memory_mb: int | None) -> bool:
+    """Whether a worker's error says it ran out of memory (of address space, under ``memory_mb``).
+
+    >>> _could_not_allocate("HalideError: Error: Out of memory (halide_malloc returned nullptr)", None)
+    True
+    >>> _could_not_allocate("ImportError: libHalide.so: failed to map segment from shared object", None)
+    False
+    >>> _could_not_allocate("ImportError: libHalide.so: failed to map segment from shared object", 256)
+    True
+    """
+    return bool(_OUT_OF_MEMORY.search(text) or (memory_mb is not None and _OUT_OF_ADDRESS_SPACE.search(text)))
+
+
+def _out_of_memory_message(memory_mb: int | None, phase: str, detail: str) -> str:
+    """Why an ``out_of_memory`` job failed, naming the limit and the phase.
+
+    ``detail`` is cut to its last 2000 characters: the store keeps a message's last 4000, the limit stays in.
+
+    >>> _out_of_memory_message(2048, "compile", "MemoryError: Unable to allocate 8.00 GiB")
+    'worker exceeded its memory limit of 2048 MiB in phase compile: MemoryError: Unable to allocate 8.00 GiB'
+    """
+    what = "ran out of memory" if memory_mb is None else f"exceeded its memory limit of {memory_mb} MiB"
+    return f"worker {what} in phase {phase}: {detail[-2000:]}"
 
 
 def last_words(stderr: str) -> str:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from perfgraph.data.store import Store
-from perfgraph.measure.builder import Candidate, analyse_stage_graph
+from perfgraph.measure.builder import DEFAULT_TIMEOUTS, Candidate, analyse_stage_graph, build_candidates
 from perfgraph.measure.collector import CollectOptions, Collector
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.models.base import CostModel
-from perfgraph.schedules.autoscheduler import benchmark_target
+from perfgraph.schedules.autoscheduler import AutoschedulerConfig, beam_size_for, benchmark_target
+from perfgraph.schedules.stage_graph import StageGraph
 from perfgraph.search.predict import RankedCandidate, describe_config, rank_candidates, sample_candidates
 
 
@@ -33,6 +34,7 @@ class MeasuredCandidate:
     measured_ms: float | None
     failure: str | None
     schedule_source: str | None  # as the runner's fresh process printed it (names as a fresh build has them)
+    seed: bool = False  # benchmarked as one of ``tune``'s seeds, whatever its rank
 
 
 @dataclass
@@ -80,7 +82,7 @@ class TuneResult:
         lines.append(f"{'round':>5}  {'rank':>4}  {'predicted ms':>12}  {'measured ms':>11}  config")
         for m in sorted(self.measured, key=lambda m: (m.round, m.ranked.rank)):
             measured = f"{m.measured_ms:11.4g}" if m.measured_ms is not None else f"{'failed':>11}"
-            config = describe_config(m.ranked.candidate.config)
+            config = describe_config(m.ranked.candidate.config) + ("  (seed)" if m.seed else "")
             lines.append(f"{m.round:>5}  {m.ranked.rank:>4}  {m.ranked.predicted_ms:12.4g}  {measured}  {config}")
         best = self.best
         if best is None:
@@ -105,6 +107,19 @@ class TuneResult:
         return "\n".join(lines)
 
 
+def beam_seed(graph: StageGraph, weights_path: str | None = None) -> AutoschedulerConfig:
+    """Adams2019's own deterministic beam search, as ``collect`` runs it, as a seed for :func:`tune`.
+
+    The beam is 32, 8 or 2 by stage count (:func:`beam_size_for`); ``weights_path`` is a ``.weights``
+    file (``perfgraph export --format weights``), ``None`` for Halide's shipped weights.
+
+    >>> graph = StageGraph(("f", "g"), ((0, 1),), ((),), (None,))
+    >>> beam_seed(graph).beam_size, beam_seed(graph, "ours.weights").weights_path
+    (32, 'ours.weights')
+    """
+    return AutoschedulerConfig(beam_size=beam_size_for(graph.num_stages), random_dropout=100, weights_path=weights_path)
+
+
 def tune(
     pipeline: str,
     model: CostModel,
@@ -117,6 +132,8 @@ def tune(
     on_progress: Callable[[str], None] | None = None,
     timing: TimingPolicy | None = None,
     first_round: list[Candidate] | None = None,
+    seeds: Sequence[AutoschedulerConfig] = (),
+    graph: StageGraph | None = None,
 ) -> TuneResult:
     """Search ``pipeline`` (a workload URI) with ``model``: ``rounds`` x (score ``n``, benchmark top ``k``).
 
@@ -124,6 +141,13 @@ def tune(
     ``rounds`` below 1, :class:`perfgraph.measure.builder.BuildError` when the pipeline cannot be built.
     ``timing`` is the benchmark's repeat policy (default: ``collect``'s). ``first_round`` reuses candidates
     already featurized with seeds ``1..`` (as ``sample_candidates(pipeline, n)`` gives them) for round 1.
+
+    ``seeds`` are deterministic configs benchmarked in round 1 whatever the model predicts for them,
+    beside its top ``k``: typically Adams2019's own beam search (``AutoschedulerConfig(beam_size=B,
+    random_dropout=100, weights_path=W)``), so that the search returns at worst that schedule, as
+    TVM's tuners keep the default schedule among their measured candidates (a portfolio). A seed that
+    cannot be featurized is left out, and said so through ``on_progress``. ``graph``: the pipeline's
+    stage graph when the caller has analysed it already.
     """
     for name, value in (("n (--candidates)", n), ("k (--measure-top)", k), ("rounds", rounds)):
         if value < 1:
@@ -139,11 +163,21 @@ def tune(
     )
     collector = Collector(store, options)
     result = TuneResult(pipeline, model.name, [], 0, 0.0, 0.0, 0.0, 0.0, machine=collector.machine_kind)
-    graph = analyse_stage_graph(pipeline)
+    graph = graph or analyse_stage_graph(pipeline)
     result.featurize_s += time.perf_counter() - started
     seen: set[str] = set()
     seed = 1
     measured_samples = []
+    seeded: list[Candidate] = []
+    if seeds:
+        say(f"featurizing {len(seeds)} seed schedule(s) (Adams2019's own search)")
+        t0 = time.perf_counter()
+        beam_limits = replace(DEFAULT_TIMEOUTS, autoschedule_s=DEFAULT_TIMEOUTS.beam_autoschedule_s)
+        built, failures = build_candidates(pipeline, list(seeds), graph, workers=workers, timeouts=beam_limits)
+        seeded = [c for c in built if c is not None]
+        for failure in failures:
+            say(f"seed schedule left out ({describe_config(failure.config)}): {failure.message}")
+        result.featurize_s += time.perf_counter() - t0
     for round_ in range(1, rounds + 1):
         say(f"round {round_}/{rounds}: featurizing {n} candidates")
         t0 = time.perf_counter()
@@ -154,17 +188,28 @@ def tune(
             candidates, tried, _failures, seed = sample_candidates(
                 pipeline, n, first_seed=seed, workers=workers, graph=graph, exclude=seen
             )
+        if round_ == 1 and seeded:
+            hashes = {c.features_hash for c in candidates}
+            candidates = candidates + [c for c in seeded if c.features_hash not in hashes]
         seen |= {c.features_hash for c in candidates}
         t1 = time.perf_counter()
         ranked = rank_candidates(model, candidates, with_stage_costs=k)
         t2 = time.perf_counter()
         top = ranked[:k]
+        if round_ == 1 and seeded:  # the seeds are benchmarked whatever their rank
+            chosen = {r.candidate.features_hash for r in top}
+            wanted = {c.features_hash for c in seeded}
+            top += [r for r in ranked[k:] if r.candidate.features_hash in wanted - chosen]
         say(f"round {round_}/{rounds}: benchmarking the {len(top)} predicted fastest of {len(ranked)}")
         outcomes = collector.measure_configs(pipeline, [r.candidate.config for r in top]) if top else []
         t3 = time.perf_counter()
+        seed_hashes = {c.features_hash for c in seeded} if round_ == 1 else set()
         for chosen, outcome in zip(top, outcomes, strict=True):
+            is_seed = chosen.candidate.features_hash in seed_hashes
             result.measured.append(
-                MeasuredCandidate(round_, chosen, outcome.runtime_ms, outcome.failure, outcome.schedule_source)
+                MeasuredCandidate(
+                    round_, chosen, outcome.runtime_ms, outcome.failure, outcome.schedule_source, seed=is_seed
+                )
             )
             if outcome.runtime_ms is not None:
                 measured_samples.append(replace(chosen.candidate.to_sample(), runtime_ms=outcome.runtime_ms))

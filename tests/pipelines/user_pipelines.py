@@ -90,6 +90,25 @@ def hangs_when_measured():
     return [out]
 
 
+def allocates_too_much_when_measured():
+    """Analysed at a tiny size, then every candidate's run must allocate a 1.5 GiB intermediate.
+
+    ``spread`` reads ``wide`` 3 * 2**27 points apart, and ``wide`` has an update, so that no schedule can
+    inline it: whatever Adams2019 picks, ``wide`` is stored over at least 3 * 2**27 floats (1.5 GiB; 2 GiB
+    or more would need Halide's ``large_buffers``), which a worker under a smaller memory limit cannot
+    allocate. The analysis (its two builds) reads 64 points apart.
+    """
+    distance = 3 * 2**27 if _measuring("PERFGRAPH_TEST_MEMORY_COUNTER") else 64
+    x = hl.Var("x")
+    wide = hl.Func("wide")
+    wide[x] = hl.f32(x)
+    wide[x] += 1.0
+    out = hl.Func("spread")
+    out[x] = wide[x] + wide[x + distance]
+    out.set_estimates([(0, 64)])
+    return [out]
+
+
 def conv_relu():
     """A reduction (pure + update stage) feeding a pointwise stage, with a boundary condition."""
     inp = hl.ImageParam(hl.Float(32), 3, "input")

@@ -1,0 +1,95 @@
+"""A per-worker memory limit: a candidate that needs more fails as ``out_of_memory``, for good; the others are
+measured under the same limit, and nothing collected is lost."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from perfgraph.cli import build_parser
+from perfgraph.data.stats import dataset_stats
+from perfgraph.data.store import Store
+from perfgraph.measure.collector import INPUT_SEED
+from perfgraph.measure.runner import run_job
+
+from .conftest import USER_PIPELINES, collect_tiny
+
+# Well above a normal worker's peak address space here (0.3-0.8 GiB), well below the 0.3 GiB a worker
+# holds before its run plus the 1.5 GiB that ``allocates_too_much_when_measured`` then asks for.
+LIMIT_MB = 1536
+HUNGRY = f"file:{USER_PIPELINES}:allocates_too_much_when_measured"
+BLUR = f"file:{USER_PIPELINES}:blur"
+
+
+@pytest.fixture(scope="module")
+def limited_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A store collected under ``LIMIT_MB``: one candidate of the hungry pipeline, one of the blur."""
+    folder = tmp_path_factory.mktemp("memory")
+    counter = folder / "builds"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PERFGRAPH_TEST_MEMORY_COUNTER", str(counter))
+        collect_tiny(
+            folder / "limited.db", [HUNGRY, BLUR], schedules=1, top_up=False, remeasure_fraction=0, memory_mb=LIMIT_MB
+        ).close()
+    yield folder / "limited.db", counter
+
+
+@pytest.mark.slow
+def test_a_candidate_that_allocates_past_the_limit_fails_out_of_memory_naming_it(limited_db):
+    db, _ = limited_db
+    with Store(db) as store:
+        failures = store.execute("SELECT pipeline_uri, candidate_index, kind, phase, message FROM failures").fetchall()
+    assert [f[:4] for f in failures] == [(HUNGRY, 0, "out_of_memory", "run")]
+    message = failures[0][4]
+    assert f"worker exceeded its memory limit of {LIMIT_MB} MiB in phase run" in message
+    assert "Out of memory" in message  # Halide's own word for it
+
+
+@pytest.mark.slow
+def test_a_normal_candidate_is_measured_under_the_same_limit(limited_db):
+    db, _ = limited_db
+    with Store(db) as store:
+        measured = store.execute(
+            "SELECT p.uri FROM measurements m JOIN schedules s USING (schedule_id) JOIN pipelines p USING (pipeline_id)"
+        ).fetchall()
+    assert measured == [(BLUR,)]
+
+
+@pytest.mark.slow
+def test_an_out_of_memory_candidate_is_not_tried_again_and_nothing_collected_is_lost(limited_db, monkeypatch):
+    db, counter = limited_db
+    monkeypatch.setenv("PERFGRAPH_TEST_MEMORY_COUNTER", str(counter))
+    with Store(db) as store:
+        before = store.counts(), store.execute("SELECT * FROM failures").fetchall()
+    with collect_tiny(db, [HUNGRY, BLUR], schedules=1, top_up=False, remeasure_fraction=0, memory_mb=LIMIT_MB) as store:
+        after = store.counts(), store.execute("SELECT * FROM failures").fetchall()
+        stats = dataset_stats(store)
+    assert after == before
+    assert stats.failures_by_kind == {"out_of_memory": 1}
+
+
+@pytest.mark.slow
+def test_a_limit_too_small_to_start_a_worker_is_out_of_memory_not_a_crash(tmp_path):
+    job = {"kind": "analyze", "uri": BLUR, "input_seed": INPUT_SEED, "reference_path": str(tmp_path / "ref.npz")}
+    result = run_job(job, {"start": 60, "autoschedule": 60, "reference": 60}, os.sched_getaffinity(0), memory_mb=200)
+    assert (result.failure_kind, result.failure_phase) == ("out_of_memory", "start")
+    assert "memory limit of 200 MiB" in result.failure_message
+
+
+def test_collect_has_no_memory_limit_unless_asked():
+    assert build_parser().parse_args(["collect", "--random", "1"]).memory_mb is None
+    assert build_parser().parse_args(["collect", "--random", "1", "--memory-mb", "4096"]).memory_mb == 4096
+
+
+@pytest.mark.parametrize("value", ["100", "-1", "lots"])
+def test_a_memory_limit_no_worker_can_start_under_is_refused_naming_the_option(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["collect", "--random", "1", "--memory-mb", value, "--db", str(tmp_path / "s.db")])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --memory-mb" in error and "Traceback" not in error, error
+    assert "must be >= 512" in error or "expected an integer" in error
+    assert not any(tmp_path.iterdir())
