@@ -82,6 +82,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         remeasure_fraction=args.remeasure_fraction,
         top_up=args.top_up,
         max_beam_size=args.max_beam,
+        memory_mb=args.memory_mb,
         show_progress=not args.json,
     )
     summary = Collector(store, options).collect(uris)
@@ -373,6 +374,9 @@ def _fraction(text: str) -> float:
 
 
 _POSITIVE, _COUNT = _at_least(1), _at_least(0)
+# Below this a worker cannot even import Halide (about 300 MiB of address space); every candidate would be
+# recorded as failed, for good.
+MIN_WORKER_MEMORY_MB = 512
 
 
 def _progress(total: int, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
@@ -518,6 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="top_up",
         action="store_false",
         help="stop at K candidates even when duplicates leave fewer than K measured schedules",
+    )
+    collect.add_argument(
+        "--memory-mb",
+        type=_at_least(MIN_WORKER_MEMORY_MB),
+        metavar="N",
+        help="cap each worker's address space at N MiB; a candidate that needs more fails as out_of_memory, for "
+        f"good (default: no limit; at least {MIN_WORKER_MEMORY_MB}; a worker reserves 0.3-1.2 GiB: 4096 is sensible)",
     )
     collect.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     collect.set_defaults(run=cmd_collect)
