@@ -120,6 +120,9 @@ def test_stats_json_has_the_documented_keys(tiny_db):
     stats = json.loads(result.stdout)
     assert {"pipelines", "samples", "failures", "min_schedules_per_pipeline", "median_cv"} <= set(stats)
     assert stats["pipelines"] == 3 and stats["samples"] >= 3
+    (kind,) = stats["by_machine_kind"]  # measurements break down by timing protocol
+    protocols = stats["by_machine_kind"][kind]["protocols"]
+    assert set(protocols) == {"quiet-v2"} and protocols["quiet-v2"]["measurements"] >= stats["samples"]
     with Store(tiny_db) as store:
         per_pipeline = [sum(store.candidate_outcomes(p.pipeline_id, 100)) for p in store.pipelines()]
     assert stats["pipelines_with_at_least"] == {str(n): sum(c >= n for c in per_pipeline) for n in (8, 16, 32)}

@@ -29,7 +29,7 @@ class DatasetStats:
     median_cv: float | None
     families: dict[str, int]
     machines: list[dict]
-    by_machine_kind: dict[str, dict]  # kind -> samples, pipelines, run-time range, median CV, re-measurement gap
+    by_machine_kind: dict[str, dict]  # kind -> samples, pipelines, run-time range, noise, timing protocols
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -69,6 +69,12 @@ class DatasetStats:
                 f"  {kind:<24} {k['samples']:>7}  {k['pipelines']:>9}  {k['min_runtime_ms']:.3g} .. "
                 f"{k['max_runtime_ms']:<8.4g}  {cv:>9}  {k['repeat_pairs']:>11}  {gap:>8}"
             )
+            for protocol, p in k.get("protocols", {}).items():
+                apart = f", {p['share_over_10pct']:.0%} > 10% apart" if p["share_over_10pct"] is not None else ""
+                lines.append(
+                    f"    timing {protocol:<10} {p['measurements']:>7} measurements, "
+                    f"{p['repeat_pairs']} re-measured{apart}"
+                )
         return "\n".join(lines)
 
 
@@ -105,13 +111,11 @@ def dataset_stats(store: Store) -> DatasetStats:
 
 
 def _by_machine_kind(store: Store) -> dict[str, dict]:
-    """Counts, run-time range, noise (median CV, median |ln| gap of re-measurements) per machine kind."""
-    kinds: dict[str, list[int]] = {}
-    for machine_id, info in store.machines().items():
-        kinds.setdefault(info.kind, []).append(machine_id)
+    """Counts, run-time range, noise (median CV, median |ln| gap of re-measurements) per machine kind,
+    and per timing protocol the measurements and the share of re-measurements more than 10 % apart."""
     out = {}
     for kind in store.samples_by_machine_kind():
-        ids = ",".join(str(i) for i in kinds.get(kind, []))
+        ids = ",".join(str(i) for i in store.machine_ids(kind))
         samples, pipelines, low, high = store.execute(
             "SELECT COUNT(*), COUNT(DISTINCT s.pipeline_id), MIN(m.runtime_ms), MAX(m.runtime_ms) FROM measurements m "
             f"JOIN schedules s USING (schedule_id) WHERE m.is_repeat = 0 AND m.machine_id IN ({ids})"
@@ -119,6 +123,17 @@ def _by_machine_kind(store: Store) -> dict[str, dict]:
         query = f"SELECT cv FROM measurements WHERE is_repeat = 0 AND machine_id IN ({ids})"
         cvs = [r[0] for r in store.execute(query)]
         gaps = [abs(math.log(b / a)) for _, _, a, b in store.repeat_pairs(machine=kind)]
+        protocols = {}
+        for protocol, count in store.execute(
+            f"SELECT protocol, COUNT(*) FROM measurements WHERE machine_id IN ({ids}) GROUP BY protocol ORDER BY 1"
+        ):
+            pairs = store.repeat_pairs(machine=kind, protocol=protocol)
+            apart = [abs(math.log(b / a)) > math.log(1.1) for _, _, a, b in pairs]
+            protocols[protocol] = {
+                "measurements": count,
+                "repeat_pairs": len(pairs),
+                "share_over_10pct": sum(apart) / len(apart) if apart else None,
+            }
         out[kind] = {
             "samples": samples,
             "pipelines": pipelines,
@@ -127,5 +142,6 @@ def _by_machine_kind(store: Store) -> dict[str, dict]:
             "median_cv": statistics.median(cvs) if cvs else None,
             "repeat_pairs": len(gaps),
             "median_repeat_gap": statistics.median(gaps) if gaps else None,
+            "protocols": protocols,
         }
     return out
