@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,14 @@ def real_samples(tiny_db: Path) -> list[Sample]:
         samples = store.samples()
     assert len({s.pipeline_id for s in samples}) == len(TINY_WORKLOADS)
     return samples
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Core 1 is reserved for measurements: keep torch on one thread (``pytestmark`` of the model tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

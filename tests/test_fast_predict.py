@@ -21,12 +21,7 @@ SHIPPED_GNN = Path(__file__).resolve().parents[1] / "models" / "gnn.pt"
 RTOL = 1e-5  # float32 arithmetic in another order
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shuffled(samples, seed=0):

@@ -6,21 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from perfgraph.features.layout import PIPELINE_SLICE
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.sequence import SequenceCostModel
 from tests.synthetic import synthetic_samples
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Core 1 is reserved for measurements; keep torch on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fitted(model_class, features: str):

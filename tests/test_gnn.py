@@ -20,14 +20,7 @@ from perfgraph.models.sequence import SequenceCostModel
 from perfgraph.models.train import train_model
 from perfgraph.models.training import pipeline_batches, plot_loss_curve
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Core 1 is reserved for measurements; keep torch on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(model_class=GNNCostModel, **overrides):
