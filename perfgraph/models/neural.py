@@ -251,11 +251,16 @@ class NeuralCostModel(CostModel):
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> NeuralCostModel:
-        """Rebuild a saved model; ``device`` overrides the device it was trained with."""
+        """Rebuild a saved model; ``device`` overrides the device it was trained with.
+
+        A model trained on CUDA loads on a machine without it on ``auto`` (the CPU there).
+        """
         payload = load_checkpoint(path, cls.name)
         params = dict(payload["params"])
         if device is not None:
             params["device"] = device
+        elif params.get("device") == "cuda" and not torch.cuda.is_available():
+            params["device"] = "auto"
         model = cls(**params)
         network = model.build_network()
         network.load_state_dict(payload["network"])

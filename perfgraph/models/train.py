@@ -6,12 +6,20 @@
 
 Beside the checkpoint ``OUT`` it writes ``OUT.log.json`` (hyper-parameters, the pipelines of each
 part, per-epoch losses, final metrics) and ``OUT.loss.png`` (the loss curve).
+
+``python -m perfgraph.models.train ARGS`` is ``perfgraph train ARGS``; under ``torchrun`` it trains one
+neural model in several processes (:mod:`~perfgraph.models.distributed`)::
+
+    torchrun --nproc-per-node 4 -m perfgraph.models.train --model gnn --device cuda --out out/gnn.pt
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +33,8 @@ from perfgraph.evaluate.metrics import mape, mean_kendall_tau, rmse_log
 from perfgraph.features.layout import FEATURE_SCHEMA_VERSION
 from perfgraph.features.splits import DatasetSplit, split_samples
 from perfgraph.models.base import CostModel, constructor_params
+from perfgraph.models.distributed import Ranks, current_ranks, process_group
+from perfgraph.models.neural import NeuralCostModel
 from perfgraph.models.registry import MODEL_CLASSES, make_model
 from perfgraph.models.training import plot_loss_curve
 
@@ -91,6 +101,9 @@ def train_model(
     ``hparams`` go to the model's constructor, as do ``device`` and ``epochs`` for the models that
     train by epochs (``epochs=None`` keeps the model's default). ``machine`` (the samples' machine
     kind) is recorded in the checkpoint.
+
+    In a process group (``torchrun``) every rank trains; rank 0 alone evaluates and writes the
+    files, and the other ranks return their model with empty ``metrics``.
     """
     if model_name not in MODEL_CLASSES:
         raise ValueError(f"model_name must be one of {sorted(MODEL_CLASSES)}, got {model_name!r}")
@@ -103,10 +116,12 @@ def train_model(
     model = make_model(model_name, **hparams)
     model.fit(parts.train, parts.valid)
     model.machine_kinds = (machine,) if machine else ()
-    model.save(out)
-    metrics = {part: evaluate_model(model, getattr(parts, part)) for part in ("train", "valid", "test")}
     log_path = Path(f"{out}.log.json")
     epoch_log = training_log(model)
+    if not current_ranks().is_main:
+        return TrainingResult(model, parts, epoch_log, {}, out, log_path, None)
+    model.save(out)
+    metrics = {part: evaluate_model(model, getattr(parts, part)) for part in ("train", "valid", "test")}
     plot_path = plot_loss_curve(epoch_log, Path(f"{out}.loss.png")) if epoch_log else None
     log_path.write_text(
         json.dumps(
@@ -136,3 +151,49 @@ def training_log(model: CostModel) -> list[dict]:
         {"epoch": epoch, "train_loss": train, "valid_loss": valid}
         for epoch, train, valid in getattr(model, "history_", [])
     ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m perfgraph.models.train ARGS``: ``perfgraph train ARGS`` in every process ``torchrun`` starts.
+
+    The processes join one process group (gloo on CPU, NCCL on CUDA) and train one model; rank 0
+    alone prints and writes files.
+    """
+    from perfgraph.cli import build_parser
+    from perfgraph.models.training import resolve_device
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(["train", *argv])
+    try:
+        resolve_device(args.device)  # here, so that a missing GPU is one line and not a traceback per rank
+    except ValueError as error:
+        print(f"perfgraph: error: train --device {args.device}: {error}", file=sys.stderr)
+        return 2
+    with process_group(args.device) as ranks:
+        return _train_on_rank(ranks, args.model, args.db, argv)
+
+
+def _train_on_rank(ranks: Ranks, model_name: str, db: Path | None, argv: list[str]) -> int:
+    from perfgraph.cli import CliError, open_store
+    from perfgraph.cli import main as cli_main
+
+    if ranks.distributed and not issubclass(MODEL_CLASSES.get(model_name, CostModel), NeuralCostModel):
+        neural = " and ".join(sorted(name for name, cls in MODEL_CLASSES.items() if issubclass(cls, NeuralCostModel)))
+        print(
+            f"perfgraph: error: train --model {model_name}: only {neural} train in several processes; "
+            "run it without torchrun",
+            file=sys.stderr,
+        )
+        return 2
+    if ranks.distributed and ranks.is_main and db is None:
+        # The default store is built from the shards when missing: by rank 0 alone, two builds would collide.
+        with contextlib.suppress(CliError):  # perfgraph train reports it below
+            open_store(None).close()
+    ranks.barrier()
+    quiet = contextlib.redirect_stdout(io.StringIO()) if not ranks.is_main else contextlib.nullcontext()
+    with quiet:
+        return cli_main(["train", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

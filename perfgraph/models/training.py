@@ -5,6 +5,10 @@ with Adam, early stopping on the validation loss (with patience) and a restore o
 Batches keep the schedules of one pipeline together, so that a ranking loss always has pairs to
 compare; which pipelines share a batch is shuffled every epoch. The returned log is a list of plain
 dicts, one per epoch, ready for JSON and for checkpoints.
+
+Under ``torchrun`` the same loop trains one model in several processes: the network is wrapped in
+DistributedDataParallel and each rank trains on its share of the batches
+(:mod:`~perfgraph.models.distributed`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
 from perfgraph.evaluate.metrics import mape, rmse_log
+from perfgraph.models.distributed import Ranks, current_ranks, shard_batches, wrap
 from perfgraph.models.stage_network import StageCostNetwork
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,11 +71,21 @@ def pipeline_batches(groups: Sequence[int], batch_size: int, rng: np.random.Gene
 
 
 def collate_batches(
-    graphs: Sequence[Data], batch_size: int, rng: np.random.Generator | None, device: torch.device
+    graphs: Sequence[Data],
+    batch_size: int,
+    rng: np.random.Generator | None,
+    device: torch.device,
+    ranks: Ranks | None = None,
 ) -> Iterator[tuple[list[int], Batch]]:
-    """``(indices, Batch)`` pairs following :func:`pipeline_batches`, moved to ``device``."""
+    """``(indices, Batch)`` pairs following :func:`pipeline_batches`, moved to ``device``.
+
+    With several ``ranks``, this rank's share of the batches (:func:`~perfgraph.models.distributed.shard_batches`).
+    """
     groups = [int(g.pipeline_id) for g in graphs]
-    for indices in pipeline_batches(groups, batch_size, rng):
+    batches = pipeline_batches(groups, batch_size, rng)
+    if ranks is not None:
+        batches = shard_batches(batches, ranks.rank, ranks.world_size)
+    for indices in batches:
         yield indices, Batch.from_data_list([graphs[i] for i in indices]).to(device)
 
 
@@ -127,40 +142,51 @@ def train_network(
 
     Early stopping watches the validation loss, or the training loss when ``valid_graphs`` is empty
     (as in fine-tuning); training stops after ``patience`` epochs without improvement.
+
+    In a process group (``torchrun``), every rank calls this with the same arguments: the network
+    trains under DistributedDataParallel on this rank's share of the batches, rank 0 alone validates
+    and shows progress, and every rank returns rank 0's log with the same weights.
     """
     if not train_graphs:
         raise ValueError("train_graphs: cannot train on an empty training set")
     device = torch.device(device)
     network.to(device)
+    ranks = current_ranks()
+    trained = wrap(network, device)  # the network itself when training alone
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    valid_batches = [batch for _, batch in collate_batches(valid_graphs, batch_size, None, device)]  # once
+    validate = ranks.is_main and bool(valid_graphs)  # rank 0 alone validates
+    valid_batches = [batch for _, batch in collate_batches(valid_graphs, batch_size, None, device)] if validate else []
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
     best_score, best_state, since_best = math.inf, copy.deepcopy(network.state_dict()), 0
     log: list[dict] = []
-    bar = tqdm(range(first_epoch, first_epoch + epochs), desc=desc, disable=not progress, leave=False)
+    shown = progress and ranks.is_main
+    bar = tqdm(range(first_epoch, first_epoch + epochs), desc=desc, disable=not shown, leave=False)
     for epoch in bar:
         started = time.perf_counter()
-        network.train()
-        total = 0.0
-        for _, batch in collate_batches(train_graphs, batch_size, rng, device):
+        trained.train()
+        total, count = 0.0, 0
+        for _, batch in collate_batches(train_graphs, batch_size, rng, device, ranks):
             optimizer.zero_grad()
-            value = loss(network(batch), batch.y, batch.pipeline_id)
+            value = loss(trained(batch), batch.y, batch.pipeline_id)
             value.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
             optimizer.step()
             total += float(value.detach()) * batch.num_graphs
+            count += batch.num_graphs
+        total, count = ranks.sum([total, count], device)
         entry = {
             "epoch": epoch,
-            "train_loss": total / len(train_graphs),
+            "train_loss": total / count,
             "valid_loss": None,
             "valid_mape": None,
             "valid_rmse_log": None,
         }
-        if valid_graphs:
+        if validate:
             metrics = evaluate(network, valid_batches, loss)
             entry.update(valid_loss=metrics["loss"], valid_mape=metrics["mape"], valid_rmse_log=metrics["rmse_log"])
         entry["seconds"] = time.perf_counter() - started
+        entry = ranks.from_main(entry)  # so that every rank stops, and keeps its best weights, alike
         log.append(entry)
         score = entry["valid_loss"] if valid_graphs else entry["train_loss"]
         if not math.isfinite(score):
