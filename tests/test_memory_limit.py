@@ -4,6 +4,8 @@ measured under the same limit, and nothing collected is lost."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +95,21 @@ def test_a_memory_limit_no_worker_can_start_under_is_refused_naming_the_option(v
     assert "argument --memory-mb" in error and "Traceback" not in error, error
     assert "must be >= 512" in error or "expected an integer" in error
     assert not any(tmp_path.iterdir())
+
+
+def test_an_output_buffer_past_the_limit_is_a_memory_error_not_a_crash():
+    """Outputs are allocated by NumPy: ``hl.Buffer(type, extents)`` would not check its allocation (SIGSEGV)."""
+    script = f"""
+import resource
+from perfgraph.measure.inputs import make_buffers
+from perfgraph.workloads.base import build_pipeline
+built = build_pipeline({f"file:{USER_PIPELINES}:big_output"!r})
+resource.setrlimit(resource.RLIMIT_AS, ({LIMIT_MB} << 20, {LIMIT_MB} << 20))
+try:
+    make_buffers(built, {INPUT_SEED})
+except MemoryError:
+    print("MemoryError")
+"""
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip() == "MemoryError"

@@ -40,7 +40,10 @@ class RunBuffers:
 
 
 def make_buffers(built: BuiltPipeline, input_seed: int) -> RunBuffers:
-    """Inputs with deterministic random data over their estimates, and outputs of the estimated size."""
+    """Inputs with deterministic random data over their estimates, and outputs of the estimated size.
+
+    Raises ``MemoryError`` when a buffer cannot be allocated (under a worker's memory limit).
+    """
     inputs: dict[str, Any] = {}
     for index, spec in enumerate(built.input_buffers):
         buffer = hl.Buffer(random_input(spec, seed=input_seed * 1009 + index))
@@ -54,7 +57,9 @@ def make_buffers(built: BuiltPipeline, input_seed: int) -> RunBuffers:
             raise WorkloadError(f"workload {built.uri!r}: {error}") from None
     outputs = []
     for spec in built.output_buffers:
-        buffer = hl.Buffer(halide_type(spec.dtype), list(spec.extents))
+        # Allocated by NumPy, not by hl.Buffer(type, extents), which does not check its allocation: an
+        # output too big for the worker's memory limit is then a MemoryError (out_of_memory), not a crash.
+        buffer = hl.Buffer(np.zeros(tuple(reversed(spec.extents)), dtype=spec.dtype))
         if any(spec.mins):
             buffer.set_min(list(spec.mins))
         outputs.append(buffer)

@@ -109,6 +109,15 @@ def allocates_too_much_when_measured():
     return [out]
 
 
+def big_output():
+    """One pointwise stage whose estimated output is 2 GiB of float32: more than a limited worker can allocate."""
+    x = hl.Var("x")
+    out = hl.Func("big")
+    out[x] = hl.f32(x)
+    out.set_estimates([(0, 2**29)])
+    return [out]
+
+
 def conv_relu():
     """A reduction (pure + update stage) feeding a pointwise stage, with a boundary condition."""
     inp = hl.ImageParam(hl.Float(32), 3, "input")
