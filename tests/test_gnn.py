@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from perfgraph.models.base import SchemaMismatchError
+from perfgraph.models.base import NotFittedError, SchemaMismatchError
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.losses import make_loss, pairwise_rank_loss, relative_error_loss
-from perfgraph.models.neural import NotFittedError
 from perfgraph.models.predict import write_predictions_csv
 from perfgraph.models.sequence import SequenceCostModel
 from perfgraph.models.train import train_model

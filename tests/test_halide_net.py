@@ -8,6 +8,7 @@ import torch
 
 from perfgraph.data.records import Sample
 from perfgraph.features.layout import NUM_SCHEDULE_FEATURES, SCHEDULE_FEATURE_NAMES
+from perfgraph.models.base import NotFittedError
 from perfgraph.models.halide_net import HalideCostModel
 from perfgraph.models.halide_terms import halide_throughput_loss, log_mse_loss, stage_costs
 
@@ -21,13 +22,13 @@ def make_samples(num_pipelines: int = 2, num_schedules: int = 6, num_stages: int
 
 
 def quick_model(loss: str = "halide", **overrides) -> HalideCostModel:
-    params = {"loss": loss, "learning_rate": 1e-2, "max_epochs": 30, "patience": 30, "seed": 0} | overrides
+    params = {"loss": loss, "lr": 1e-2, "epochs": 30, "patience": 30, "seed": 0} | overrides
     return HalideCostModel(**params)
 
 
 def test_prediction_is_the_sum_of_the_stage_costs():
     samples = make_samples()
-    model = quick_model(max_epochs=3).fit(samples, [])
+    model = quick_model(epochs=3).fit(samples, [])
     raw = model.predict_halide_units(samples)
     summed = [costs.sum() for costs in model.predict_stage_costs(samples)]
     np.testing.assert_allclose(raw, summed, rtol=1e-12)
@@ -35,7 +36,7 @@ def test_prediction_is_the_sum_of_the_stage_costs():
 
 def test_predicted_milliseconds_are_network_output_times_the_calibrated_scale():
     samples = make_samples()
-    model = quick_model(max_epochs=3).fit(samples, [])
+    model = quick_model(epochs=3).fit(samples, [])
     np.testing.assert_allclose(model.predict(samples), model.predict_halide_units(samples) * np.exp(model.log_scale_))
 
 
@@ -82,14 +83,14 @@ def test_rejects_one_pipeline_id_with_different_stage_counts():
 
 
 def test_predict_before_fit_raises():
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         HalideCostModel().predict(make_samples())
 
 
 @pytest.mark.parametrize("loss", ["halide", "mse_log"])
 def test_save_and_load_give_identical_predictions(tmp_path, loss):
     samples = make_samples()
-    model = quick_model(loss, max_epochs=5).fit(samples[:8], samples[8:])
+    model = quick_model(loss, epochs=5).fit(samples[:8], samples[8:])
     model.save(tmp_path / "halide.pt")
     loaded = HalideCostModel.load(tmp_path / "halide.pt")
     np.testing.assert_array_equal(loaded.predict(samples), model.predict(samples))
@@ -109,10 +110,10 @@ def test_stage_costs_are_non_negative_on_real_samples(real_samples):
 
 
 def test_early_stopping_keeps_the_epoch_with_the_best_validation_loss(real_samples):
-    model = quick_model("mse_log", max_epochs=40, patience=5).fit(real_samples[::2], real_samples[1::2])
+    model = quick_model("mse_log", epochs=40, patience=5).fit(real_samples[::2], real_samples[1::2])
     valid_losses = [valid for _, _, valid in model.history_]
     best_epoch = valid_losses.index(min(valid_losses))
-    kept = quick_model("mse_log", max_epochs=best_epoch + 1).fit(real_samples[::2], real_samples[1::2])
+    kept = quick_model("mse_log", epochs=best_epoch + 1).fit(real_samples[::2], real_samples[1::2])
     np.testing.assert_allclose(model.predict(real_samples), kept.predict(real_samples), rtol=1e-5)
 
 

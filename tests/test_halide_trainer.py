@@ -16,7 +16,7 @@ import torch
 
 from perfgraph.data.export import sample_bytes
 from perfgraph.data.records import Sample
-from perfgraph.models.halide_net import AdamsNetwork, HalideCostModel, pipeline_batches
+from perfgraph.models.halide_net import AdamsNetwork, HalideCostModel, pipeline_groups
 from perfgraph.models.halide_terms import coefficient_regularizer, halide_throughput_loss
 from perfgraph.models.halide_trainer import (
     correct_ordering_rate,
@@ -64,7 +64,7 @@ def evaluation_by_halide(tmp_path_factory):
         write_sample_files(samples, directory / "samples"),
         epochs=1,
         workdir=directory / "work",
-        learning_rate=0.0,
+        lr=0.0,
         initial_weights=directory / "initial.weights",
     )
     model = HalideCostModel(num_cores=1).load_halide_weights(weights)
@@ -139,7 +139,7 @@ def test_our_loss_equals_halides_loss(evaluation_by_halide):
     kept = [s for s in samples if not is_halide_validation_pipeline(s.features)]
     with torch.no_grad():
         losses = []
-        for batch in pipeline_batches(kept):
+        for batch in pipeline_groups(kept):
             out = model.network_(batch.schedule, batch.pipeline)
             regularizer = coefficient_regularizer(out.pre_activation)
             losses.append(float(halide_throughput_loss(out.prediction, batch.runtime_ms, regularizer)))
@@ -154,10 +154,10 @@ def test_our_adam_steps_match_halides(tmp_path):
         write_sample_files(samples, tmp_path / "samples"),
         epochs=3,
         workdir=tmp_path / "work",
-        learning_rate=1e-3,
+        lr=1e-3,
         initial_weights=tmp_path / "initial.weights",
     )
-    model = HalideCostModel(learning_rate=1e-3, update_epochs=3, min_schedules_per_pipeline=8)
+    model = HalideCostModel(lr=1e-3, update_epochs=3, min_schedules_per_pipeline=8)
     model.load_halide_weights(weights).update(samples)
     trained_by_halide = read_halide_weights(result.weights_path)
     for name, value in model.network_.state_dict().items():

@@ -31,6 +31,10 @@ class SchemaMismatchError(ValueError):
         self.expected = expected
 
 
+class NotFittedError(RuntimeError):
+    """``predict``, ``update``, ``save`` or per-stage costs were asked of a model that was neither fitted nor loaded."""
+
+
 class CostModel(ABC):
     """Predicts pipeline run times (milliseconds) from :class:`Sample` records."""
 

@@ -34,7 +34,7 @@ from perfgraph.features.layout import (
     PIPELINE_SLICE,
     SCHEDULE_SLICE,
 )
-from perfgraph.models.base import CostModel, measured_runtimes
+from perfgraph.models.base import CostModel, NotFittedError, measured_runtimes
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.halide_terms import (
     CONV1_CHANNELS,
@@ -51,6 +51,8 @@ from perfgraph.models.halide_terms import (
 )
 
 LOSSES = {"halide": halide_throughput_loss, "mse_log": log_mse_loss}
+# Hyper-parameter names of checkpoints written before the models shared one set of names.
+LEGACY_PARAMS = {"learning_rate": "lr", "max_epochs": "epochs"}
 # Halide's retrain_cost_model rejects samples with features outside this range (overflowed counts).
 MAX_PLAUSIBLE_SCHEDULE_FEATURE = 1e14
 # ... and run times above 100 s ("Don't try to predict runtime over 100s").
@@ -115,7 +117,7 @@ class _PipelineBatch(NamedTuple):
     runtime_ms: torch.Tensor  # (B,)
 
 
-def pipeline_batches(samples: Sequence[Sample], min_schedules: int = 1) -> list[_PipelineBatch]:
+def pipeline_groups(samples: Sequence[Sample], min_schedules: int = 1) -> list[_PipelineBatch]:
     """Group measured samples by pipeline, one batch per pipeline, as Halide trains."""
     groups: dict[int, list[Sample]] = {}
     for sample in samples:
@@ -155,7 +157,7 @@ class HalideCostModel(CostModel):
     ``loss="mse_log"`` the fitted scale comes out close to 1. Rankings within a pipeline do not
     depend on the scale.
 
-    >>> model = HalideCostModel(loss="mse_log", max_epochs=5)
+    >>> model = HalideCostModel(loss="mse_log", epochs=5)
     >>> model.name, model.loss
     ('halide', 'mse_log')
     """
@@ -165,8 +167,8 @@ class HalideCostModel(CostModel):
     def __init__(
         self,
         loss: str = "halide",
-        learning_rate: float = 1e-3,
-        max_epochs: int = 300,
+        lr: float = 1e-3,
+        epochs: int = 300,
         patience: int = 30,
         num_cores: int = 1,
         max_batch_size: int = 1024,
@@ -177,7 +179,7 @@ class HalideCostModel(CostModel):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         for argument, value in (
-            ("max_epochs", max_epochs),
+            ("epochs", epochs),
             ("patience", patience),
             ("num_cores", num_cores),
             ("max_batch_size", max_batch_size),
@@ -187,11 +189,11 @@ class HalideCostModel(CostModel):
                 raise ValueError(f"{argument} must be a positive integer, got {value!r}")
         if not isinstance(update_epochs, int) or update_epochs < 0:
             raise ValueError(f"update_epochs must be a non-negative integer, got {update_epochs!r}")
-        if not (isinstance(learning_rate, float | int) and learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+        if not (isinstance(lr, float | int) and lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.loss = loss
-        self.learning_rate = float(learning_rate)
-        self.max_epochs = max_epochs
+        self.lr = float(lr)
+        self.epochs = epochs
         self.patience = patience
         self.num_cores = num_cores
         self.max_batch_size = max_batch_size
@@ -207,14 +209,14 @@ class HalideCostModel(CostModel):
     def fit(self, train: Sequence[Sample], valid: Sequence[Sample]) -> HalideCostModel:
         """Train from fresh random weights; early-stops on the validation loss when ``valid`` is not empty."""
         train_batches = self._training_batches(train, "train")
-        valid_batches = pipeline_batches([s for s in valid if plausible(s)]) if valid else []
+        valid_batches = pipeline_groups([s for s in valid if plausible(s)]) if valid else []
         generator = torch.Generator().manual_seed(self.seed)
         self.network_ = AdamsNetwork(self.num_cores, generator)
         optimizer = self._optimizer()
         rng = np.random.default_rng(self.seed)
         best_loss, best_state, stale = math.inf, copy.deepcopy(self.network_.state_dict()), 0
         self.history_ = []
-        for epoch in range(self.max_epochs):
+        for epoch in range(self.epochs):
             train_loss = self._train_epoch(train_batches, optimizer, rng)
             valid_loss = self._mean_loss(valid_batches) if valid_batches else math.nan
             self.history_.append((epoch, train_loss, valid_loss))
@@ -241,11 +243,11 @@ class HalideCostModel(CostModel):
     def _optimizer(self) -> torch.optim.Optimizer:
         # Halide's hand-written Adam: betas 0.9 / 0.999, epsilon 1e-5 added to sqrt of the second moment.
         assert self.network_ is not None
-        return torch.optim.Adam(self.network_.parameters(), lr=self.learning_rate, betas=(0.9, 0.999), eps=1e-5)
+        return torch.optim.Adam(self.network_.parameters(), lr=self.lr, betas=(0.9, 0.999), eps=1e-5)
 
     def _training_batches(self, samples: Sequence[Sample], argument: str) -> list[_PipelineBatch]:
         kept = [s for s in samples if plausible(s)]
-        batches = pipeline_batches(kept, self.min_schedules_per_pipeline)
+        batches = pipeline_groups(kept, self.min_schedules_per_pipeline)
         if not batches:
             raise ValueError(
                 f"{argument}: no pipeline has {self.min_schedules_per_pipeline} or more measured schedules "
@@ -320,7 +322,7 @@ class HalideCostModel(CostModel):
 
     def _check_fitted(self) -> None:
         if self.network_ is None:
-            raise RuntimeError("HalideCostModel is not fitted: call fit(train, valid) or load(path) first")
+            raise NotFittedError("HalideCostModel is not fitted: call fit(train, valid) or load(path) first")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -341,7 +343,8 @@ class HalideCostModel(CostModel):
     @classmethod
     def load(cls, path: str | Path) -> HalideCostModel:
         payload = load_checkpoint(path, cls.name)
-        model = cls(**payload["params"])
+        params = {LEGACY_PARAMS.get(name, name): value for name, value in payload["params"].items()}
+        model = cls(**params)
         model.network_ = AdamsNetwork(model.num_cores)
         model.network_.load_state_dict(payload["state"])
         model.log_scale_ = float(payload["log_scale"])

@@ -162,7 +162,7 @@ def run_halide_retrain(
     epochs: int,
     workdir: Path,
     num_cores: int = 1,
-    learning_rate: float = 0.0001,
+    lr: float = 0.0001,
     initial_weights: Path | None = None,
     timeout_s: float | None = None,
 ) -> HalideTrainerResult:
@@ -197,7 +197,7 @@ def run_halide_retrain(
     command = [
         str(binary),
         f"--epochs={epochs}",
-        f"--rates={learning_rate}",
+        f"--rates={lr}",
         f"--num_cores={num_cores}",
         f"--weights_out={weights_path}",
         f"--best_benchmark={workdir / 'best_benchmark.txt'}",

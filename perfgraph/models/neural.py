@@ -26,7 +26,7 @@ from perfgraph.data.records import Sample
 from perfgraph.features.graphs import as_graphs, measured_only
 from perfgraph.features.layout import FEATURES_PER_STAGE, SCHEDULE_SLICE
 from perfgraph.features.normalization import FeatureNormalizer
-from perfgraph.models.base import CostModel
+from perfgraph.models.base import CostModel, NotFittedError
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.losses import make_loss
 from perfgraph.models.shared_inference import predict_samples_log_runtimes
@@ -38,10 +38,6 @@ from perfgraph.models.training import DEVICES, predict_log_runtimes, resolve_dev
 #: add. Unread features are zeroed after standardisation (each reads as its training mean), so the
 #: network's shape does not change; the stage graph and its edge features are kept either way.
 FEATURE_SETS: dict[str, slice] = {"all": slice(0, FEATURES_PER_STAGE), "schedule": SCHEDULE_SLICE}
-
-
-class NotFittedError(RuntimeError):
-    """``predict``, ``save`` or ``stage_costs`` was called on a model that was neither fitted nor loaded."""
 
 
 def check_positive(name: str, value: Any, kind: type = int) -> None:

@@ -110,8 +110,7 @@ def train_model(
     out = Path(out)
     parts = split_samples(samples, split)
     accepted = constructor_params(MODEL_CLASSES[model_name])
-    epochs_name = "epochs" if "epochs" in accepted else "max_epochs"
-    options = {"device": device, "seed": seed, epochs_name: epochs}
+    options = {"device": device, "seed": seed, "epochs": epochs}
     hparams.update({k: v for k, v in options.items() if k in accepted and v is not None})
     model = make_model(model_name, **hparams)
     model.fit(parts.train, parts.valid)

@@ -199,7 +199,7 @@ def train_network(
             train=f"{entry['train_loss']:.4f}",
             valid="-" if entry["valid_loss"] is None else f"{entry['valid_loss']:.4f}",
         )
-        if since_best > patience:
+        if since_best >= patience:  # the same rule as HalideCostModel.fit: patience epochs without improvement
             break
     bar.close()
     network.load_state_dict(best_state)

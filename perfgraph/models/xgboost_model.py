@@ -35,7 +35,7 @@ import xgboost as xgb
 
 from perfgraph.data.records import Sample
 from perfgraph.features.layout import SCHEDULE_SLICE
-from perfgraph.models.base import CostModel, measured_runtimes
+from perfgraph.models.base import CostModel, NotFittedError, measured_runtimes
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 
 TARGETS = ("throughput", "log_runtime")
@@ -190,7 +190,7 @@ class _XGBoostModel(CostModel):
 
     def _check_fitted(self) -> None:
         if self.booster_ is None:
-            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(train, valid) or load(path) first")
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit(train, valid) or load(path) first")
 
     def _train(self, train: list[Sample], valid: list[Sample]) -> xgb.Booster:
         raise NotImplementedError
