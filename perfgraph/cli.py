@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -71,21 +72,14 @@ def _round_robin(uris: list[str], per_entry: int) -> list[str]:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from perfgraph.measure.collector import CollectOptions, Collector
+    from perfgraph.measure.collector import Collector
 
     uris = _workload_uris(args)
     store = open_store(args.db, must_exist=False)
-    options = CollectOptions(
-        schedules_per_pipeline=args.schedules,
-        workers=args.workers,
-        compile_on_idle_benchmark_cpus=args.compile_on_idle_benchmark_cpus,
-        remeasure_fraction=args.remeasure_fraction,
-        top_up=args.top_up,
-        max_beam_size=args.max_beam,
-        memory_mb=args.memory_mb,
-        show_progress=not args.json,
-    )
-    summary = Collector(store, options).collect(uris)
+    with contextlib.ExitStack() as stack:
+        executor = None if args.ray is None else _on_ray_cluster(stack, args.ray)
+        workers = args.workers or (executor.cpus if executor is not None else 2)
+        summary = Collector(store, _collect_options(args, workers), executor).collect(uris)
     # A user pipeline that yields no sample is the user's problem to fix: say why, naming it. (Not after a
     # stop, which may have come before its candidates ran.)
     unusable = [] if summary.stopped else _user_pipelines_without_samples(store, uris)
@@ -104,6 +98,33 @@ def cmd_collect(args: argparse.Namespace) -> int:
     for message in unusable:
         print(f"perfgraph: error: {message}", file=sys.stderr)
     return 2 if unusable else 0
+
+
+def _on_ray_cluster(stack: contextlib.ExitStack, address: str):  # type: ignore[no-untyped-def]
+    """Connect to the Ray cluster of ``--ray ADDRESS`` until ``stack`` closes; its executor."""
+    try:
+        from perfgraph.measure import ray_executor
+    except ImportError as error:
+        raise CliError(f"--ray needs Ray: pip install 'perfgraph[ray]' ({error})") from None
+    try:  # a bare --ray: this machine's cluster, else a new local one
+        return stack.enter_context(ray_executor.on_cluster(address or None))
+    except ConnectionError as error:
+        raise CliError(f"--ray {address}: {error}") from None
+
+
+def _collect_options(args: argparse.Namespace, workers: int):  # type: ignore[no-untyped-def]
+    from perfgraph.measure.collector import CollectOptions
+
+    return CollectOptions(
+        schedules_per_pipeline=args.schedules,
+        workers=workers,
+        compile_on_idle_benchmark_cpus=args.compile_on_idle_benchmark_cpus,
+        remeasure_fraction=args.remeasure_fraction,
+        top_up=args.top_up,
+        max_beam_size=args.max_beam,
+        memory_mb=args.memory_mb,
+        show_progress=not args.json,
+    )
 
 
 def _user_pipelines_without_samples(store, uris: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
@@ -498,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument(
         "--schedules", type=_POSITIVE, default=32, metavar="K", help="measured schedules wanted per pipeline"
     )
-    collect.add_argument("--workers", type=_POSITIVE, default=2, help="candidates in flight at once")
+    collect.add_argument(
+        "--workers", type=_POSITIVE, help="candidates in flight at once (default 2; with --ray, the cluster's CPUs)"
+    )
     collect.add_argument(
         "--compile-on-idle-benchmark-cpus",
         action=argparse.BooleanOptionalAction,
@@ -529,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cap each worker's address space at N MiB; a candidate that needs more fails as out_of_memory, for "
         f"good (default: no limit; at least {MIN_WORKER_MEMORY_MB}; a worker reserves 0.3-1.2 GiB: 4096 is sensible)",
+    )
+    collect.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the jobs as Ray tasks on a Ray cluster: 'auto' (the running cluster), HOST:PORT, or nothing "
+        "(this machine's cluster, else a new local one); needs perfgraph[ray]",
     )
     collect.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     collect.set_defaults(run=cmd_collect)

@@ -1,13 +1,15 @@
 """The collector: analyse pipelines, sample candidate schedules, measure them, commit each result.
 
 Work is a list of independent jobs (one per pipeline analysis, one per candidate), each run in its own
-worker process by :func:`perfgraph.measure.runner.run_job`, so the same jobs could be handed to other
-machines. Autoscheduling and compiling run on the compile cores, in parallel; benchmarking holds a
-file lock and moves to the benchmark cores, so two candidates are never measured at once on them.
+worker process by an executor (:mod:`perfgraph.measure.executor`): on this machine by default, or on
+the nodes of a Ray cluster (:mod:`perfgraph.measure.ray_executor`, ``collect --ray``). Autoscheduling
+and compiling run on the compile cores, in parallel; benchmarking holds a file lock and moves to the
+benchmark cores, so two candidates are never measured at once on them.
 By default a candidate that finds the lock free before compiling takes it then and compiles on the
 benchmark cores, which are otherwise idle while the compile cores are the bottleneck (``worker.measure``).
 Results are committed by this thread only, one transaction per candidate: re-running the same
-command resumes where it stopped.
+command resumes where it stopped. Each measurement is stored under the machine that made it (a Ray
+node reports its own).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -40,8 +41,9 @@ from perfgraph.data.store import (
     features_hash,
 )
 from perfgraph.features.layout import FEATURES_PER_STAGE
-from perfgraph.measure.host import current_machine
-from perfgraph.measure.runner import INTERRUPTED, JobResult, LiveWorkers, Timeouts, run_job
+from perfgraph.measure.executor import Executor, LocalExecutor
+from perfgraph.measure.host import MachineInfo, current_machine
+from perfgraph.measure.runner import INTERRUPTED, JobResult, Timeouts
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.measure.worker import lock_if_free
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, sampling_plan
@@ -55,7 +57,7 @@ INPUT_SEED = 20221  # input data is the same for every candidate of a pipeline (
 class CollectOptions:
     schedules_per_pipeline: int = 32
     workers: int = 2
-    benchmark_cpus: tuple[int, ...] = ()  # default: the last CPU
+    benchmark_cpus: tuple[int, ...] = ()  # default: the last CPU (of each machine that runs jobs)
     # Compile on the benchmark cores while nobody benchmarks there: about 1.5x the samples/min on two
     # cores with no added noise (benchmarks/RESULTS.md); a compile never runs beside a benchmark.
     compile_on_idle_benchmark_cpus: bool = True
@@ -140,28 +142,30 @@ class _Candidate:
 
 
 class Collector:
-    """Collects measured samples for workload URIs into a :class:`Store`."""
+    """Collects measured samples for workload URIs into a :class:`Store`.
 
-    def __init__(self, store: Store, options: CollectOptions = CollectOptions()) -> None:
+    ``executor`` runs the jobs (default: a :class:`LocalExecutor` on this machine's cores). Cross-machine
+    measurements are planned for this machine's kind: on a Ray cluster, run the collector on a node of
+    the kind the cluster is made of.
+    """
+
+    def __init__(
+        self, store: Store, options: CollectOptions = CollectOptions(), executor: Executor | None = None
+    ) -> None:
         self.store = store
         self.options = options
-        cpus = sorted(os.sched_getaffinity(0))
-        self.benchmark_cpus = set(options.benchmark_cpus or cpus[-1:])
-        self.compile_cpus = set(cpus) - self.benchmark_cpus or set(cpus)
+        self.executor = executor if executor is not None else LocalExecutor(options.benchmark_cpus)
         self.target = str(benchmark_target())
         machine = current_machine(self.target)
         self.machine_id = store.machine_id(machine)
         self.machine_kind = machine.kind
+        self._machine_ids: dict[str, int] = {machine.fingerprint: self.machine_id}  # fingerprint -> store id
         self._cross_queued: set[int] = set()  # schedule ids queued for their first measurement on this machine
         self.refs_dir = Path(str(store.path.resolve()) + ".refs")
-        # One lock per set of benchmark cores on this machine, shared by every collector running here.
-        cpus_name = "-".join(map(str, sorted(self.benchmark_cpus)))
-        self.lock_path = Path(tempfile.gettempdir()) / f"perfgraph-benchmark-cpus-{cpus_name}.lock"
         self._claims = threading.Condition()
         self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
         self._algorithm: dict[int, str] = {}  # pipeline id -> algorithm hash from its analysis
         self._stop = threading.Event()
-        self._workers = LiveWorkers()  # the jobs in flight, killed by an abort
         self._explicit = False  # set by measure_configs
         self.summary = CollectSummary()
 
@@ -231,7 +235,7 @@ class Collector:
     def abort(self) -> None:
         """Stop now: start no new job and kill the jobs in flight (they run again on resume). Any thread."""
         self._stop.set()
-        self._workers.kill_all()
+        self.executor.kill_all()
         with self._claims:  # a candidate waiting for its killed twin waits no more
             self._claims.notify_all()
 
@@ -388,7 +392,7 @@ class Collector:
             "reference": self.options.timeouts.analyze_s,
         }
         env = {"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"}
-        return run_job(job, limits, self.compile_cpus, env=env, live=self._workers, memory_mb=self.options.memory_mb)
+        return self.executor.run(job, limits, env=env, memory_mb=self.options.memory_mb)
 
     def _record_analysis(self, uri: str, result: JobResult) -> bool:
         """Store the pipeline described by an analysis job; ``False`` (and a failure row) if it failed."""
@@ -414,18 +418,21 @@ class Collector:
                     return True
                 except StoreError as error:
                     kind, message = "definition_changed", str(error)
-        self._fail(uri, -1, None, kind, "analyze", message)
+        self._fail(uri, -1, None, kind, "analyze", message, self._machine_of(result))
         return False
 
     def _measure(self, candidate: _Candidate) -> tuple[JobResult, int | None]:
         duplicate_of: list[int | None] = [None]
+        claimed: list[bytes | None] = [None]  # the featurization this candidate holds the claim on
 
         def on_event(event: dict) -> str | None:
             if event["event"] != "scheduled" or candidate.repeat_of is not None:
                 return '{"go": true}' if event["event"] == "scheduled" else None
-            duplicate_of[0] = self._claim(
-                candidate.pipeline_id, features_hash(base64.b64decode(event["featurization"]))
-            )
+            # A job run again from the start (a Ray task retried after its node was lost) asks again.
+            self._release(candidate.pipeline_id, claimed[0])
+            featurization = base64.b64decode(event["featurization"])
+            duplicate_of[0] = self._claim(candidate.pipeline_id, features_hash(featurization))
+            claimed[0] = featurization if duplicate_of[0] is None else None
             return '{"go": false}' if duplicate_of[0] is not None else '{"go": true}'
 
         timeouts = self.options.timeouts
@@ -435,8 +442,6 @@ class Collector:
             "config": candidate.config.to_json(),
             "input_seed": INPUT_SEED,
             "reference_path": str(self._reference(candidate.uri)),
-            "lock_path": str(self.lock_path),
-            "benchmark_cpus": sorted(self.benchmark_cpus),
             "compile_on_idle_benchmark_cpus": self.options.compile_on_idle_benchmark_cpus,
             "timing": vars(self.options.timing),
         }
@@ -449,20 +454,15 @@ class Collector:
         }
         # Single-threaded: Halide's pipelines, and NumPy's BLAS in the timing calibration kernel.
         env = {"HL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-        result = run_job(
-            job,
-            limits,
-            self.compile_cpus,
-            env=env,
-            on_event=on_event,
-            live=self._workers,
-            memory_mb=self.options.memory_mb,
-        )
+        result = self.executor.run(job, limits, env=env, on_event=on_event, memory_mb=self.options.memory_mb)
+        if "scheduled" not in result.events:  # a job lost on a Ray cluster after it asked: its twins wait no more
+            self._release(candidate.pipeline_id, claimed[0])
         return result, duplicate_of[0]
 
     def _record(self, candidate: _Candidate, result: JobResult, duplicate_of: int | None) -> int | None:
         """Commit one finished job; returns the new schedule id when a first measurement was stored."""
         scheduled = result.events.get("scheduled")
+        machine_id = self._machine_of(result)
         if result.events.get("measured", {}).get("compiled_on_benchmark_cpus"):
             self.summary.compiled_on_benchmark_cpus += 1
         if candidate.repeat_of is not None:
@@ -473,7 +473,7 @@ class Collector:
             if candidate.first_on_machine:
                 return self._record_cross_machine(candidate, result, bool(same))
             if result.ok and measured and same:
-                self.store.add_repeat_measurement(candidate.repeat_of, self.machine_id, _measurement(measured))
+                self.store.add_repeat_measurement(candidate.repeat_of, machine_id, _measurement(measured))
                 self.summary.remeasured += 1
             return None
         config = candidate.config.to_json()
@@ -491,6 +491,7 @@ class Collector:
                 result.failure_kind or "crash",
                 result.failure_phase,
                 result.failure_message,
+                machine_id,
             )
             self._release(candidate.pipeline_id, claim)
             return None
@@ -503,6 +504,7 @@ class Collector:
                 "definition_changed",
                 "autoschedule",
                 "the pipeline's features differ from its analysis: the workload code changed",
+                machine_id,
             )
             self._release(candidate.pipeline_id, claim)
             return None
@@ -514,7 +516,7 @@ class Collector:
             featurization,
             scheduled["schedule_source"],
             scheduled["autoschedule_s"],
-            self.machine_id,
+            machine_id,
             measurement,
             duplicate_of=duplicate_of,
         )
@@ -526,29 +528,51 @@ class Collector:
         return schedule_id
 
     def _record_cross_machine(self, candidate: _Candidate, result: JobResult, same_schedule: bool) -> int | None:
-        """A stored schedule's first measurement on this machine kind; its schedule id when measured."""
+        """A stored schedule's first measurement on this machine kind; its schedule id when measured.
+
+        A job that ran on a node of another kind (a mixed Ray cluster) is that kind's first measurement
+        of the schedule, or a re-measurement when the kind already has one.
+        """
         assert candidate.repeat_of is not None
         if result.failure_kind == INTERRUPTED:
             self._cross_queued.discard(candidate.repeat_of)
             return None
         config = candidate.config.to_json()
+        machine_id = self._machine_of(result)
         if not result.ok:
             kind, phase = result.failure_kind or "crash", result.failure_phase
-            self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message)
+            self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message, machine_id)
             return None
         if not same_schedule:
             message = "Adams2019 gave another schedule on this machine than the stored one (target differs?)"
-            self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message)
+            self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message, machine_id)
             return None
-        self.store.add_measurement(candidate.repeat_of, self.machine_id, _measurement(result.events["measured"]))
+        kind = self.store.machines()[machine_id].kind
+        again = kind != self.machine_kind and candidate.repeat_of in self.store.measured_on(candidate.pipeline_id, kind)
+        measurement = _measurement(result.events["measured"])
+        self.store.add_measurement(candidate.repeat_of, machine_id, measurement, is_repeat=again)
+        if again:
+            self.summary.remeasured += 1
+            return None
         self.summary.cross_machine += 1
         self.summary.measured += 1
         return candidate.repeat_of
 
-    def _fail(self, uri: str, index: int, config: dict | None, kind: str, phase: str, message: str) -> None:
+    def _fail(
+        self, uri: str, index: int, config: dict | None, kind: str, phase: str, message: str, machine_id: int
+    ) -> None:
         """Record a failed job (``index`` -1: the pipeline's analysis) and count it in the summary."""
-        self.store.add_failure(uri, index, config, kind, phase, message, self.machine_id)
+        self.store.add_failure(uri, index, config, kind, phase, message, machine_id)
         self.summary.count_failure(kind)
+
+    def _machine_of(self, result: JobResult) -> int:
+        """The store id of the machine a job ran on: the node it reports (a Ray task), else this one."""
+        if result.machine is None:
+            return self.machine_id
+        machine = MachineInfo.from_json(result.machine)
+        if machine.fingerprint not in self._machine_ids:
+            self._machine_ids[machine.fingerprint] = self.store.machine_id(machine)
+        return self._machine_ids[machine.fingerprint]
 
     def _release(self, pipeline_id: int, claimed_featurization: bytes | None) -> None:
         """Give up a claim on a features hash after a failure, so a waiting twin is measured instead."""
@@ -563,7 +587,7 @@ class Collector:
         """
         with self._claims:
             claimed = self._claimed.setdefault(pipeline_id, {})
-            while digest in claimed and claimed[digest] is None and not self._workers.aborted:
+            while digest in claimed and claimed[digest] is None and not self.executor.aborted:
                 self._claims.wait()
             if digest in claimed:
                 return claimed[digest]

@@ -10,6 +10,7 @@ that allocates without bound fails alone, as ``out_of_memory``, instead of the m
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import queue
@@ -41,6 +42,7 @@ FAILURE_KINDS = (
 INTERRUPTED = "interrupted"
 _EXTERNAL_SIGNALS = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 STDERR_TAIL_LINES = 5
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class JobResult:
     failure_phase: str = ""
     failure_message: str = ""
     stderr: str = ""
+    # The MachineInfo JSON of the machine the job ran on, when an executor ran it elsewhere (a Ray node);
+    # None: the caller's own machine.
+    machine: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,6 +140,7 @@ def run_job(
     on_event: Callable[[dict], str | None] | None = None,
     live: LiveWorkers | None = None,
     memory_mb: int | None = None,
+    die_with_parent: bool = False,
 ) -> JobResult:
     """Run ``job`` in a fresh worker pinned to ``cpus``; ``limits`` maps phase -> seconds.
 
@@ -143,9 +149,13 @@ def run_job(
     ``live``, when given, holds the worker while it runs (see :class:`LiveWorkers`). ``memory_mb``,
     when given, caps the worker's address space (``RLIMIT_AS``, MiB); a worker that cannot allocate
     (or, with a limit, is killed by SIGKILL that the runner did not send) ends ``"out_of_memory"``.
+    ``die_with_parent`` has the kernel kill the worker when the calling thread's process dies (Linux
+    ``PR_SET_PDEATHSIG``): a Ray worker killed mid-job leaves no worker behind on its benchmark cores.
     """
     result = JobResult()
     killed_by_abort = False
+    # Looked up here: the child between fork and exec must not load anything (another thread may hold the lock).
+    prctl = ctypes.CDLL(None).prctl if die_with_parent else None
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "perfgraph.measure.worker"],
@@ -156,7 +166,7 @@ def run_job(
             env={**os.environ, **(env or {})},
             start_new_session=True,
             cwd=tempfile.gettempdir(),  # `python -m` puts the working directory first on sys.path
-            preexec_fn=lambda: _limit_worker(cpus, memory_mb),
+            preexec_fn=lambda: _limit_worker(cpus, memory_mb, prctl),
         )
         if live is not None:
             live.add(process)
@@ -221,8 +231,10 @@ def run_job(
     return result
 
 
-def _limit_worker(cpus: set[int], memory_mb: int | None) -> None:
-    """In the new worker, before it runs Python: pin it to ``cpus`` and cap its address space."""
+def _limit_worker(cpus: set[int], memory_mb: int | None, prctl: Callable[..., int] | None = None) -> None:
+    """In the new worker, before it runs Python: pin it to ``cpus``, cap its address space, tie it to its parent."""
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     os.sched_setaffinity(0, cpus)
     if memory_mb is not None:
         limit = memory_mb * 2**20
