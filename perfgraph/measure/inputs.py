@@ -92,14 +92,6 @@ def scalar_argument(spec: ScalarSpec) -> int | float | bool:
     return int(value)
 
 
-def halide_type(dtype: str) -> hl.Type:
-    """The Halide type of a numpy dtype name (``float32``, ``uint8``, ``bool`` ...)."""
-    if dtype == "bool":
-        return hl.Bool()
-    kind = dtype.rstrip("0123456789")
-    return {"float": hl.Float, "uint": hl.UInt, "int": hl.Int}[kind](int(dtype[len(kind) :]))
-
-
 def widen_input(buffers: RunBuffers, error: Exception) -> bool:
     """Widen the input that ``error`` (Halide's out-of-bounds input check) names; False if it names none.
 

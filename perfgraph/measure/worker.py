@@ -266,7 +266,7 @@ def steal_ms(cpus: list[int]) -> float:
         lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return 0.0
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    ticks = os.sysconf("SC_CLK_TCK")
     wanted = {f"cpu{cpu}" for cpu in cpus}
     rows = [fields for fields in map(str.split, lines) if fields and fields[0] in wanted and len(fields) > 8]
     total = sum(int(fields[8]) for fields in rows)
