@@ -238,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     samples = _machine_samples(store, machine)
     hparams = {
         key: value
-        for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target))
+        for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target), ("size", args.size))
         if value is not None
     }
     try:
@@ -588,7 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     shards.set_defaults(run=cmd_shards)
     train = sub.add_parser("train", help="train a cost model on a dataset (split by pipeline)")
     train.add_argument("--db", type=Path)
-    train.add_argument("--model", default="gnn", help="gnn, sequence, halide, xgboost or xgboost_sum")
+    train.add_argument(
+        "--model",
+        default="gnn",
+        help="gnn, sequence, ensemble (GNNs with an uncertainty), halide, xgboost or xgboost_sum",
+    )
     train.add_argument("--out", type=Path, required=True, help="checkpoint to write")
     train.add_argument("--epochs", type=_POSITIVE, help="training epochs (default: the model's own)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -598,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loss", help="gnn/sequence: mse, relative, rank, mse+rank; halide: halide, mse_log")
     train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
     train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")
+    train.add_argument("--size", type=_POSITIVE, help="ensemble: how many members (default 5)")
     train.set_defaults(run=cmd_train)
 
     predict = sub.add_parser(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,12 +58,21 @@ def real_samples(tiny_db: Path) -> list[Sample]:
     return samples
 
 
-@pytest.fixture
-def one_torch_thread() -> Iterator[None]:
-    """Core 1 is reserved for measurements: keep torch on one thread (``pytestmark`` of the model tests)."""
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch on ``count`` threads inside the block (for module fixtures that train)."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Core 1 is reserved for measurements: keep torch on one thread (``pytestmark`` of the model tests)."""
+    with torch_threads(1):
+        yield

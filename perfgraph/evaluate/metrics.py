@@ -256,3 +256,19 @@ def evaluate_predictions(
         top5=_finite_or_none(top_k_score(*args, k=5)),
         samples_per_s=None if samples_per_s is None else _finite_or_none(samples_per_s),
     )
+
+
+def interval_coverage(mean_log: np.ndarray, sd_log: np.ndarray, measured_log: np.ndarray) -> dict[str, float]:
+    """Share of measured log run times within ``mean ± sd`` and ``mean ± 2 sd``.
+
+    For a calibrated Gaussian uncertainty these are 0.683 and 0.954.
+
+    >>> interval_coverage(np.log([1.0, 2.0, 4.0]), np.array([0.1, 0.1, 0.1]), np.log([1.05, 2.5, 4.0]))
+    {'within_1sd': 0.6667, 'within_2sd': 0.6667}
+    """
+    gap = np.abs(np.asarray(measured_log) - np.asarray(mean_log))
+    sd = np.asarray(sd_log)
+    return {
+        "within_1sd": round(float(np.mean(gap <= sd)), 4),
+        "within_2sd": round(float(np.mean(gap <= 2 * sd)), 4),
+    }

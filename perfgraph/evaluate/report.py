@@ -75,6 +75,7 @@ class EvaluationReport:
     noise_floor: NoiseFloor | None = None
     ratios: Mapping[str, Mapping[str, RatioEstimate]] = field(default_factory=dict)
     extra_rows: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    calibration: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     n_samples: int = 0
     n_pipelines: int = 0
 
@@ -99,7 +100,15 @@ class EvaluationReport:
                 for comparison, by_metric in self.ratios.items()
             },
             "extra_rows": {row: _clean(dict(values)) for row, values in self.extra_rows.items()},
+            "calibration": {name: _clean(dict(values)) for name, values in self.calibration.items()},
         }
+
+    def _calibration_lines(self) -> list[str]:
+        return [
+            f"{name} uncertainty: {values['within_1sd']:.0%} of measured times within ±1 sd (calibrated: 68%), "
+            f"{values['within_2sd']:.0%} within ±2 sd (95%); median sd {values['median_sd_log']:.3f} (ln)"
+            for name, values in self.calibration.items()
+        ]
 
     def _rows(self) -> list[tuple[str, Mapping[str, float | None]]]:
         rows = [(name, scores.as_dict()) for name, scores in self.models.items()]
@@ -140,7 +149,7 @@ class EvaluationReport:
             confidence = round(100 * self.ratios[comparison][metric].confidence)
             winner = comparison.split("_vs_", 1)[0]
             lines.append(f"{comparison} {metric}: {text} ({confidence}% CI; > 1: {winner} has lower error)")
-        return "\n".join(lines)
+        return "\n".join(lines + self._calibration_lines())
 
     def to_markdown(self, plot_files: Sequence[str] = ()) -> str:
         """The report as Markdown; ``plot_files`` (paths relative to the report) are embedded."""
@@ -173,6 +182,8 @@ class EvaluationReport:
                 "prediction error Singh et al. (MAPS 2022) report against Halide's and TVM's cost "
                 "models (our `xgboost` stands in for TVM's), for context; their data set differs.",
             ]
+        if self.calibration:
+            lines += ["", *(f"- {line}" for line in self._calibration_lines())]
         if self.noise_floor is not None:
             lines += [
                 "",

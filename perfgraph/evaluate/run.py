@@ -14,10 +14,10 @@ from numpy.typing import ArrayLike
 
 from perfgraph.data.records import Sample
 from perfgraph.evaluate.bootstrap import error_ratios
-from perfgraph.evaluate.metrics import evaluate_predictions
+from perfgraph.evaluate.metrics import evaluate_predictions, interval_coverage
 from perfgraph.evaluate.noise import NoiseFloor, noise_floor_from_pairs
 from perfgraph.evaluate.report import EvaluationReport
-from perfgraph.models.base import CostModel, measured_runtimes
+from perfgraph.models.base import CostModel, measured_runtimes, predict_with_uncertainty
 
 NoisePairs = tuple[ArrayLike, ArrayLike, ArrayLike]  # (first_ms, second_ms, pipeline_ids)
 
@@ -40,6 +40,17 @@ def predict_timed(model: CostModel, samples: Sequence[Sample], warmup: int = 8) 
         first = int(np.flatnonzero(~np.isfinite(predicted))[0])
         raise ValueError(f"model {model.name!r} predicted {float(predicted[first])!r} for sample {first}")
     return predicted, len(samples) / max(elapsed_s, 1e-9)
+
+
+def uncertainty_calibration(model: CostModel, samples: Sequence[Sample], measured_ms: np.ndarray) -> dict[str, float]:
+    """Share of measured run times inside the model's predicted ±1 and ±2 standard deviations, and the median sd.
+
+    For a calibrated Gaussian uncertainty of the log run time the shares are 0.683 and 0.954.
+    """
+    predicted_ms, sd_log = predict_with_uncertainty(model, list(samples))
+    assert sd_log is not None, f"model {model.name!r} gives no uncertainty"
+    coverage = interval_coverage(np.log(predicted_ms), sd_log, np.log(measured_ms))
+    return {**coverage, "median_sd_log": round(float(np.median(sd_log)), 4)}
 
 
 def evaluate_models(
@@ -67,10 +78,12 @@ def evaluate_models(
     measured = measured_runtimes(test_samples)
     pipeline_ids = np.array([s.pipeline_id for s in test_samples])
 
-    predictions, scores = {}, {}
+    predictions, scores, calibration = {}, {}, {}
     for name, model in models.items():
         predictions[name], samples_per_s = predict_timed(model, test_samples)
         scores[name] = evaluate_predictions(predictions[name], measured, pipeline_ids, samples_per_s)
+        if model.gives_uncertainty:
+            calibration[name] = uncertainty_calibration(model, test_samples, measured)
 
     ratios = {}
     if reference is not None:
@@ -94,6 +107,7 @@ def evaluate_models(
         noise_floor=noise_floor,
         ratios=ratios,
         extra_rows=dict(extra_rows or {}),
+        calibration=calibration,
         n_samples=len(test_samples),
         n_pipelines=int(np.unique(pipeline_ids).size),
     )

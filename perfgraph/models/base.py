@@ -42,6 +42,8 @@ class CostModel(ABC):
     name: str = "model"
     #: The machine kinds whose measurements trained the model (saved in its checkpoint; empty: unknown).
     machine_kinds: tuple[str, ...] = ()
+    #: Whether ``predict(samples, return_std=True)`` also gives a standard deviation of the log run time.
+    gives_uncertainty: bool = False
 
     def get_params(self) -> dict[str, Any]:
         """The constructor arguments as plain values (what a checkpoint stores; ``load`` passes them back)."""
@@ -67,6 +69,14 @@ class CostModel(ABC):
     @abstractmethod
     def load(cls, path: str | Path) -> CostModel:
         """Read a checkpoint; raises :class:`SchemaMismatchError` for another schema version."""
+
+
+def predict_with_uncertainty(model: CostModel, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run times in ms and, for a model that gives one, the standard deviation of the log run time (else ``None``)."""
+    if model.gives_uncertainty:
+        predicted, sd = model.predict(samples, return_std=True)  # type: ignore[call-arg]
+        return np.asarray(predicted, dtype=np.float64), np.asarray(sd, dtype=np.float64)
+    return np.asarray(model.predict(samples), dtype=np.float64), None
 
 
 def constructor_params(cls: type) -> list[str]:

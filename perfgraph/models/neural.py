@@ -231,19 +231,18 @@ class NeuralCostModel(CostModel):
         batch = Batch.from_data_list([graph]).to(device)
         return np.exp(network.stage_log_costs(batch).double().cpu().numpy())
 
-    def save(self, path: str | Path) -> None:
+    def to_payload(self) -> dict[str, Any]:
+        """The checkpoint payload: hyper-parameters, network weights, normaliser and log (plain values only)."""
         network = self._require_fitted("save")
-        save_checkpoint(
-            path,
-            self.name,
-            {
-                "params": self.get_params(),
-                "network": {key: value.detach().cpu().clone() for key, value in network.state_dict().items()},
-                "normalizer": self.normalizer_.state_dict(),  # type: ignore[union-attr]
-                "log": list(self.log_),
-            },
-            machine_kinds=self.machine_kinds,
-        )
+        return {
+            "params": self.get_params(),
+            "network": {key: value.detach().cpu().clone() for key, value in network.state_dict().items()},
+            "normalizer": self.normalizer_.state_dict(),  # type: ignore[union-attr]
+            "log": list(self.log_),
+        }
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.name, self.to_payload(), machine_kinds=self.machine_kinds)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> NeuralCostModel:
@@ -251,7 +250,11 @@ class NeuralCostModel(CostModel):
 
         A model trained on CUDA loads on a machine without it on ``auto`` (the CPU there).
         """
-        payload = load_checkpoint(path, cls.name)
+        return cls.from_payload(load_checkpoint(path, cls.name), device)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], device: str | None = None) -> NeuralCostModel:
+        """The model whose :meth:`to_payload` gave ``payload``; ``device`` as in :meth:`load`."""
         params = dict(payload["params"])
         if device is not None:
             params["device"] = device

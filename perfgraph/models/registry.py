@@ -6,13 +6,22 @@ from pathlib import Path
 
 from perfgraph.models.base import CostModel
 from perfgraph.models.checkpoint import CheckpointError, read_checkpoint_header
+from perfgraph.models.ensemble import EnsembleCostModel
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.halide_net import HalideCostModel
 from perfgraph.models.sequence import SequenceCostModel
 from perfgraph.models.xgboost_model import PackSumXGBoost, SummedFeatureXGBoost
 
 MODEL_CLASSES: dict[str, type[CostModel]] = {
-    cls.name: cls for cls in (GNNCostModel, SequenceCostModel, HalideCostModel, PackSumXGBoost, SummedFeatureXGBoost)
+    cls.name: cls
+    for cls in (
+        GNNCostModel,
+        SequenceCostModel,
+        EnsembleCostModel,
+        HalideCostModel,
+        PackSumXGBoost,
+        SummedFeatureXGBoost,
+    )
 }
 
 

@@ -7,6 +7,7 @@ features alone, so that only the most promising few are compiled and benchmarked
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from perfgraph.measure.builder import (
     build_candidates,
 )
 from perfgraph.measure.runner import Timeouts
-from perfgraph.models.base import CostModel
+from perfgraph.models.base import CostModel, predict_with_uncertainty
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig, search_configs
 from perfgraph.schedules.stage_graph import StageGraph
 
@@ -35,18 +36,25 @@ SATURATION_WINDOW = 8
 
 @dataclass(frozen=True)
 class RankedCandidate:
-    """A candidate with its predicted run time (ms) and per-stage predicted costs (ms, most first)."""
+    """A candidate with its predicted run time (ms) and per-stage predicted costs (ms, most first).
+
+    ``sd_log`` is the model's standard deviation of the log run time (an ensemble's; ``None`` for a
+    model without one): the measured time is expected within ``predicted_ms * exp(±sd_log)`` about
+    68% of the time.
+    """
 
     rank: int
     predicted_ms: float
     candidate: Candidate
     stage_costs_ms: dict[str, float]
+    sd_log: float | None = None
 
     def to_json(self, top_stages: int | None = None) -> dict:
         stages = dict(list(self.stage_costs_ms.items())[:top_stages]) if top_stages else self.stage_costs_ms
         return {
             "rank": self.rank,
             "predicted_ms": self.predicted_ms,
+            "sd_log": self.sd_log,
             "config": self.candidate.config.to_json(),
             "features_hash": self.candidate.features_hash,
             "stage_costs_ms": stages,
@@ -78,16 +86,19 @@ class CandidatePredictions:
         }
 
     def to_table(self, limit: int = 20) -> str:
+        uncertain = any(ranked.sd_log is not None for ranked in self.candidates)
         lines = [
             f"{self.pipeline}: {len(self.candidates)} distinct candidates of {self.tried} tried, "
             f"ranked by {self.model} (featurize {self.featurize_s:.1f} s, predict {self.predict_s * 1000:.1f} ms)",
-            f"{'rank':>4}  {'predicted ms':>12}  {'config':<34}  most expensive stages (predicted share)",
+            f"{'rank':>4}  {'predicted ms':>12}  {'± 1 sd' if uncertain else '':>6}  {'config':<34}  "
+            "most expensive stages (predicted share)",
         ]
         for ranked in self.candidates[:limit]:
             config = describe_config(ranked.candidate.config)
             total = sum(ranked.stage_costs_ms.values()) or 1.0
             stages = ", ".join(f"{n} {v / total:.0%}" for n, v in list(ranked.stage_costs_ms.items())[:3])
-            lines.append(f"{ranked.rank:>4}  {ranked.predicted_ms:>12.4g}  {config:<34}  {stages}")
+            spread = "" if ranked.sd_log is None else f"{math.expm1(ranked.sd_log):.0%}"
+            lines.append(f"{ranked.rank:>4}  {ranked.predicted_ms:>12.4g}  {spread:>6}  {config:<34}  {stages}")
         if len(self.candidates) > limit:
             lines.append(f"... {len(self.candidates) - limit} more (--json lists all)")
         for failure in self.failures[:3]:
@@ -172,7 +183,7 @@ def rank_candidates(
     if not candidates:
         return []
     samples = [c.to_sample(schedule_id=i) for i, c in enumerate(candidates)]
-    predicted = np.asarray(model.predict(samples), dtype=np.float64)
+    predicted, sd_log = predict_with_uncertainty(model, samples)
     stage_costs = getattr(model, "stage_costs", None)
     limit = len(candidates) if with_stage_costs is None else with_stage_costs
     order = np.argsort(predicted, kind="stable")
@@ -184,7 +195,8 @@ def rank_candidates(
             values = stage_costs(samples[index])
             pairs = zip(candidate.graph.stage_names, map(float, values), strict=True)
             costs = dict(sorted(pairs, key=lambda kv: -kv[1]))
-        ranked.append(RankedCandidate(rank, float(predicted[index]), candidate, costs))
+        sd = None if sd_log is None else float(sd_log[index])
+        ranked.append(RankedCandidate(rank, float(predicted[index]), candidate, costs, sd))
     return ranked
 
 

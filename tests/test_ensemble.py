@@ -1,0 +1,113 @@
+"""The deep ensemble: a prediction with a calibrated uncertainty, saved and loaded like any model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from perfgraph.evaluate.metrics import interval_coverage
+from perfgraph.evaluate.run import evaluate_models
+from perfgraph.models.base import NotFittedError, predict_with_uncertainty
+from perfgraph.models.ensemble import EnsembleCostModel, variance_scale
+from perfgraph.models.gnn import GNNCostModel
+from perfgraph.models.registry import load_model
+from perfgraph.search.predict import rank_candidates, sample_candidates
+
+from .conftest import USER_PIPELINES, torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"hidden": 16, "layers": 1, "epochs": 15, "patience": 1000, "lr": 1e-2, "device": "cpu", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def parts(real_samples):
+    """Two pipelines to train on, the third to validate on (the ensemble fits its sd scale there)."""
+    names = sorted({s.pipeline_name for s in real_samples})
+    train = [s for s in real_samples if s.pipeline_name != names[-1]]
+    valid = [s for s in real_samples if s.pipeline_name == names[-1]]
+    return train, valid
+
+
+@pytest.fixture(scope="module")
+def ensemble(parts):
+    with torch_threads(1):
+        return EnsembleCostModel(size=3, seed=4, **TINY).fit(*parts)
+
+
+def test_members_differ_by_seed_and_the_prediction_is_their_geometric_mean(ensemble, real_samples):
+    assert [member.seed for member in ensemble.members_] == [4, 5, 6]
+    member_logs = np.stack([np.log(member.predict(real_samples)) for member in ensemble.members_])
+    predicted, sd = ensemble.predict(real_samples, return_std=True)
+    np.testing.assert_allclose(predicted, np.exp(member_logs.mean(axis=0)), rtol=1e-9)
+    np.testing.assert_allclose(sd, member_logs.std(axis=0, ddof=1) * ensemble.sigma_scale_, rtol=1e-9)
+    assert predicted.shape == sd.shape == (len(real_samples),)
+    assert np.all(sd > 0), "members trained from different seeds never agree exactly"
+    np.testing.assert_array_equal(ensemble.predict(real_samples), predicted)
+
+
+def test_the_sd_scale_is_fitted_on_validation_so_errors_there_have_unit_variance(ensemble, parts):
+    _, valid = parts
+    mean, raw_sd = ensemble.predict_log(valid)
+    truth = np.log([s.runtime_ms for s in valid])
+    assert ensemble.sigma_scale_ == pytest.approx(variance_scale(mean, raw_sd, truth))
+    z = (truth - mean) / (raw_sd * ensemble.sigma_scale_)
+    assert float(np.mean(z**2)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_save_then_load_gives_identical_predictions_and_uncertainties(ensemble, real_samples, tmp_path):
+    path = tmp_path / "ensemble.pt"
+    ensemble.machine_kinds = ("kind-a",)
+    ensemble.save(path)
+    loaded = load_model(path)
+    assert isinstance(loaded, EnsembleCostModel) and loaded.machine_kinds == ("kind-a",)
+    assert loaded.get_params() == ensemble.get_params()
+    mine, theirs = ensemble.predict(real_samples, return_std=True), loaded.predict(real_samples, return_std=True)
+    for a, b in zip(mine, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_every_model_answers_predict_with_uncertainty(ensemble, real_samples):
+    single = GNNCostModel(**TINY).fit(real_samples[:10], [])
+    predicted, sd = predict_with_uncertainty(single, real_samples)
+    assert sd is None and predicted.shape == (len(real_samples),)
+    predicted, sd = predict_with_uncertainty(ensemble, real_samples)
+    assert sd is not None and sd.shape == predicted.shape
+
+
+def test_evaluation_reports_the_calibration_of_the_uncertainty(ensemble, real_samples):
+    report, _ = evaluate_models({"ensemble": ensemble}, real_samples, None, reference=None, n_boot=10)
+    calibration = report.calibration["ensemble"]
+    predicted, sd = ensemble.predict(real_samples, return_std=True)
+    measured = np.log([s.runtime_ms for s in real_samples])
+    expected = interval_coverage(np.log(predicted), sd, measured)
+    assert calibration["within_1sd"] == expected["within_1sd"] <= calibration["within_2sd"] == expected["within_2sd"]
+    assert calibration["median_sd_log"] == pytest.approx(float(np.median(sd)), abs=1e-4)
+    assert "ensemble uncertainty:" in report.to_table() and "within ±2 sd" in report.to_markdown()
+    assert report.to_json_dict()["calibration"]["ensemble"]["within_1sd"] == calibration["within_1sd"]
+
+
+@pytest.mark.slow
+def test_ranked_candidates_carry_the_uncertainty(ensemble):
+    candidates, *_ = sample_candidates(f"file:{USER_PIPELINES}:blur", 3, workers=2)
+    ranked = rank_candidates(ensemble, candidates)
+    assert ranked and all(r.sd_log is not None and r.sd_log > 0 for r in ranked)
+    assert all(r.to_json()["sd_log"] == r.sd_log for r in ranked)
+    from perfgraph.search.predict import CandidatePredictions
+
+    table = CandidatePredictions("blur", "ensemble", ranked, 0.0, 0.0, len(candidates)).to_table()
+    assert "± 1 sd" in table
+    assert f"{math.expm1(ranked[0].sd_log):.0%}" in table.splitlines()[2]
+
+
+def test_an_ensemble_is_refused_before_fit_and_with_bad_arguments():
+    with pytest.raises(NotFittedError, match="EnsembleCostModel.predict"):
+        EnsembleCostModel(**TINY).predict([])
+    with pytest.raises(ValueError, match="size must be at least 2"):
+        EnsembleCostModel(size=1)
+    with pytest.raises(ValueError, match="member must be one of"):
+        EnsembleCostModel(member="xgboost")
+    with pytest.raises(ValueError, match="hidden"):
+        EnsembleCostModel(hidden=0)
