@@ -35,9 +35,11 @@ def fitted(model_class, real_samples, **params):
     return model_class(**{**defaults, **params}).fit(real_samples, real_samples)
 
 
-@pytest.mark.parametrize("conv", ["gin", "sage", "gatv2"])
-def test_gnn_search_path_equals_the_training_path_on_mixed_pipelines(real_samples, conv):
-    model = fitted(GNNCostModel, real_samples, conv=conv)
+@pytest.mark.parametrize(
+    ("conv", "schedule_edges"), [("gin", False), ("sage", False), ("gatv2", False), ("gin", True), ("gatv2", True)]
+)
+def test_gnn_search_path_equals_the_training_path_on_mixed_pipelines(real_samples, conv, schedule_edges):
+    model = fitted(GNNCostModel, real_samples, conv=conv, schedule_edges=schedule_edges)
     samples = shuffled(real_samples)
     assert len({s.pipeline_id for s in samples}) >= 3
     np.testing.assert_allclose(model.predict(samples), model.predict(as_graphs(samples)), rtol=RTOL)
@@ -72,6 +74,15 @@ def test_one_sample_and_many_copies_of_it_predict_alike(real_samples):
     model = fitted(GNNCostModel, real_samples)
     one = model.predict(real_samples[:1])
     np.testing.assert_allclose(model.predict(real_samples[:1] * 3000), np.repeat(one, 3000), rtol=RTOL)
+
+
+def test_schedule_edges_change_the_prediction_and_only_for_the_model_that_reads_them(real_samples):
+    reading, blind = (fitted(GNNCostModel, real_samples, schedule_edges=flag, seed=3) for flag in (True, False))
+    samples = [s for s in real_samples if s.schedule_edge_features is not None and s.schedule_edge_features.any()]
+    assert samples, "the tiny store's schedules place some producers relative to their consumers"
+    cleared = [dataclasses.replace(s, schedule_edge_features=None) for s in samples]
+    assert not np.allclose(reading.predict(samples), reading.predict(cleared), rtol=RTOL)
+    np.testing.assert_array_equal(blind.predict(samples), blind.predict(cleared))
 
 
 def test_pipelines_are_grouped_by_content_not_by_ids(real_samples):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 
@@ -11,9 +12,16 @@ import torch
 
 from perfgraph.data.records import Sample
 from perfgraph.features.dataset import StageGraphDataset, content_key
-from perfgraph.features.graphs import EDGE_ATTR_DIM, as_graphs, sample_to_graph, signed_log1p
+from perfgraph.features.graphs import (
+    EDGE_ATTR_DIM,
+    PIPELINE_EDGE_ATTR_DIM,
+    as_graphs,
+    sample_to_graph,
+    signed_log1p,
+)
 from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES
 from perfgraph.features.normalization import FeatureNormalizer
+from perfgraph.schedules.schedule_source import NUM_SCHEDULE_EDGE_FEATURES
 
 
 def make_sample(
@@ -57,14 +65,31 @@ def test_graph_edges_are_the_sample_edges_followed_by_their_reverses():
     assert torch.equal(graph.edge_index[:, 3:], forward.flip(0))
 
 
-def test_edge_attributes_carry_the_log_features_and_a_direction_flag():
+def test_edge_attributes_carry_the_log_features_a_direction_flag_then_the_schedule_edges():
     sample = make_sample(stages=4)
+    schedule_edges = np.random.default_rng(0).random((3, NUM_SCHEDULE_EDGE_FEATURES)).astype(np.float32)
+    sample = dataclasses.replace(sample, schedule_edge_features=schedule_edges)
     graph = sample_to_graph(sample)
     assert graph.edge_attr.shape == (6, EDGE_ATTR_DIM)
-    assert graph.edge_attr[:, -1].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    flag = PIPELINE_EDGE_ATTR_DIM - 1
+    assert graph.edge_attr[:, flag].tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     expected = torch.from_numpy(np.log1p(sample.edge_features))
-    assert torch.allclose(graph.edge_attr[:3, :-1], expected)
-    assert torch.allclose(graph.edge_attr[3:, :-1], expected)
+    assert torch.allclose(graph.edge_attr[:3, :flag], expected)
+    assert torch.allclose(graph.edge_attr[3:, :flag], expected)
+    # Both directions of an edge carry its schedule features, unchanged (they are in [0, 1] already).
+    assert torch.equal(graph.edge_attr[:3, PIPELINE_EDGE_ATTR_DIM:], torch.from_numpy(schedule_edges))
+    assert torch.equal(graph.edge_attr[3:, PIPELINE_EDGE_ATTR_DIM:], torch.from_numpy(schedule_edges))
+
+
+def test_a_sample_without_schedule_edge_features_reads_them_as_zeros():
+    graph = sample_to_graph(make_sample(stages=4))
+    assert not graph.edge_attr[:, PIPELINE_EDGE_ATTR_DIM:].any()
+
+
+def test_schedule_edge_features_of_the_wrong_length_are_refused_naming_the_sample():
+    sample = make_sample(stages=4)
+    with pytest.raises(ValueError, match="schedule_edge_features must have one row per edge"):
+        dataclasses.replace(sample, schedule_edge_features=np.zeros((2, NUM_SCHEDULE_EDGE_FEATURES), np.float32))
 
 
 def test_node_features_are_log1p_of_the_featurization():

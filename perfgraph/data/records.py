@@ -21,6 +21,9 @@ class Sample:
     ``edges`` holds producer -> consumer pairs of row indices (shape ``(2, n_edges)``) and
     ``edge_features`` one row per edge (shape ``(n_edges, NUM_EDGE_FEATURES)``).
     ``runtime_ms`` is the measured minimum run time, or ``None`` for an unmeasured candidate.
+    ``schedule_edge_features`` (shape ``(n_edges, k)``) says where each producer is computed and
+    stored relative to its consumer under this schedule
+    (:func:`~perfgraph.schedules.schedule_source.schedule_edge_features`); ``None`` reads as zeros.
     """
 
     pipeline_id: int
@@ -32,6 +35,7 @@ class Sample:
     edge_features: np.ndarray
     stage_names: tuple[str, ...] = field(default=())
     runtime_ms: float | None = None
+    schedule_edge_features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.features.shape[1] != FEATURES_PER_STAGE:
@@ -49,6 +53,12 @@ class Sample:
             raise ValueError(
                 f"Sample {self.pipeline_id}/{self.schedule_id}: edge_features must be "
                 f"({self.edges.shape[1]}, {NUM_EDGE_FEATURES}), got {self.edge_features.shape}"
+            )
+        schedule_edges = self.schedule_edge_features
+        if schedule_edges is not None and (schedule_edges.ndim != 2 or schedule_edges.shape[0] != self.edges.shape[1]):
+            raise ValueError(
+                f"Sample {self.pipeline_id}/{self.schedule_id}: schedule_edge_features must have one row per "
+                f"edge ({self.edges.shape[1]}), got shape {schedule_edges.shape}"
             )
         if self.edges.size and (self.edges.min() < 0 or self.edges.max() >= self.num_stages):
             raise ValueError(f"Sample {self.pipeline_id}/{self.schedule_id}: edge index out of range")

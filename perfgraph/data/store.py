@@ -24,6 +24,7 @@ import numpy as np
 from perfgraph.data.records import Sample
 from perfgraph.features.layout import FEATURE_SCHEMA_VERSION, FEATURES_PER_STAGE, PIPELINE_SLICE
 from perfgraph.measure.host import MachineInfo
+from perfgraph.schedules.schedule_source import schedule_edge_features
 from perfgraph.schedules.stage_graph import StageGraph
 
 STORE_SCHEMA_VERSION = 1
@@ -470,14 +471,15 @@ class Store:
         kind = machine or self.default_machine_kind()
         ids = self._machine_ids(kind) if kind is not None else [-1]
         query = (
-            "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s "
+            "SELECT s.pipeline_id, s.schedule_id, s.featurization, s.schedule_source, m.runtime_ms FROM schedules s "
             f"{'JOIN' if measured_only else 'LEFT JOIN'} measurements m "
             f"ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 AND m.machine_id IN ({','.join('?' * len(ids))}) "
             "WHERE s.duplicate_of IS NULL ORDER BY s.pipeline_id, s.schedule_id"
         )
         samples = []
-        for pipeline_id, schedule_id, blob, runtime_ms in self._db.execute(query, ids):
+        for pipeline_id, schedule_id, blob, source, runtime_ms in self._db.execute(query, ids):
             pipeline = graphs[pipeline_id]
+            edges = pipeline.graph.edge_array()
             samples.append(
                 Sample(
                     pipeline_id=pipeline_id,
@@ -485,10 +487,11 @@ class Store:
                     pipeline_name=pipeline.uri,
                     family=pipeline.family,
                     features=decode_featurization(blob),
-                    edges=pipeline.graph.edge_array(),
+                    edges=edges,
                     edge_features=pipeline.graph.edge_feature_array(),
                     stage_names=pipeline.graph.stage_names,
                     runtime_ms=runtime_ms,
+                    schedule_edge_features=schedule_edge_features(source, pipeline.graph.stage_names, edges),
                 )
             )
         return samples

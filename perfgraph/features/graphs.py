@@ -7,8 +7,12 @@ and belongs to :class:`~perfgraph.features.normalization.FeatureNormalizer`, so 
 of graphs serves every split and every model.
 
 Edges go both ways: a stage's cost depends on what it reads (its producers) and on how it is consumed
-(its consumers decide where it is computed). The reverse copy of each edge carries a direction flag
-in the last ``edge_attr`` column (0 = producer -> consumer, 1 = consumer -> producer).
+(its consumers decide where it is computed). ``edge_attr`` holds, per edge, the 9 stored edge
+features (the pipeline's, the same for every schedule), a direction flag (0 = producer -> consumer,
+1 = consumer -> producer), then the 7 schedule edge features of
+:mod:`~perfgraph.schedules.schedule_source` (where the producer is computed and stored relative to
+the consumer under this schedule). A network that reads only the pipeline's edges reads the first
+:data:`PIPELINE_EDGE_ATTR_DIM` columns.
 
 >>> import numpy as np
 >>> from perfgraph.data.records import Sample
@@ -16,7 +20,7 @@ in the last ``edge_attr`` column (0 = producer -> consumer, 1 = consumer -> prod
 ...            np.zeros((1, 9), np.float32), ("out", "f"), runtime_ms=2.0)
 >>> g = sample_to_graph(s)
 >>> g.num_nodes, g.edge_index.tolist(), g.edge_attr.shape[1]
-(2, [[1, 0], [0, 1]], 10)
+(2, [[1, 0], [0, 1]], 17)
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ from torch_geometric.data import Data
 
 from perfgraph.data.records import Sample
 from perfgraph.features.layout import NUM_EDGE_FEATURES
+from perfgraph.schedules.schedule_source import NUM_SCHEDULE_EDGE_FEATURES
 
-#: Columns of ``Data.edge_attr``: the stored edge features, then the direction flag.
-EDGE_ATTR_DIM = NUM_EDGE_FEATURES + 1
+#: The first columns of ``Data.edge_attr``: the stored (pipeline) edge features, then the direction flag.
+PIPELINE_EDGE_ATTR_DIM = NUM_EDGE_FEATURES + 1
+#: All columns of ``Data.edge_attr``: the pipeline's, then the schedule edge features.
+EDGE_ATTR_DIM = PIPELINE_EDGE_ATTR_DIM + NUM_SCHEDULE_EDGE_FEATURES
 #: Bump when the graph built from a sample changes (cached graphs of another format are rebuilt).
-GRAPH_FORMAT_VERSION = 1
+GRAPH_FORMAT_VERSION = 2
 
 
 def signed_log1p(values: np.ndarray) -> np.ndarray:
@@ -44,13 +51,14 @@ def signed_log1p(values: np.ndarray) -> np.ndarray:
 
 
 def sample_to_graph(sample: Sample) -> Data:
-    """The graph of one sample: ``x`` (stages, 326), ``edge_index`` (2, 2E), ``edge_attr`` (2E, 10).
+    """The graph of one sample: ``x`` (stages, 326), ``edge_index`` (2, 2E), ``edge_attr`` (2E, 17).
 
     ``y`` is the natural log of the run time in ms (NaN for an unmeasured sample); ``pipeline_id``,
     ``schedule_id``, ``pipeline_name`` and ``family`` travel along so that predictions and splits can
     be traced back to the store.
     """
     edge_index, edge_attr = edge_tensors(sample)
+    edge_attr = torch.cat([edge_attr, schedule_edge_tensor(sample)], dim=1)
     log_runtime = math.nan if sample.runtime_ms is None else math.log(sample.runtime_ms)
     return Data(
         x=torch.from_numpy(signed_log1p(sample.features)),
@@ -66,7 +74,8 @@ def sample_to_graph(sample: Sample) -> Data:
 
 
 def edge_tensors(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-    """``edge_index`` (2, 2E) and log-transformed ``edge_attr`` (2E, 10): both directions, flag last.
+    """``edge_index`` (2, 2E) and the pipeline part of ``edge_attr`` (2E, 10), log-transformed: both
+    directions, flag last.
 
     They depend on the pipeline only, so a batch of schedules of one pipeline builds them once
     (:mod:`~perfgraph.features.pipeline_batch`).
@@ -104,3 +113,13 @@ def measured_only(graphs: Sequence[Data], argument: str = "samples") -> list[Dat
             f"(pipeline_id, schedule_id) {missing[:3]}"
         )
     return list(graphs)
+
+
+def schedule_edge_tensor(sample: Sample) -> torch.Tensor:
+    """The schedule edge features of both directions (2E, 7), in :func:`edge_tensors`' edge order (zeros if absent)."""
+    num_edges = int(sample.edges.shape[1])
+    values = sample.schedule_edge_features
+    if values is None:
+        values = np.zeros((num_edges, NUM_SCHEDULE_EDGE_FEATURES), dtype=np.float32)
+    forward = torch.as_tensor(np.asarray(values, dtype=np.float32).reshape(num_edges, NUM_SCHEDULE_EDGE_FEATURES))
+    return torch.cat([forward, forward])

@@ -90,7 +90,7 @@ class FeatureNormalizer:
         return ((x - self.node_mean[columns]) / self.node_std[columns]).clamp(-self.clip, self.clip)
 
     def standardize_edges(self, edge_attr: torch.Tensor) -> torch.Tensor:
-        """A copy of ``edge_attr`` (E, 10) with the stored edge features standardised (not the flag)."""
+        """A copy of ``edge_attr`` (E, 10 or 17) with the stored edge features standardised (not the rest)."""
         self._require_fitted("standardize_edges")
         edge_attr = edge_attr.clone()
         edge_attr[:, :NUM_EDGE_FEATURES] = ((edge_attr[:, :NUM_EDGE_FEATURES] - self.edge_mean) / self.edge_std).clamp(

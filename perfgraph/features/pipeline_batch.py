@@ -24,8 +24,10 @@ pipeline columns, edges and edge features are equal byte for byte.
 >>> batch = pipeline_batch([samples[0], samples[2]])
 >>> tuple(batch.schedule_x.shape), tuple(batch.pipeline_x.shape), tuple(batch.edge_index.shape)
 ((2, 2, 39), (2, 287), (2, 2))
->>> batch.to_batch().x.shape  # the PyG batch of the two graphs
-torch.Size([4, 326])
+>>> tuple(batch.edge_attr.shape), tuple(batch.schedule_edge_attr.shape)
+((2, 10), (2, 2, 7))
+>>> batch.to_batch().x.shape, batch.to_batch().edge_attr.shape  # the PyG batch of the two graphs
+(torch.Size([4, 326]), torch.Size([4, 17]))
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 from torch_geometric.data import Batch
 
 from perfgraph.data.records import Sample
-from perfgraph.features.graphs import edge_tensors, signed_log1p
+from perfgraph.features.graphs import EDGE_ATTR_DIM, edge_tensors, schedule_edge_tensor, signed_log1p
 from perfgraph.features.layout import PIPELINE_SLICE, SCHEDULE_SLICE
 
 
@@ -47,15 +49,18 @@ class PipelineBatch:
     """``N`` schedules of one pipeline of ``S`` stages and ``E`` edges, log-transformed like a graph's ``x``.
 
     ``schedule_x`` (S, N, 39): the schedule features of every stage of every schedule, stage-major,
-    so that gathering a stage's producers for all ``N`` schedules copies contiguous blocks. Shared by
+    so that gathering a stage's producers for all ``N`` schedules copies contiguous blocks;
+    ``schedule_edge_attr`` (2E, N, 7), the schedule edge features, edge-major likewise. Shared by
     all ``N``: ``pipeline_x`` (S, 287), the pipeline features; ``edge_index`` (2, 2E) and ``edge_attr``
-    (2E, 10), both directions as in :func:`~perfgraph.features.graphs.sample_to_graph`.
+    (2E, 10), the pipeline part of the edge features; both directions as in
+    :func:`~perfgraph.features.graphs.sample_to_graph`.
     """
 
     schedule_x: torch.Tensor
     pipeline_x: torch.Tensor
     edge_index: torch.Tensor
     edge_attr: torch.Tensor
+    schedule_edge_attr: torch.Tensor
 
     @property
     def num_graphs(self) -> int:
@@ -67,8 +72,13 @@ class PipelineBatch:
 
     def to(self, device: torch.device | str) -> PipelineBatch:
         """The same batch with every tensor on ``device``."""
-        tensors = (self.schedule_x, self.pipeline_x, self.edge_index, self.edge_attr)
+        tensors = (self.schedule_x, self.pipeline_x, self.edge_index, self.edge_attr, self.schedule_edge_attr)
         return PipelineBatch(*(tensor.to(device) for tensor in tensors))
+
+    def full_edge_attr(self) -> torch.Tensor:
+        """Every schedule's whole ``edge_attr``, edge-major: (2E, N, 17), pipeline part first."""
+        shared = self.edge_attr.unsqueeze(1).expand(-1, self.num_graphs, -1)
+        return torch.cat([shared, self.schedule_edge_attr], dim=-1)
 
     def to_batch(self) -> Batch:
         """The PyG batch of all ``N`` graphs (``x``, ``edge_index``, ``edge_attr``, ``batch``, ``ptr``).
@@ -82,7 +92,7 @@ class PipelineBatch:
         return Batch(
             x=x,
             edge_index=batched_edge_index(self.edge_index, n, s),
-            edge_attr=self.edge_attr.repeat(n, 1),
+            edge_attr=self.full_edge_attr().transpose(0, 1).reshape(-1, EDGE_ATTR_DIM),
             batch=torch.arange(n, device=x.device).repeat_interleave(s),
             ptr=torch.arange(0, (n + 1) * s, s, device=x.device),
         )
@@ -146,4 +156,5 @@ def pipeline_batch(samples: Sequence[Sample]) -> PipelineBatch:
         pipeline_x=torch.from_numpy(signed_log1p(first.features[:, PIPELINE_SLICE])),
         edge_index=edge_index,
         edge_attr=edge_attr,
+        schedule_edge_attr=torch.stack([schedule_edge_tensor(sample) for sample in samples], dim=1),
     )

@@ -25,6 +25,7 @@ from perfgraph.data.records import Sample
 from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.measure.runner import INTERRUPTED, Timeouts, run_job
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig
+from perfgraph.schedules.schedule_source import schedule_edge_features
 from perfgraph.schedules.stage_graph import StageGraph, StageGraphError, parse_dag_dump
 
 
@@ -54,15 +55,17 @@ class Candidate:
 
     def to_sample(self, schedule_id: int = 0, pipeline_id: int = 0, family: str = "user") -> Sample:
         """The candidate as an unmeasured :class:`Sample` (``runtime_ms=None``) for a cost model."""
+        edges = self.graph.edge_array()
         return Sample(
             pipeline_id=pipeline_id,
             schedule_id=schedule_id,
             pipeline_name=self.pipeline_uri,
             family=family,
             features=self.featurization,
-            edges=self.graph.edge_array(),
+            edges=edges,
             edge_features=self.graph.edge_feature_array(),
             stage_names=self.graph.stage_names,
+            schedule_edge_features=schedule_edge_features(self.schedule_source, self.graph.stage_names, edges),
         )
 
 

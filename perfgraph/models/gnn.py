@@ -19,7 +19,10 @@ class GNNCostModel(NeuralCostModel):
 
     Architecture: ``conv`` (one of ``gcn``, ``sage``, ``gatv2``, ``gin``, ``transformer``), ``hidden``
     channels, ``layers`` residual message-passing layers, ``heads`` attention heads (``gatv2`` and
-    ``transformer``), ``dropout``. Training: the keywords of :class:`NeuralCostModel`, with its
+    ``transformer``), ``dropout``, ``schedule_edges`` (the convolutions also read where each producer is
+    computed and stored relative to its consumer under the schedule:
+    :mod:`~perfgraph.schedules.schedule_source`; without it, only the pipeline's edge features, the same
+    for every schedule). Training: the keywords of :class:`NeuralCostModel`, with its
     defaults, except ``loss``, which defaults to ``mse+rank`` here (chosen by ``select_gnn.py``):
     ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), ``features`` (``all``, or ``schedule``
     for the 39 schedule features only: :data:`~perfgraph.models.neural.FEATURE_SETS`), Adam ``lr``
@@ -39,6 +42,7 @@ class GNNCostModel(NeuralCostModel):
         layers: int = 3,
         heads: int = 4,
         dropout: float = 0.0,
+        schedule_edges: bool = False,
         **training: Any,
     ) -> None:
         if conv not in CONVS:
@@ -51,8 +55,11 @@ class GNNCostModel(NeuralCostModel):
             raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads}) for conv {conv!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(schedule_edges, bool):
+            raise ValueError(f"schedule_edges must be True or False, got {schedule_edges!r}")
         self.conv, self.hidden, self.layers, self.heads, self.dropout = conv, hidden, layers, heads, dropout
+        self.schedule_edges = schedule_edges
         super().__init__(**{"loss": "mse+rank", **training})
 
     def build_network(self) -> StageGNN:
-        return StageGNN(self.conv, self.hidden, self.layers, self.heads, self.dropout)
+        return StageGNN(self.conv, self.hidden, self.layers, self.heads, self.dropout, self.schedule_edges)

@@ -23,11 +23,14 @@ def gine_stage_major(
 ) -> torch.Tensor:
     """``conv`` on stage-major node states ``x`` (S, N, hidden) of N graphs sharing one structure.
 
-    ``edge_index`` (2, 2E) and ``edge_attr`` (2E, edge_dim) are one graph's; returns (S, N, hidden).
+    ``edge_index`` (2, 2E) is one graph's; ``edge_attr`` is shared by the N graphs (2E, edge_dim) or
+    each graph's own (2E, N, edge_dim). Returns (S, N, hidden).
     """
     source, target = edge_index
     edges = edge_attr if conv.lin is None else conv.lin(edge_attr)
-    messages = x.index_select(0, source).add_(edges.unsqueeze(1)).relu_()  # (2E, N, hidden)
+    if edges.dim() == 2:
+        edges = edges.unsqueeze(1)
+    messages = x.index_select(0, source).add_(edges).relu_()  # (2E, N, hidden)
     out = torch.zeros_like(x).index_add_(0, target, messages)
     out.addcmul_(x, 1 + conv.eps)
     return conv.nn(out)

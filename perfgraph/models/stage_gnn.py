@@ -17,7 +17,7 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv, TransformerConv
 
-from perfgraph.features.graphs import EDGE_ATTR_DIM
+from perfgraph.features.graphs import EDGE_ATTR_DIM, PIPELINE_EDGE_ATTR_DIM
 from perfgraph.features.pipeline_batch import batched_edge_index
 from perfgraph.models.shared_gine import gine_stage_major
 from perfgraph.models.stage_network import StageCostNetwork, cost_head, stage_encoder
@@ -26,8 +26,11 @@ from perfgraph.models.stage_network import StageCostNetwork, cost_head, stage_en
 CONVS: dict[str, bool] = {"gcn": False, "sage": False, "gatv2": True, "gin": True, "transformer": True}
 
 
-def make_conv(kind: str, hidden: int, heads: int = 4) -> nn.Module:
-    """A PyG convolution mapping ``hidden`` to ``hidden`` channels; attention types use ``heads`` heads."""
+def make_conv(kind: str, hidden: int, heads: int = 4, edge_dim: int = PIPELINE_EDGE_ATTR_DIM) -> nn.Module:
+    """A PyG convolution mapping ``hidden`` to ``hidden`` channels; attention types use ``heads`` heads.
+
+    ``edge_dim``: how many ``edge_attr`` columns the convolutions that read edge features read.
+    """
     if kind not in CONVS:
         raise ValueError(f"conv must be one of {sorted(CONVS)}, got {kind!r}")
     if kind in ("gatv2", "transformer") and hidden % heads:
@@ -37,23 +40,35 @@ def make_conv(kind: str, hidden: int, heads: int = 4) -> nn.Module:
     if kind == "sage":
         return SAGEConv(hidden, hidden)
     if kind == "gatv2":
-        return GATv2Conv(hidden, hidden // heads, heads=heads, edge_dim=EDGE_ATTR_DIM)
+        return GATv2Conv(hidden, hidden // heads, heads=heads, edge_dim=edge_dim)
     if kind == "gin":
         mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        return GINEConv(mlp, train_eps=True, edge_dim=EDGE_ATTR_DIM)
-    return TransformerConv(hidden, hidden // heads, heads=heads, edge_dim=EDGE_ATTR_DIM)
+        return GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+    return TransformerConv(hidden, hidden // heads, heads=heads, edge_dim=edge_dim)
 
 
 class StageGNN(StageCostNetwork):
-    """``conv`` in :data:`CONVS`; ``hidden`` channels; ``layers`` message-passing rounds (0 = no graph)."""
+    """``conv`` in :data:`CONVS`; ``hidden`` channels; ``layers`` message-passing rounds (0 = no graph).
+
+    With ``schedule_edges`` the convolutions read all :data:`~perfgraph.features.graphs.EDGE_ATTR_DIM`
+    edge columns (the schedule edge features too), else the first ``PIPELINE_EDGE_ATTR_DIM``.
+    """
 
     def __init__(
-        self, conv: str = "gatv2", hidden: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.0
+        self,
+        conv: str = "gatv2",
+        hidden: int = 64,
+        layers: int = 3,
+        heads: int = 4,
+        dropout: float = 0.0,
+        schedule_edges: bool = False,
     ) -> None:
         super().__init__()
         self.uses_edge_attr = CONVS.get(conv, False)
+        self.reads_schedule_edges = schedule_edges and self.uses_edge_attr and layers > 0
+        self.edge_dim = EDGE_ATTR_DIM if schedule_edges else PIPELINE_EDGE_ATTR_DIM
         self.encoder = stage_encoder(hidden)
-        self.convs = nn.ModuleList(make_conv(conv, hidden, heads) for _ in range(layers))
+        self.convs = nn.ModuleList(make_conv(conv, hidden, heads, self.edge_dim) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
         self.head = cost_head(hidden, hidden)
@@ -61,7 +76,7 @@ class StageGNN(StageCostNetwork):
             raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
 
     def node_log_costs(self, batch: Batch) -> torch.Tensor:
-        return self.refine(self.encoder(batch.x), batch.edge_index, batch.edge_attr)
+        return self.refine(self.encoder(batch.x), batch.edge_index, batch.edge_attr[:, : self.edge_dim])
 
     def refine(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to log costs (nodes,)."""
@@ -74,7 +89,8 @@ class StageGNN(StageCostNetwork):
     def shared_node_log_costs(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """Log costs (S, N) of ``N`` schedules of one pipeline from their encoded stages ``h`` (S, N, hidden).
 
-        ``edge_index`` (2, 2E) and ``edge_attr`` (2E, 10) are the pipeline's, shared by all ``N``. GIN
+        ``edge_index`` (2, 2E) is the pipeline's, shared by all ``N``; ``edge_attr`` is either shared too
+        (2E, 10) or, for a network that :attr:`reads_schedule_edges`, every schedule's (2E, N, 17). GIN
         layers run stage-major (:func:`~perfgraph.models.shared_gine.gine_stage_major`); other
         convolutions get the flattened batch, its edges offset once, vectorised. Inference only.
         """
@@ -83,6 +99,9 @@ class StageGNN(StageCostNetwork):
                 h = h + self.dropout(nn.functional.gelu(gine_stage_major(conv, norm(h), edge_index, edge_attr)))
             return self.head(h).squeeze(-1)
         s, n, hidden = h.shape
-        edge_attr = edge_attr.repeat(n, 1) if self.uses_edge_attr else edge_attr
+        if edge_attr.dim() == 3:
+            edge_attr = edge_attr.transpose(0, 1).reshape(-1, edge_attr.shape[-1])  # graph-major
+        elif self.uses_edge_attr:
+            edge_attr = edge_attr.repeat(n, 1)
         flat = h.transpose(0, 1).reshape(n * s, hidden)  # graph-major, as a PyG batch
         return self.refine(flat, batched_edge_index(edge_index, n, s), edge_attr).view(n, s).T
