@@ -8,7 +8,9 @@ the architecture differs:
 * ``sequence``: the LSTM over the stages in topological order (the non-graph control);
 * ``no-graph``: the same GNN with ``layers=0``, no message passing: a per-stage MLP, summed;
 * ``schedule-only``: the same GNN reading only the 39 schedule features of every stage (the 287
-  pipeline features zeroed after standardisation; the graph and its edge features are kept).
+  pipeline features zeroed after standardisation; the graph and its edge features are kept);
+* ``schedule-edges``: the same GNN whose convolutions also read the schedule edge features (where
+  each producer is computed and stored relative to its consumer: :mod:`perfgraph.schedules.schedule_source`).
 
 Every model is trained once per seed (initial weights and batch order) and scored on the validation
 and the test pipelines with :func:`~perfgraph.evaluate.metrics.evaluate_predictions`; the tables give
@@ -46,7 +48,7 @@ from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel
 
-MODELS = ("gnn", "sequence", "no-graph", "schedule-only")
+MODELS = ("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges")
 DEFAULT_MACHINE = "amd-epyc/znver4-avx2"
 #: Metrics in the tables: (key, header, decimals).
 TABLE_METRICS = (("rmse_log", "RMSE(ln)", 3), ("mape", "MAPE %", 1), ("kendall_tau", "tau", 3), ("top1", "top-1", 3))
@@ -54,7 +56,7 @@ SPLIT_METRICS = (("rmse_log", "RMSE(ln)", 3), ("bias_rmse_log", "bias", 3), ("re
 
 
 def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, NeuralCostModel]]:
-    """The four models, untrained, with ``seed``; ``args.models`` picks which."""
+    """The models of :data:`MODELS`, untrained, with ``seed``; ``args.models`` picks which."""
     shipped = argparse.Namespace(**{**vars(args), "convs": [args.conv], "losses": [args.loss], "no_sequence": False})
     built = dict(candidates(shipped, seed))
     gnn = built[f"gnn/{args.conv}"]
@@ -64,6 +66,7 @@ def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, Neur
         "sequence": built["sequence/lstm"],
         "no-graph": GNNCostModel(**{**params, "layers": 0}),
         "schedule-only": GNNCostModel(**{**params, "features": "schedule"}),
+        "schedule-edges": GNNCostModel(**{**params, "schedule_edges": True}),
     }
     return [(name, models[name]) for name in args.models]
 

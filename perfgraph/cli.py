@@ -241,6 +241,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target), ("size", args.size))
         if value is not None
     }
+    if args.schedule_edges:
+        hparams["schedule_edges"] = True
     try:
         result = train_model(
             samples,
@@ -603,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
     train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")
     train.add_argument("--size", type=_POSITIVE, help="ensemble: how many members (default 5)")
+    train.add_argument(
+        "--schedule-edges",
+        action="store_true",
+        help="gnn, ensemble: convolutions also read where each producer is computed relative to its consumer",
+    )
     train.set_defaults(run=cmd_train)
 
     predict = sub.add_parser(

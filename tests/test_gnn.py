@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from perfgraph.evaluate.metrics import rmse_log
 from perfgraph.models.base import NotFittedError, SchemaMismatchError
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.losses import make_loss, pairwise_rank_loss, relative_error_loss
@@ -110,6 +111,22 @@ def test_update_fine_tunes_and_keeps_the_normaliser(real_samples):
     assert torch.equal(model.normalizer_.node_mean, mean)
     assert not np.array_equal(model.predict(real_samples), before)
     assert [e.get("phase") for e in model.log_[-2:]] == ["update", "update"]
+
+
+def test_update_replays_earlier_samples_so_that_fine_tuning_forgets_less(real_samples):
+    first = sorted({s.pipeline_name for s in real_samples})[0]
+    old = [s for s in real_samples if s.pipeline_name != first]
+    new = [s for s in real_samples if s.pipeline_name == first]
+    measured_old = np.array([s.runtime_ms for s in old])
+    drift = {}
+    for replay in (0, 4096):
+        model = tiny(epochs=40, update_epochs=30, update_lr_factor=1.0, replay=replay).fit(old, [])
+        assert len(model.replay_) == min(replay, len(old))
+        before = rmse_log(model.predict(old), measured_old)
+        model.update(new)
+        drift[replay] = rmse_log(model.predict(old), measured_old) - before
+        assert model.replay_.seen == len(old) + len(new)
+    assert drift[4096] < drift[0], drift
 
 
 def test_predict_before_fit_says_what_to_do():

@@ -143,6 +143,12 @@ def featurize(job: dict) -> None:
 
 
 INTEGER_OUTPUT_TOLERANCE = 1  # units: an integer output computed in float may round the other way
+# Float outputs: at most this share of values may lie outside the tolerance (but within OUTLIER_FACTOR
+# times it): a deep chain of reductions re-associated by the schedule can lose a few more digits on a
+# handful of ill-conditioned values, while a wrong schedule (wrong bounds, a missed update, a race)
+# spoils whole rows or tiles, far more values by far more.
+FLOAT_OUTLIER_SHARE = 1e-3
+OUTLIER_FACTOR = 10.0
 
 
 def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
@@ -151,19 +157,34 @@ def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
     Schedules change the order and fusion of float operations (FMA contraction, vectorised reductions),
     so float outputs may differ in their last bits, and an integer output computed in float (an 8-bit
     image through a tone curve) by one unit where a value lies near a rounding boundary. Float outputs
-    are compared with a relative tolerance, integer outputs within one unit, booleans exactly: a wrong
-    schedule (wrong bounds, a missed update, a race) differs by far more.
+    are compared with a relative tolerance (``rtol`` 1e-3, ``atol`` 1e-4 of the output's largest
+    magnitude), of which a share of at most ``FLOAT_OUTLIER_SHARE`` of the values may be up to
+    ``OUTLIER_FACTOR`` times out; integer outputs within one unit, booleans exactly.
 
     >>> _matches(np.array([10, 200], np.uint8), np.array([11, 200], np.uint8)) is None
     True
     >>> _matches(np.array([10, 200], np.uint8), np.array([12, 200], np.uint8))
     '1 of 2 values differ from the reference (by up to 2)'
+    >>> reference = np.linspace(1, 2, 2000, dtype=np.float32)
+    >>> nudged = reference.copy(); nudged[7] *= 1.004
+    >>> _matches(nudged, reference) is None  # one value in 2000, 3x the tolerance out
+    True
+    >>> nudged[8:10] *= 1.004; _matches(nudged, reference)  # three values in 2000
+    '3 of 2000 values differ from the reference (by up to 0.004018 where 0.001205 is allowed)'
+    >>> nudged = reference.copy(); nudged[5] *= 1.05; _matches(nudged, reference)  # one, 40x out
+    '1 of 2000 values differ from the reference (by up to 0.05013 where 0.001203 is allowed)'
     """
     if actual.shape != expected.shape:
         return f"shape {actual.shape} != reference {expected.shape}"
     if actual.dtype.kind == "f":
         scale = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
-        close = np.isclose(actual, expected, rtol=1e-3, atol=1e-4 * max(scale, 1.0), equal_nan=True)
+        allowed = 1e-4 * max(scale, 1.0) + 1e-3 * np.abs(expected.astype(np.float64))
+        difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        same_nan = np.isnan(actual) & np.isnan(expected)
+        close = same_nan | (difference <= allowed)
+        tolerable = same_nan | (difference <= OUTLIER_FACTOR * allowed)
+        if tolerable.all() and (~close).sum() <= FLOAT_OUTLIER_SHARE * close.size:
+            return None
     elif actual.dtype.kind in "iu":
         wide = np.int64 if actual.dtype.itemsize < 8 else object  # differences without wrap-around
         difference = np.abs(actual.astype(wide) - expected.astype(wide))
@@ -175,6 +196,12 @@ def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
     bad = int((~close).sum())
     if actual.dtype.kind in "iu":
         return f"{bad} of {close.size} values differ from the reference (by up to {difference[~close].max()})"
+    if actual.dtype.kind == "f":
+        worst = int(np.nanargmax(np.where(close, -np.inf, difference / allowed)))
+        return (
+            f"{bad} of {close.size} values differ from the reference (by up to "
+            f"{difference.flat[worst]:.4g} where {allowed.flat[worst]:.4g} is allowed)"
+        )
     return f"{bad} of {close.size} values differ from the reference"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,11 @@ class CostModel(ABC):
 
     @abstractmethod
     def update(self, samples: Sequence[Sample]) -> None:
-        """Fine-tune on newly measured samples (what a search loop calls after each batch)."""
+        """Fine-tune on newly measured samples (what a search loop calls after each batch).
+
+        Every model replays samples it was trained on before (since ``fit``, or since ``load``) beside
+        the new ones, so that an update does not make it forget (:class:`ReplayBuffer`).
+        """
 
     @abstractmethod
     def save(self, path: str | Path) -> None:
@@ -69,6 +73,48 @@ class CostModel(ABC):
     @abstractmethod
     def load(cls, path: str | Path) -> CostModel:
         """Read a checkpoint; raises :class:`SchemaMismatchError` for another schema version."""
+
+
+class ReplayBuffer:
+    """A uniform sample of at most ``capacity`` items among all those added (reservoir sampling).
+
+    What a model's :meth:`~CostModel.update` replays beside the new samples so that fine-tuning on a
+    few new measurements does not overwrite what it learned before (experience replay; reservoir
+    sampling is Vitter's Algorithm R, ACM TOMS 1985). Kept in memory only: a loaded model starts
+    with an empty buffer.
+
+    >>> buffer = ReplayBuffer(capacity=3, seed=0)
+    >>> buffer.add(range(10)); len(buffer), buffer.seen
+    (3, 10)
+    >>> len(buffer.draw(2)), len(buffer.draw(5))
+    (2, 3)
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"capacity (replay) must be a non-negative int, got {capacity!r}")
+        self.capacity = capacity
+        self.seen = 0
+        self._items: list[Any] = []
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.seen += 1
+            if len(self._items) < self.capacity:
+                self._items.append(item)
+            else:
+                slot = int(self._rng.integers(self.seen))
+                if slot < self.capacity:
+                    self._items[slot] = item
+
+    def draw(self, count: int) -> list[Any]:
+        """Up to ``count`` distinct items, uniformly at random."""
+        count = min(count, len(self._items))
+        return [self._items[i] for i in self._rng.choice(len(self._items), size=count, replace=False)]
 
 
 def predict_with_uncertainty(model: CostModel, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -29,7 +29,8 @@ class GNNCostModel(NeuralCostModel):
     and ``weight_decay``, at most ``epochs`` epochs with early stopping after ``patience`` epochs
     without validation improvement, ``batch_size`` graphs per step, ``seed``, ``device`` (``auto``,
     ``cpu``, ``cuda``).
-    ``update`` fine-tunes for ``update_epochs`` at ``lr * update_lr_factor``. ``progress`` shows a
+    ``update`` fine-tunes for ``update_epochs`` at ``lr * update_lr_factor`` on the new samples and as many
+    replayed earlier ones (at most ``replay`` kept). ``progress`` shows a
     progress bar.
     """
 

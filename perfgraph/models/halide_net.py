@@ -34,7 +34,7 @@ from perfgraph.features.layout import (
     PIPELINE_SLICE,
     SCHEDULE_SLICE,
 )
-from perfgraph.models.base import CostModel, NotFittedError, measured_runtimes
+from perfgraph.models.base import CostModel, NotFittedError, ReplayBuffer, measured_runtimes
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.halide_terms import (
     CONV1_CHANNELS,
@@ -174,6 +174,7 @@ class HalideCostModel(CostModel):
         max_batch_size: int = 1024,
         min_schedules_per_pipeline: int = 2,
         update_epochs: int = 20,
+        replay: int = 512,
         seed: int = 0,
     ) -> None:
         if loss not in LOSSES:
@@ -199,7 +200,10 @@ class HalideCostModel(CostModel):
         self.max_batch_size = max_batch_size
         self.min_schedules_per_pipeline = min_schedules_per_pipeline
         self.update_epochs = update_epochs
+        self.replay = replay
         self.seed = seed
+        #: Pipeline batches seen by fit and update, replayed beside new ones (Halide trains per pipeline).
+        self.replay_ = ReplayBuffer(replay, seed)
         self.network_: AdamsNetwork | None = None
         self.log_scale_: float = 0.0
         #: One (epoch, mean train loss, validation loss or nan) per epoch of the last fit.
@@ -229,12 +233,20 @@ class HalideCostModel(CostModel):
                     break
         self.network_.load_state_dict(best_state)
         self._calibrate(train)
+        self.replay_ = ReplayBuffer(self.replay, self.seed)
+        self.replay_.add(train_batches)
         return self
 
     def update(self, samples: Sequence[Sample]) -> None:
-        """Fine-tune for ``update_epochs`` epochs on new samples, with a fresh Adam state; keeps the scale."""
+        """Fine-tune for ``update_epochs`` epochs on new samples, with a fresh Adam state; keeps the scale.
+
+        The new samples' pipelines are trained on beside as many pipelines replayed from ``replay_``
+        (at most ``replay`` pipeline batches seen by fit and earlier updates; 0: none).
+        """
         self._check_fitted()
-        batches = self._training_batches(samples, "samples")
+        new = self._training_batches(samples, "samples")
+        batches = new + self.replay_.draw(len(new))
+        self.replay_.add(new)
         optimizer = self._optimizer()
         rng = np.random.default_rng(self.seed + len(self.history_))
         for _ in range(self.update_epochs):

@@ -26,7 +26,7 @@ from perfgraph.data.records import Sample
 from perfgraph.features.graphs import as_graphs, measured_only
 from perfgraph.features.layout import FEATURES_PER_STAGE, SCHEDULE_SLICE
 from perfgraph.features.normalization import FeatureNormalizer
-from perfgraph.models.base import CostModel, NotFittedError
+from perfgraph.models.base import CostModel, NotFittedError, ReplayBuffer
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.losses import make_loss
 from perfgraph.models.shared_inference import predict_samples_log_runtimes
@@ -65,6 +65,7 @@ class NeuralCostModel(CostModel):
         device: str = "auto",
         update_epochs: int = 5,
         update_lr_factor: float = 0.1,
+        replay: int = 4096,
         progress: bool = True,
     ) -> None:
         make_loss(loss)  # validates the name now rather than after an hour of data loading
@@ -84,6 +85,8 @@ class NeuralCostModel(CostModel):
         self.loss, self.features, self.lr, self.epochs, self.patience = loss, features, lr, epochs, patience
         self.batch_size, self.weight_decay, self.seed, self.device = batch_size, weight_decay, seed, device
         self.update_epochs, self.update_lr_factor, self.progress = update_epochs, update_lr_factor, progress
+        self.replay = replay
+        self.replay_ = ReplayBuffer(replay, seed)
         self.network_: StageCostNetwork | None = None
         self.normalizer_: FeatureNormalizer | None = None
         self.log_: list[dict] = []
@@ -151,6 +154,8 @@ class NeuralCostModel(CostModel):
             desc=f"fit {self.name}",
         )
         self.network_ = network
+        self.replay_ = ReplayBuffer(self.replay, self.seed)
+        self.replay_.add(raw_train)
         return self
 
     def predict(self, samples: Sequence[Sample | Data]) -> np.ndarray:
@@ -193,15 +198,20 @@ class NeuralCostModel(CostModel):
     def update(self, samples: Sequence[Sample | Data]) -> None:
         """Fine-tune for ``update_epochs`` at ``lr * update_lr_factor``, keeping the normaliser.
 
-        On a model that was never fitted this fits from scratch on ``samples`` (no validation set).
+        Each update trains on ``samples`` plus as many earlier samples replayed from ``replay_`` (a
+        uniform sample of at most ``replay`` graphs seen by ``fit`` and earlier updates; ``replay=0``
+        fine-tunes on the new samples alone). On a model that was never fitted this fits from scratch
+        on ``samples`` (no validation set).
         """
         if not self.is_fitted:
             self.fit(samples, [])
             return
         network = self._require_fitted("update")
-        graphs = self._graphs(samples, "samples", require_measured=True)
-        if not graphs:
+        raw = measured_only(as_graphs(samples), "samples")
+        if not raw:
             return
+        graphs = self._network_inputs(raw + self.replay_.draw(len(raw)))
+        self.replay_.add(raw)
         first = (self.log_[-1]["epoch"] + 1) if self.log_ else 1
         log = train_network(
             network,
