@@ -617,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--pipeline", metavar="SPEC", help="FILE.py:FUNCTION, zoo:NAME?... or random:N")
     predict.add_argument("--candidates", type=_POSITIVE, default=64, metavar="N", help="distinct candidates to rank")
-    predict.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
+    predict.add_argument(
+        "--model", type=Path, default=MODELS_DIR / "ensemble.pt", help="checkpoint (default: the shipped ensemble)"
+    )
     predict.add_argument("--db", type=Path, help="predict this store's measured samples instead (writes a CSV)")
     predict.add_argument("--machine", help="with --db: the machine kind (default: the one with most samples)")
     predict.add_argument(
@@ -639,7 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schedule = sub.add_parser("schedule", help="model-guided search: rank candidates, benchmark the best, keep one")
     schedule.add_argument("--pipeline", metavar="SPEC", required=True, help="FILE.py:FUNCTION, zoo:... or random:N")
-    schedule.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
+    schedule.add_argument(
+        "--model", type=Path, default=MODELS_DIR / "ensemble.pt", help="checkpoint (default: the shipped ensemble)"
+    )
     schedule.add_argument("--candidates", type=_POSITIVE, default=256, metavar="N", help="candidates scored per round")
     schedule.add_argument("--measure-top", type=_POSITIVE, default=8, metavar="K", help="benchmarked per round")
     schedule.add_argument("--rounds", type=_POSITIVE, default=1, metavar="R", help="update the model between rounds")

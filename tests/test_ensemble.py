@@ -125,3 +125,18 @@ def test_the_cli_trains_an_ensemble_and_evaluate_reports_its_calibration(tiny_db
     capsys.readouterr()
     assert main(["evaluate", "--db", str(tiny_db), "--models", str(out)]) == 0
     assert "ensemble uncertainty:" in capsys.readouterr().out
+
+
+def test_adapting_sets_every_members_epochs_and_replays_nothing_of_the_old_machine(ensemble, parts):
+    import copy
+
+    from perfgraph.models.adapt import adapt
+
+    _, new_machine = parts
+    adapted = adapt(copy.deepcopy(ensemble), new_machine[:6], epochs=2)
+    for before, after in zip(ensemble.members_, adapted.members_, strict=True):
+        assert after.update_epochs == 2 and before.update_epochs != 2
+        assert len(before.replay_) > 0
+        # Only the new machine's samples are in the buffer: the old machine's were dropped before updating.
+        assert after.replay_.seen == 6 and len(after.replay_) == 6
+    assert [entry.get("phase") for entry in adapted.members_[0].log_[-2:]] == ["update", "update"]

@@ -70,8 +70,9 @@ def test_the_cli_ranks_candidates_as_json(tmp_path):
     assert finished.returncode == 0, finished.stderr
     result = json.loads(finished.stdout)
     assert result["pipeline"] == f"file:{USER_PIPELINES.resolve()}:blur"
-    assert result["candidates"][0]["rank"] == 1
+    assert result["candidates"][0]["rank"] == 1 and result["model"] == "ensemble"  # the default model
     assert {"predicted_ms", "config", "stage_costs_ms", "schedule_source"} <= set(result["candidates"][0])
+    assert all(candidate["sd_log"] > 0 for candidate in result["candidates"])
     assert len(list((tmp_path / "sources").glob("rank-*.schedule.h"))) == len(result["candidates"])
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from perfgraph.data.records import Sample
-from perfgraph.models.base import CostModel, measured_runtimes
+from perfgraph.models.base import CostModel, ReplayBuffer, measured_runtimes
 
 T = TypeVar("T", bound=Sample)
 
@@ -50,15 +50,19 @@ def few_shot_samples(samples: Sequence[T], n: int, seed: int = 0) -> list[T]:
 def adapt(model: CostModel, samples: Sequence[Sample], epochs: int | None = None) -> CostModel:
     """Fine-tune ``model`` in place on ``samples`` of the new machine; returns it.
 
-    ``epochs`` overrides the model's ``update_epochs`` (neural and Halide networks); XGBoost models
-    retrain on the samples, as their ``update`` does. Raises ``ValueError`` for unmeasured samples.
+    ``epochs`` overrides the model's ``update_epochs`` (neural and Halide networks, each member of an
+    ensemble); XGBoost models retrain on the samples, as their ``update`` does. The replay buffers
+    are emptied first: run times of the old machine must not be replayed as labels of the new one.
+    Raises ``ValueError`` for unmeasured samples.
     """
     measured_runtimes(samples)
-    if epochs is not None:
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        if hasattr(model, "update_epochs"):
-            model.update_epochs = epochs  # type: ignore[attr-defined]
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    for part in (model, *getattr(model, "members_", ())):
+        if epochs is not None and hasattr(part, "update_epochs"):
+            part.update_epochs = epochs
+        if isinstance(getattr(part, "replay_", None), ReplayBuffer):
+            part.replay_ = ReplayBuffer(part.replay_.capacity, part.seed)
     if samples:
         model.update(samples)
     return model
