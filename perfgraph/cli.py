@@ -243,6 +243,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if args.schedule_edges:
         hparams["schedule_edges"] = True
+    if args.layers is not None:
+        hparams["layers"] = args.layers
     try:
         result = train_model(
             samples,
@@ -605,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
     train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")
     train.add_argument("--size", type=_POSITIVE, help="ensemble: how many members (default 5)")
+    train.add_argument(
+        "--layers",
+        type=_COUNT,
+        help="gnn, ensemble, sequence: layers (gnn: message-passing rounds; 0 = per-stage costs, no graph)",
+    )
     train.add_argument(
         "--schedule-edges",
         action="store_true",

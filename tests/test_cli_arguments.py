@@ -64,6 +64,8 @@ def test_an_unknown_zoo_entry_beside_all_is_an_error(capsys):
         (["collect", "--random", "1", "--schedules", "many"], "--schedules"),
         (["train", "--model", "xgboost", "--out", "m.pt", "--epochs", "0"], "--epochs"),
         (["train", "--model", "xgboost", "--out", "m.pt", "--epochs", "-1"], "--epochs"),
+        (["train", "--model", "gnn", "--out", "m.pt", "--layers", "-1"], "--layers"),
+        (["train", "--model", "ensemble", "--out", "m.pt", "--size", "0"], "--size"),
         (["predict", "--pipeline", "random:1", "--candidates", "0"], "--candidates"),
         (["schedule", "--pipeline", "random:1", "--rounds", "0"], "--rounds"),
         (["adapt", "--machine", "m", "--out", "m.pt", "--samples", "0"], "--samples"),
