@@ -129,6 +129,12 @@ def test_update_replays_earlier_samples_so_that_fine_tuning_forgets_less(real_sa
     assert drift[4096] < drift[0], drift
 
 
+@pytest.mark.parametrize("setting", [{"conv": "sage"}, {"conv": "gcn"}, {"layers": 0}])
+def test_schedule_edges_without_convolutions_that_read_edges_are_refused(setting):
+    with pytest.raises(ValueError, match="schedule_edges needs message passing that reads edge features"):
+        GNNCostModel(schedule_edges=True, **setting)
+
+
 def test_predict_before_fit_says_what_to_do():
     with pytest.raises(NotFittedError, match=r"call fit\(\) or load\(\) first"):
         GNNCostModel().predict([])

@@ -19,9 +19,8 @@ from perfgraph.features.graphs import (
     sample_to_graph,
     signed_log1p,
 )
-from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES
+from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES, NUM_SCHEDULE_EDGE_FEATURES
 from perfgraph.features.normalization import FeatureNormalizer
-from perfgraph.schedules.schedule_source import NUM_SCHEDULE_EDGE_FEATURES
 
 
 def make_sample(

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
+import re
 
+import numpy as np
+import pytest
+
+from perfgraph.features.layout import SCHEDULE_EDGE_FEATURE_NAMES
 from perfgraph.schedules.schedule_source import (
-    SCHEDULE_EDGE_FEATURE_NAMES,
     parse_schedule_source,
+    resolve_func_names,
     schedule_edge_features,
 )
+from perfgraph.search.predict import sample_candidates
+
+from .conftest import USER_PIPELINES
 
 # As Adams2019 writes it (a depthwise convolution with an update stage; a padded input at its loop x).
 SOURCE = """\
@@ -74,8 +81,38 @@ def test_real_schedules_place_every_producer_exactly_once(real_samples):
     assert seen[COLUMN["compute_root"]] > 0 and seen[COLUMN["compute_at_consumer"]] > 0
 
 
-def test_an_empty_or_foreign_source_gives_zeros_not_an_error():
+def test_an_empty_or_foreign_source_gives_zeros_unknown_not_inlined():
     edges = np.array([[1], [0]])
     assert not schedule_edge_features("", ("a", "b"), edges).any()
-    features = schedule_edge_features("// a comment\nsomething else;\n", ("a", "b"), edges)
-    assert features[0, COLUMN["inlined"]] == 1 and features[0].sum() == 1
+    assert not schedule_edge_features("// a comment\nsomething else;\n", ("a", "b"), edges).any()
+    assert not schedule_edge_features(SOURCE, ("a", "b"), edges).any(), "another pipeline's source"
+
+
+def test_names_uniquified_by_a_rebuild_in_the_same_process_are_matched():
+    # The second build of a pipeline in one process names every Func f$1, which the source writes f_1.
+    rebuilt = re.sub(r"\b(dwconv|dwconv_pad|relu)\b", r"\1_1", SOURCE)
+    assert "dwconv_pad_1\n" in rebuilt and ".compute_at(dwconv_1, x)" in rebuilt
+    edges = np.array([[2, 3, 0], [3, 1, 1]])
+    np.testing.assert_array_equal(
+        schedule_edge_features(rebuilt, STAGES, edges), schedule_edge_features(SOURCE, STAGES, edges)
+    )
+    # A stage whose own name carries a $ (a Func named twice in one build) is matched through its C++ spelling.
+    dollar = tuple(name.replace("dwconv_pad", "dwconv_pad$1") for name in STAGES)
+    renamed = SOURCE.replace("dwconv_pad", "dwconv_pad_1")
+    np.testing.assert_array_equal(
+        schedule_edge_features(renamed, dollar, edges), schedule_edge_features(SOURCE, STAGES, edges)
+    )
+
+
+@pytest.mark.slow
+def test_candidates_featurized_one_after_another_in_one_worker_resolve_every_scheduled_func():
+    candidates, *_ = sample_candidates(f"file:{USER_PIPELINES}:blur", 3, workers=1)
+    assert len(candidates) >= 2, "a worker that builds the pipeline twice is the case under test"
+    for candidate in candidates:
+        parsed = parse_schedule_source(candidate.schedule_source)
+        assert set(resolve_func_names(parsed, candidate.graph.stage_names)) == set(parsed), candidate.schedule_source
+        sample = candidate.to_sample()
+        placements = sample.schedule_edge_features[
+            :, [COLUMN[n] for n in ("inlined", "compute_root", "compute_at_consumer", "compute_at_other")]
+        ]
+        assert (placements.sum(axis=1) == 1).all()

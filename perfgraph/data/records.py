@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES
+from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES, NUM_SCHEDULE_EDGE_FEATURES
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,11 @@ class Sample:
                 f"({self.edges.shape[1]}, {NUM_EDGE_FEATURES}), got {self.edge_features.shape}"
             )
         schedule_edges = self.schedule_edge_features
-        if schedule_edges is not None and (schedule_edges.ndim != 2 or schedule_edges.shape[0] != self.edges.shape[1]):
+        expected = (self.edges.shape[1], NUM_SCHEDULE_EDGE_FEATURES)
+        if schedule_edges is not None and schedule_edges.shape != expected:
             raise ValueError(
                 f"Sample {self.pipeline_id}/{self.schedule_id}: schedule_edge_features must have one row per "
-                f"edge ({self.edges.shape[1]}), got shape {schedule_edges.shape}"
+                f"edge and {NUM_SCHEDULE_EDGE_FEATURES} columns, {expected}, got shape {schedule_edges.shape}"
             )
         if self.edges.size and (self.edges.min() < 0 or self.edges.max() >= self.num_stages):
             raise ValueError(f"Sample {self.pipeline_id}/{self.schedule_id}: edge index out of range")

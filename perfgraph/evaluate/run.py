@@ -48,7 +48,8 @@ def uncertainty_calibration(model: CostModel, samples: Sequence[Sample], measure
     For a calibrated Gaussian uncertainty of the log run time the shares are 0.683 and 0.954.
     """
     predicted_ms, sd_log = predict_with_uncertainty(model, list(samples))
-    assert sd_log is not None, f"model {model.name!r} gives no uncertainty"
+    if sd_log is None:
+        raise ValueError(f"model {model.name!r} gives no uncertainty to calibrate")
     coverage = interval_coverage(np.log(predicted_ms), sd_log, np.log(measured_ms))
     return {**coverage, "median_sd_log": round(float(np.median(sd_log)), 4)}
 

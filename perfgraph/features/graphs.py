@@ -33,15 +33,14 @@ import torch
 from torch_geometric.data import Data
 
 from perfgraph.data.records import Sample
-from perfgraph.features.layout import NUM_EDGE_FEATURES
-from perfgraph.schedules.schedule_source import NUM_SCHEDULE_EDGE_FEATURES
+from perfgraph.features.layout import NUM_EDGE_FEATURES, NUM_SCHEDULE_EDGE_FEATURES
 
 #: The first columns of ``Data.edge_attr``: the stored (pipeline) edge features, then the direction flag.
 PIPELINE_EDGE_ATTR_DIM = NUM_EDGE_FEATURES + 1
 #: All columns of ``Data.edge_attr``: the pipeline's, then the schedule edge features.
 EDGE_ATTR_DIM = PIPELINE_EDGE_ATTR_DIM + NUM_SCHEDULE_EDGE_FEATURES
 #: Bump when the graph built from a sample changes (cached graphs of another format are rebuilt).
-GRAPH_FORMAT_VERSION = 2
+GRAPH_FORMAT_VERSION = 3
 
 
 def signed_log1p(values: np.ndarray) -> np.ndarray:

@@ -16,6 +16,18 @@ from __future__ import annotations
 # Bump when the meaning of any stored or derived feature changes; datasets and checkpoints carry it.
 FEATURE_SCHEMA_VERSION = 1
 
+#: Per-edge features of a schedule, read from its source (:mod:`perfgraph.schedules.schedule_source`).
+SCHEDULE_EDGE_FEATURE_NAMES: tuple[str, ...] = (
+    "inlined",
+    "compute_root",
+    "compute_at_consumer",
+    "compute_depth",
+    "compute_at_other",
+    "store_coarser",
+    "store_on_stack",
+)
+NUM_SCHEDULE_EDGE_FEATURES = len(SCHEDULE_EDGE_FEATURE_NAMES)
+
 SCHEDULE_FEATURE_NAMES: tuple[str, ...] = (
     "num_realizations",
     "num_productions",

@@ -173,16 +173,25 @@ def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
     '3 of 2000 values differ from the reference (by up to 0.004018 where 0.001205 is allowed)'
     >>> nudged = reference.copy(); nudged[5] *= 1.05; _matches(nudged, reference)  # one, 40x out
     '1 of 2000 values differ from the reference (by up to 0.05013 where 0.001203 is allowed)'
+    >>> _matches(np.array([1.0, np.inf, np.nan]), np.array([1.0, np.inf, np.nan])) is None
+    True
+    >>> _matches(np.array([np.nan]), np.array([1.0]))
+    '1 of 1 values differ from the reference (NaN or infinite where it is not)'
+    >>> _matches(np.array([1e30]), np.array([np.inf]))
+    '1 of 1 values differ from the reference (NaN or infinite where it is not)'
     """
     if actual.shape != expected.shape:
         return f"shape {actual.shape} != reference {expected.shape}"
     if actual.dtype.kind == "f":
-        scale = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
-        allowed = 1e-4 * max(scale, 1.0) + 1e-3 * np.abs(expected.astype(np.float64))
-        difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-        same_nan = np.isnan(actual) & np.isnan(expected)
-        close = same_nan | (difference <= allowed)
-        tolerable = same_nan | (difference <= OUTLIER_FACTOR * allowed)
+        finite = np.abs(expected[np.isfinite(expected)])
+        scale = float(finite.max()) if finite.size else 0.0
+        magnitude = np.abs(np.where(np.isfinite(expected), expected, 0.0).astype(np.float64))
+        allowed = 1e-4 * max(scale, 1.0) + 1e-3 * magnitude  # an infinity must be matched exactly
+        with np.errstate(invalid="ignore"):  # inf - inf: equal infinities are caught by == below
+            difference = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+        exact = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
+        close = exact | (difference <= allowed)
+        tolerable = exact | (difference <= OUTLIER_FACTOR * allowed)
         if tolerable.all() and (~close).sum() <= FLOAT_OUTLIER_SHARE * close.size:
             return None
     elif actual.dtype.kind in "iu":
@@ -197,7 +206,10 @@ def _matches(actual: np.ndarray, expected: np.ndarray) -> str | None:
     if actual.dtype.kind in "iu":
         return f"{bad} of {close.size} values differ from the reference (by up to {difference[~close].max()})"
     if actual.dtype.kind == "f":
-        worst = int(np.nanargmax(np.where(close, -np.inf, difference / allowed)))
+        measurable = ~close & np.isfinite(difference)
+        if not measurable.any():  # every difference is a NaN or an infinity on one side only
+            return f"{bad} of {close.size} values differ from the reference (NaN or infinite where it is not)"
+        worst = int(np.argmax(np.where(measurable, difference / allowed, -np.inf)))
         return (
             f"{bad} of {close.size} values differ from the reference (by up to "
             f"{difference.flat[worst]:.4g} where {allowed.flat[worst]:.4g} is allowed)"

@@ -52,7 +52,9 @@ def adapt(model: CostModel, samples: Sequence[Sample], epochs: int | None = None
 
     ``epochs`` overrides the model's ``update_epochs`` (neural and Halide networks, each member of an
     ensemble); XGBoost models retrain on the samples, as their ``update`` does. The replay buffers
-    are emptied first: run times of the old machine must not be replayed as labels of the new one.
+    of the neural and Halide networks are emptied first: run times of the old machine must not be
+    replayed as labels of the new one. (An XGBoost model fitted in this process retrains on what it
+    saw before too; one loaded from a checkpoint, the usual case, has seen nothing.)
     Raises ``ValueError`` for unmeasured samples.
     """
     measured_runtimes(samples)

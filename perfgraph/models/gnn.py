@@ -58,6 +58,11 @@ class GNNCostModel(NeuralCostModel):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if not isinstance(schedule_edges, bool):
             raise ValueError(f"schedule_edges must be True or False, got {schedule_edges!r}")
+        if schedule_edges and (layers == 0 or not CONVS[conv]):
+            raise ValueError(
+                f"schedule_edges needs message passing that reads edge features: conv {conv!r} with "
+                f"layers={layers} reads none (use gin, gatv2 or transformer with layers >= 1)"
+            )
         self.conv, self.hidden, self.layers, self.heads, self.dropout = conv, hidden, layers, heads, dropout
         self.schedule_edges = schedule_edges
         super().__init__(**{"loss": "mse+rank", **training})

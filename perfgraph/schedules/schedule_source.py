@@ -7,7 +7,8 @@ depend on the schedule (issue 13: "schedule-aware structure"). The source is the
 ``Pipeline.apply_autoscheduler`` returns (``AutoSchedulerResults.schedule_source``); a ``Func``
 without a block there is inlined, Halide's default.
 
-Features of an edge producer -> consumer (:data:`SCHEDULE_EDGE_FEATURE_NAMES`), all in [0, 1]:
+Features of an edge producer -> consumer
+(:data:`~perfgraph.features.layout.SCHEDULE_EDGE_FEATURE_NAMES`), all in [0, 1]:
 
 - ``inlined``: the producer has no schedule of its own (it is inlined into its consumers);
 - ``compute_root``: the producer is computed once, before everything that reads it;
@@ -19,6 +20,14 @@ Features of an edge producer -> consumer (:data:`SCHEDULE_EDGE_FEATURE_NAMES`), 
 - ``store_on_stack``: the producer's buffer is on the stack or in registers rather than the heap.
 
 An edge between two stages of one ``Func`` (its pure definition and an update) gets zeros.
+
+Names: the source spells a ``Func`` as a C++ identifier (Halide replaces ``$`` and other characters
+by ``_``), and a pipeline built again in the same process has its ``Func`` names uniquified (``relu``
+becomes ``relu$1``, written ``relu_1``), as happens when a builder worker autoschedules several
+configs. :func:`resolve_func_names` maps source names back to the stage graph's. When no scheduled
+``Func`` can be matched (the output is always scheduled, so the source is not this pipeline's) every
+feature is 0, "unknown", rather than "inlined". Changing what this module computes changes every
+cached graph: bump :data:`~perfgraph.features.graphs.GRAPH_FORMAT_VERSION`.
 
 >>> source = '''
 ... Func out = pipeline.get_func(2);
@@ -43,25 +52,19 @@ An edge between two stages of one ``Func`` (its pure definition and an update) g
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEDULE_EDGE_FEATURE_NAMES: tuple[str, ...] = (
-    "inlined",
-    "compute_root",
-    "compute_at_consumer",
-    "compute_depth",
-    "compute_at_other",
-    "store_coarser",
-    "store_on_stack",
-)
-NUM_SCHEDULE_EDGE_FEATURES = len(SCHEDULE_EDGE_FEATURE_NAMES)
+from perfgraph.features.layout import NUM_SCHEDULE_EDGE_FEATURES
 
 # A block starts with a Func name (optionally ``.update(k)``) alone on its line; directives follow,
 # one per line, each starting with a dot.
 _BLOCK_HEAD = re.compile(r"^(\w+)(?:\.update\((\d+)\))?\s*$")
 _DIRECTIVE = re.compile(r"^\s*\.(\w+)\((.*)\)\s*;?\s*$")
+_NOT_IDENTIFIER = re.compile(r"[^A-Za-z0-9_]")
+_UNIQUIFIER = re.compile(r"_\d+$")
 
 
 @dataclass
@@ -122,6 +125,24 @@ def _func_of(stage_name: str) -> str:
     return stage_name.split(".update(", 1)[0]
 
 
+def resolve_func_names(source_names: Iterable[str], stage_names: Sequence[str]) -> dict[str, str]:
+    """Each source ``Func`` name that names a stage of ``stage_names``, mapped to that stage's ``Func``.
+
+    A source name matches a stage ``Func`` spelled as a C++ identifier (``a$1`` is ``a_1``); failing
+    that, with the ``_N`` that a rebuild in the same process appended removed. Unmatched names are left out.
+
+    >>> resolve_func_names(["out_1", "pad_1", "s5_pool_1"], ["out", "pad.update(0)", "pad", "s5_pool$1"])
+    {'out_1': 'out', 'pad_1': 'pad', 's5_pool_1': 's5_pool$1'}
+    """
+    by_identifier = {_NOT_IDENTIFIER.sub("_", _func_of(name)): _func_of(name) for name in stage_names}
+    resolved = {}
+    for name in source_names:
+        match = by_identifier.get(name) or by_identifier.get(_UNIQUIFIER.sub("", name))
+        if match is not None:
+            resolved[name] = match
+    return resolved
+
+
 def _depth(consumer: FuncSchedule | None, consumer_stage: str, var: str) -> float:
     """Depth of loop ``var`` in the consumer's loop nest: outermost 1/L ... innermost 1 (0: not found)."""
     if consumer is None:
@@ -131,6 +152,11 @@ def _depth(consumer: FuncSchedule | None, consumer_stage: str, var: str) -> floa
         if var in loops:
             return (len(loops) - loops.index(var)) / len(loops)
     return 0.0
+
+
+def _rename_stage(stage: str, names: dict[str, str]) -> str:
+    func, _, rest = stage.partition(".update(")
+    return names.get(func, func) + (f".update({rest}" if rest else "")
 
 
 def schedule_edge_features(source: str, stage_names: tuple[str, ...], edges: np.ndarray) -> np.ndarray:
@@ -143,7 +169,17 @@ def schedule_edge_features(source: str, stage_names: tuple[str, ...], edges: np.
     out = np.zeros((edges.shape[1], NUM_SCHEDULE_EDGE_FEATURES), dtype=np.float32)
     if not source or not stage_names:
         return out
-    schedules = parse_schedule_source(source)
+    parsed = parse_schedule_source(source)
+    names = resolve_func_names(parsed, stage_names)
+    if not names:
+        return out  # nothing in the source names a stage of this pipeline: unknown, not "all inlined"
+    schedules = {names[name]: schedule for name, schedule in parsed.items() if name in names}
+    for schedule in schedules.values():  # compute_at / store_at name consumers in the source's spelling
+        if schedule.compute_at is not None:
+            schedule.compute_at = (names.get(schedule.compute_at[0], schedule.compute_at[0]), schedule.compute_at[1])
+        if schedule.store_at is not None:
+            schedule.store_at = (names.get(schedule.store_at[0], schedule.store_at[0]), schedule.store_at[1])
+        schedule.loops = {_rename_stage(stage, names): loops for stage, loops in schedule.loops.items()}
     for column, (producer_row, consumer_row) in enumerate(edges.T):
         producer, consumer_stage = _func_of(stage_names[producer_row]), stage_names[consumer_row]
         consumer = _func_of(consumer_stage)
