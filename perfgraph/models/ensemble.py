@@ -31,7 +31,7 @@ from torch_geometric.data import Data
 from perfgraph.data.records import Sample
 from perfgraph.features.graphs import as_graphs, measured_only
 from perfgraph.models.base import CostModel, NotFittedError
-from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
+from perfgraph.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel, check_positive
 from perfgraph.models.sequence import SequenceCostModel
@@ -159,7 +159,7 @@ class EnsembleCostModel(CostModel):
         member_class = MEMBER_CLASSES[model.member]
         model.members_ = [member_class.from_payload(p, params["device"]) for p in payload["members"]]
         if len(model.members_) != model.size:
-            raise ValueError(f"{path}: ensemble of size {model.size} holds {len(model.members_)} members")
+            raise CheckpointError(f"{path}: ensemble of size {model.size} holds {len(model.members_)} members")
         model.sigma_scale_ = float(payload["sigma_scale"])
         model.fitted_ = True
         return model
