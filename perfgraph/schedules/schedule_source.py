@@ -130,6 +130,8 @@ def resolve_func_names(source_names: Iterable[str], stage_names: Sequence[str]) 
 
     A source name matches a stage ``Func`` spelled as a C++ identifier (``a$1`` is ``a_1``); failing
     that, with the ``_N`` that a rebuild in the same process appended removed. Unmatched names are left out.
+    (Ambiguous, and resolved by the exact spelling: a pipeline with Funcs ``f`` and ``f_1`` rebuilt in
+    one process, whose ``f`` the source then also writes ``f_1``.)
 
     >>> resolve_func_names(["out_1", "pad_1", "s5_pool_1"], ["out", "pad.update(0)", "pad", "s5_pool$1"])
     {'out_1': 'out', 'pad_1': 'pad', 's5_pool_1': 's5_pool$1'}
