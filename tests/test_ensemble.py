@@ -52,9 +52,10 @@ def test_the_sd_scale_is_fitted_on_validation_so_errors_there_have_unit_variance
     _, valid = parts
     mean, raw_sd = ensemble.predict_log(valid)
     truth = np.log([s.runtime_ms for s in valid])
-    assert ensemble.sigma_scale_ == pytest.approx(variance_scale(mean, raw_sd, truth))
+    # fit scored validation graphs, this scores the samples (the search path): equal to float32 precision
+    assert ensemble.sigma_scale_ == pytest.approx(variance_scale(mean, raw_sd, truth), rel=1e-4)
     z = (truth - mean) / (raw_sd * ensemble.sigma_scale_)
-    assert float(np.mean(z**2)) == pytest.approx(1.0, rel=1e-4)  # fit scored graphs, this scores samples
+    assert float(np.mean(z**2)) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_save_then_load_gives_identical_predictions_and_uncertainties(ensemble, real_samples, tmp_path):
