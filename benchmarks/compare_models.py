@@ -42,7 +42,7 @@ from select_gnn import candidates
 from torch_geometric.data import Data
 
 from perfgraph.data.store import Store
-from perfgraph.evaluate.metrics import evaluate_predictions, log_errors
+from perfgraph.evaluate.metrics import evaluate_predictions, log_errors, pipeline_bias_and_residual
 from perfgraph.features.dataset import StageGraphDataset
 from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.gnn import GNNCostModel
@@ -80,12 +80,9 @@ def bias_and_residual(predicted_ms: np.ndarray, measured_ms: np.ndarray, pipelin
     >>> round(split["bias_rmse_log"], 4), split["residual_rmse_log"]
     (0.566, 0.0)
     """
-    errors = log_errors(predicted_ms, measured_ms)
-    _, group = np.unique(pipeline_ids, return_inverse=True)
-    pipeline_bias = np.bincount(group, weights=errors) / np.bincount(group)
-    residual = errors - pipeline_bias[group]
+    bias, residual = pipeline_bias_and_residual(log_errors(predicted_ms, measured_ms), pipeline_ids)
     return {
-        "bias_rmse_log": float(np.sqrt(np.mean(pipeline_bias[group] ** 2))),
+        "bias_rmse_log": float(np.sqrt(np.mean(bias**2))),
         "residual_rmse_log": float(np.sqrt(np.mean(residual**2))),
     }
 

@@ -18,19 +18,10 @@ import numpy as np
 from scipy import stats
 
 from perfgraph.data.store import Store
-from perfgraph.evaluate.metrics import interval_coverage
+from perfgraph.evaluate.metrics import interval_coverage, pipeline_bias_and_residual
 from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.ensemble import EnsembleCostModel
 from perfgraph.models.registry import load_model
-
-
-def within_pipeline_residual(errors: np.ndarray, pipeline_ids: np.ndarray) -> np.ndarray:
-    """Each log error minus its pipeline's mean log error (what the ranking metrics see)."""
-    residual = np.empty_like(errors)
-    for pipeline in np.unique(pipeline_ids):
-        members = pipeline_ids == pipeline
-        residual[members] = errors[members] - errors[members].mean()
-    return residual
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,11 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.model}: sd scale {model.sigma_scale_:.3f} (fitted on validation)")
     for part in ("valid", "test"):
         samples = getattr(parts, part)
-        mean, raw_sd = model.predict_log(samples)
-        sd = raw_sd * model.sigma_scale_
-        errors = np.log([s.runtime_ms for s in samples]) - mean
-        residual = within_pipeline_residual(errors, np.array([s.pipeline_id for s in samples]))
-        coverage = interval_coverage(mean, sd, mean + errors)
+        predicted_ms, sd = model.predict(samples, return_std=True)
+        measured_log = np.log([s.runtime_ms for s in samples])
+        errors = measured_log - np.log(predicted_ms)
+        _, residual = pipeline_bias_and_residual(errors, [s.pipeline_id for s in samples])
+        coverage = interval_coverage(np.log(predicted_ms), sd, measured_log)
         thirds = np.digitize(sd, np.quantile(sd, [1 / 3, 2 / 3]))
         by_third = [float(np.median(np.abs(errors[thirds == i]))) for i in range(3)]
         print(

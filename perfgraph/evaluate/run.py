@@ -22,8 +22,11 @@ from perfgraph.models.base import CostModel, measured_runtimes, predict_with_unc
 NoisePairs = tuple[ArrayLike, ArrayLike, ArrayLike]  # (first_ms, second_ms, pipeline_ids)
 
 
-def predict_timed(model: CostModel, samples: Sequence[Sample], warmup: int = 8) -> tuple[np.ndarray, float]:
-    """Predictions for ``samples`` and the throughput in samples per second.
+def predict_timed(
+    model: CostModel, samples: Sequence[Sample], warmup: int = 8
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Predictions for ``samples``, their uncertainty (``None`` for a model without one, see
+    :func:`~perfgraph.models.base.predict_with_uncertainty`) and the throughput in samples per second.
 
     One warm-up call on the first ``warmup`` samples comes first (lazy initialisation, allocator
     and kernel caches should not count), then a single timed ``predict`` call on the whole list.
@@ -32,24 +35,21 @@ def predict_timed(model: CostModel, samples: Sequence[Sample], warmup: int = 8) 
         raise ValueError("samples is empty; nothing to predict")
     model.predict(list(samples[:warmup]))
     start = time.perf_counter()
-    predicted = np.asarray(model.predict(list(samples)), dtype=np.float64)
+    predicted, sd_log = predict_with_uncertainty(model, list(samples))
     elapsed_s = time.perf_counter() - start
     if predicted.shape != (len(samples),):
         raise ValueError(f"model {model.name!r} returned shape {predicted.shape} for {len(samples)} samples")
     if not np.all(np.isfinite(predicted)):
         first = int(np.flatnonzero(~np.isfinite(predicted))[0])
         raise ValueError(f"model {model.name!r} predicted {float(predicted[first])!r} for sample {first}")
-    return predicted, len(samples) / max(elapsed_s, 1e-9)
+    return predicted, sd_log, len(samples) / max(elapsed_s, 1e-9)
 
 
-def uncertainty_calibration(model: CostModel, samples: Sequence[Sample], measured_ms: np.ndarray) -> dict[str, float]:
-    """Share of measured run times inside the model's predicted ±1 and ±2 standard deviations, and the median sd.
+def uncertainty_calibration(predicted_ms: np.ndarray, sd_log: np.ndarray, measured_ms: np.ndarray) -> dict[str, float]:
+    """Share of measured run times inside the predicted ±1 and ±2 standard deviations, and the median sd.
 
     For a calibrated Gaussian uncertainty of the log run time the shares are 0.683 and 0.954.
     """
-    predicted_ms, sd_log = predict_with_uncertainty(model, list(samples))
-    if sd_log is None:
-        raise ValueError(f"model {model.name!r} gives no uncertainty to calibrate")
     coverage = interval_coverage(np.log(predicted_ms), sd_log, np.log(measured_ms))
     return {**coverage, "median_sd_log": round(float(np.median(sd_log)), 4)}
 
@@ -81,10 +81,10 @@ def evaluate_models(
 
     predictions, scores, calibration = {}, {}, {}
     for name, model in models.items():
-        predictions[name], samples_per_s = predict_timed(model, test_samples)
+        predictions[name], sd_log, samples_per_s = predict_timed(model, test_samples)
         scores[name] = evaluate_predictions(predictions[name], measured, pipeline_ids, samples_per_s)
-        if model.gives_uncertainty:
-            calibration[name] = uncertainty_calibration(model, test_samples, measured)
+        if sd_log is not None:
+            calibration[name] = uncertainty_calibration(predictions[name], sd_log, measured)
 
     ratios = {}
     if reference is not None:

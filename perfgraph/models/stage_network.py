@@ -39,6 +39,9 @@ def graph_logsumexp(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) 
 class StageCostNetwork(nn.Module):
     """Base class: subclasses implement :meth:`node_log_costs`; this adds the sum readout."""
 
+    #: Whether message passing reads each schedule's own edge features (the search path then passes them).
+    reads_schedule_edges: bool = False
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("log_scale", torch.zeros(()))
