@@ -6,7 +6,12 @@ usual split by pipeline), this prints the within-pipeline Kendall tau, top-1 and
 
 * ``A only``: the model trained on A (``--model``, default the shipped GNN), not adapted (N = 0);
 * ``A + N of B``: that model fine-tuned on N samples of B's training pipelines (``few_shot_samples``);
-* ``B only``: the same architecture trained from scratch on the same N samples of B.
+* ``B only``: the same architecture trained from scratch on the same N samples of B;
+* with ``--joint``, ``A + N joint``: the same architecture made machine-aware
+  (``machine_features=True``) and trained from scratch on A's training pipelines *and* the N
+  samples of B, each sample with its machine's features: one model for both machines. Its early
+  stopping watches A's validation pipelines only (no B data beyond the N). The same model is also
+  scored on A's test pipelines (``... on A``), to show it still serves A.
 
 N runs over ``--shots`` (default 32, 128, 512 and every B training sample), each with ``--seeds``
 draws of the N samples; mean +- sd over seeds. The issue's goal: with <= 5% of B's data, >= 95% of
@@ -50,6 +55,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
     parser.add_argument("--scratch-epochs", type=int, default=200, help="epochs of the B-only model")
+    parser.add_argument("--joint", action="store_true", help="also train machine-aware models on A + N of B")
+    parser.add_argument("--joint-epochs", type=int, default=150, help="epochs of a joint model (early stopping)")
+    parser.add_argument("--source", help="machine kind A for --joint (default: the kind with most samples)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -69,6 +77,11 @@ def main() -> None:
             rows.setdefault(row, {}).setdefault(name, []).append(metrics[name])
 
     record("A only (N=0)", evaluate_model(base, test))
+    if args.joint:
+        source = args.source or store.default_machine_kind()
+        source_split = split_samples(store.samples(machine=source))
+        print(f"machine {source} (A): {len(source_split.train)} training samples, {len(source_split.test)} test")
+        record("A only (N=0), on A", evaluate_model(base, source_split.test))
     for shots in args.shots.split(","):
         n = len(train) if shots == "all" else int(shots)
         label = f"{n} ({100 * n / max(len(train), 1):.1f}% of B)"
@@ -81,6 +94,12 @@ def main() -> None:
             )
             scratch.fit(picked, [])
             record(f"B only, {label}", evaluate_model(scratch, test))
+            if args.joint:
+                params = {**base.get_params(), "seed": seed, "epochs": args.joint_epochs, "progress": False}
+                joint = make_model(base.name, **{**params, "machine_features": True})
+                joint.fit([*source_split.train, *picked], source_split.valid)
+                record(f"A + {label} joint", evaluate_model(joint, test))
+                record(f"A + {label} joint, on A", evaluate_model(joint, source_split.test))
             print(f"  N={n} seed {seed} done", flush=True)
     print(f"\n{'model':<40} " + " ".join(f"{m:>18}" for m in METRICS))
     for row, values in rows.items():

@@ -221,6 +221,23 @@ def _machine_samples(store, machine: str | None, quiet: bool = False):  # type: 
     return store.samples(machine=kind)
 
 
+def _training_machines(store, spec: str | None) -> list[str]:  # type: ignore[no-untyped-def]
+    """The machine kinds ``train --machine`` names: one kind, ``A,B``, ``all``, or (None) the one with most samples."""
+    kinds = store.samples_by_machine_kind()
+    if not kinds:
+        raise CliError(f"{store.path}: no measured samples to train on (perfgraph collect measures some)")
+    if spec is None:
+        return [store.default_machine_kind()]
+    wanted = list(kinds) if spec == "all" else [kind.strip() for kind in spec.split(",") if kind.strip()]
+    unknown = [kind for kind in wanted if kind not in kinds]
+    if unknown or not wanted:
+        raise CliError(
+            f"--machine {spec!r}: no samples from {', '.join(unknown) or 'any kind'} in {store.path}; "
+            f"known: {', '.join(kinds) or 'none'}"
+        )
+    return list(dict.fromkeys(wanted))
+
+
 def _split(samples, split: str):  # type: ignore[no-untyped-def]
     from perfgraph.features.splits import SplitError, split_samples
 
@@ -234,8 +251,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from perfgraph.models.train import train_model
 
     store = open_store(args.db)
-    machine = args.machine or store.default_machine_kind()
-    samples = _machine_samples(store, machine)
+    machines = _training_machines(store, args.machine)
+    if len(machines) > 1 and not args.machine_features:
+        raise CliError(
+            f"train --machine {args.machine}: {len(machines)} machine kinds ({', '.join(machines)}); a model "
+            "trained on several must be told which machine each run time is from: add --machine-features"
+        )
+    samples = [sample for kind in machines for sample in _machine_samples(store, kind, quiet=len(machines) > 1)]
     hparams = {
         key: value
         for key, value in (("loss", args.loss), ("conv", args.conv), ("target", args.target), ("size", args.size))
@@ -245,6 +267,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         hparams["schedule_edges"] = True
     if args.layers is not None:
         hparams["layers"] = args.layers
+    if args.machine_features:
+        hparams["machine_features"] = True
     try:
         result = train_model(
             samples,
@@ -254,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             device=args.device,
             seed=args.seed,
             split="family" if args.split == "family" else "fixed",
-            machine=machine,
+            machine=machines,
             **hparams,
         )
     except (TypeError, ValueError) as error:
@@ -262,6 +286,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(result.split.describe())
     for part, metrics in result.metrics.items():
         print(f"{part:6s} " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if len(machines) > 1:
+        print(f"trained on {len(machines)} machine kinds: {', '.join(machines)}")
     print(f"wrote {result.checkpoint_path}, {result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
     return 0
 
@@ -602,7 +628,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--split", default="test", choices=("test", "family"))
-    train.add_argument("--machine", help="machine kind whose run times to train on (default: the one with most)")
+    train.add_argument(
+        "--machine",
+        help="machine kind whose run times to train on (default: the one with most); several, A,B or all, "
+        "with --machine-features",
+    )
+    train.add_argument(
+        "--machine-features",
+        action="store_true",
+        help="gnn, sequence, ensemble: the model reads each sample's machine, so one checkpoint serves several kinds",
+    )
     train.add_argument("--loss", help="gnn/sequence: mse, relative, rank, mse+rank; halide: halide, mse_log")
     train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
     train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")

@@ -42,6 +42,10 @@ def _measurement(ms: float) -> MeasurementRecord:
 
 @pytest.fixture
 def two_machine_store(tmp_path):
+    return build_two_machine_store(tmp_path)
+
+
+def build_two_machine_store(tmp_path) -> Store:
     """Three schedules measured on Zen 4, two of them also on the Xeon (and one re-measured there)."""
     store = Store(tmp_path / "two.db")
     zen4, xeon = store.machine_id(ZEN4), store.machine_id(XEON)

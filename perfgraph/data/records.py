@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_EDGE_FEATURES, NUM_SCHEDULE_EDGE_FEATURES
+from perfgraph.features.layout import (
+    FEATURES_PER_STAGE,
+    NUM_EDGE_FEATURES,
+    NUM_MACHINE_FEATURES,
+    NUM_SCHEDULE_EDGE_FEATURES,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,9 @@ class Sample:
     ``schedule_edge_features`` (shape ``(n_edges, k)``) says where each producer is computed and
     stored relative to its consumer under this schedule
     (:func:`~perfgraph.schedules.schedule_source.schedule_edge_features`); ``None`` reads as zeros.
+    ``machine_kind`` names the machine kind the run time belongs to (or is asked for) and
+    ``machine_features`` (shape ``(NUM_MACHINE_FEATURES,)``) describes that machine
+    (:func:`~perfgraph.features.machine.machine_feature_vector`); only machine-aware models read them.
     """
 
     pipeline_id: int
@@ -36,6 +44,8 @@ class Sample:
     stage_names: tuple[str, ...] = field(default=())
     runtime_ms: float | None = None
     schedule_edge_features: np.ndarray | None = None
+    machine_kind: str | None = None
+    machine_features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.features.shape[1] != FEATURES_PER_STAGE:
@@ -60,6 +70,12 @@ class Sample:
             raise ValueError(
                 f"Sample {self.pipeline_id}/{self.schedule_id}: schedule_edge_features must have one row per "
                 f"edge and {NUM_SCHEDULE_EDGE_FEATURES} columns, {expected}, got shape {schedule_edges.shape}"
+            )
+        machine = self.machine_features
+        if machine is not None and np.shape(machine) != (NUM_MACHINE_FEATURES,):
+            raise ValueError(
+                f"Sample {self.pipeline_id}/{self.schedule_id}: machine_features must have shape "
+                f"({NUM_MACHINE_FEATURES},), got {np.shape(machine)}"
             )
         if self.edges.size and (self.edges.min() < 0 or self.edges.max() >= self.num_stages):
             raise ValueError(f"Sample {self.pipeline_id}/{self.schedule_id}: edge index out of range")

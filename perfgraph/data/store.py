@@ -465,11 +465,13 @@ class Store:
 
         Run times come from one machine kind only (``machine``; default: the kind with the most
         samples), so that measurements of different CPUs are never mixed. With ``measured_only=False``,
-        schedules not measured on that kind come with ``runtime_ms=None``.
+        schedules not measured on that kind come with ``runtime_ms=None``. Every sample carries the
+        kind and its machine's :meth:`~perfgraph.measure.host.MachineInfo.feature_vector`.
         """
         graphs = {p.pipeline_id: p for p in self.pipelines()}
         kind = machine or self.default_machine_kind()
         ids = self._machine_ids(kind) if kind is not None else [-1]
+        machine_features = self.machines()[ids[0]].feature_vector() if kind is not None else None
         query = (
             "SELECT s.pipeline_id, s.schedule_id, s.featurization, s.schedule_source, m.runtime_ms FROM schedules s "
             f"{'JOIN' if measured_only else 'LEFT JOIN'} measurements m "
@@ -492,6 +494,8 @@ class Store:
                     stage_names=pipeline.graph.stage_names,
                     runtime_ms=runtime_ms,
                     schedule_edge_features=schedule_edge_features(source, pipeline.graph.stage_names, edges),
+                    machine_kind=kind,
+                    machine_features=machine_features,
                 )
             )
         return samples

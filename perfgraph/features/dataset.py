@@ -27,7 +27,7 @@ from perfgraph.features.graphs import GRAPH_FORMAT_VERSION, sample_to_graph
 from perfgraph.features.layout import FEATURE_SCHEMA_VERSION
 
 _FORMAT = "perfgraph-graphs"
-_FIELDS = ("x", "edge_index", "edge_attr", "y", "pipeline_id", "schedule_id")
+_FIELDS = ("x", "edge_index", "edge_attr", "y", "pipeline_id", "schedule_id", "machine_x")
 
 
 class StageGraphDataset(Sequence[Data]):
@@ -89,6 +89,7 @@ class StageGraphDataset(Sequence[Data]):
             "graph_format_version": GRAPH_FORMAT_VERSION,
             "pipeline_name": [g.pipeline_name for g in graphs],
             "family": [g.family for g in graphs],
+            "machine_kind": [g.machine_kind for g in graphs],
             "node_counts": torch.tensor([g.num_nodes for g in graphs], dtype=torch.long),
             "edge_counts": torch.tensor([g.edge_index.shape[1] for g in graphs], dtype=torch.long),
         }
@@ -129,6 +130,8 @@ class StageGraphDataset(Sequence[Data]):
                 schedule_id=record["schedule_id"][i : i + 1],
                 pipeline_name=record["pipeline_name"][i],
                 family=record["family"][i],
+                machine_x=record["machine_x"][i : i + 1],
+                machine_kind=record["machine_kind"][i],
                 num_nodes=node_counts[i],
             )
             for i in range(len(node_counts))

@@ -33,14 +33,14 @@ import torch
 from torch_geometric.data import Data
 
 from perfgraph.data.records import Sample
-from perfgraph.features.layout import NUM_EDGE_FEATURES, NUM_SCHEDULE_EDGE_FEATURES
+from perfgraph.features.layout import NUM_EDGE_FEATURES, NUM_MACHINE_FEATURES, NUM_SCHEDULE_EDGE_FEATURES
 
 #: The first columns of ``Data.edge_attr``: the stored (pipeline) edge features, then the direction flag.
 PIPELINE_EDGE_ATTR_DIM = NUM_EDGE_FEATURES + 1
 #: All columns of ``Data.edge_attr``: the pipeline's, then the schedule edge features.
 EDGE_ATTR_DIM = PIPELINE_EDGE_ATTR_DIM + NUM_SCHEDULE_EDGE_FEATURES
 #: Bump when the graph built from a sample changes (cached graphs of another format are rebuilt).
-GRAPH_FORMAT_VERSION = 3
+GRAPH_FORMAT_VERSION = 4
 
 
 def signed_log1p(values: np.ndarray) -> np.ndarray:
@@ -54,7 +54,9 @@ def sample_to_graph(sample: Sample) -> Data:
 
     ``y`` is the natural log of the run time in ms (NaN for an unmeasured sample); ``pipeline_id``,
     ``schedule_id``, ``pipeline_name`` and ``family`` travel along so that predictions and splits can
-    be traced back to the store.
+    be traced back to the store. ``machine_x`` (1, 12) holds the machine features (zeros when the
+    sample has none) and ``machine_kind`` the kind (``""`` when unknown); only machine-aware models
+    read them.
     """
     edge_index, edge_attr = edge_tensors(sample)
     edge_attr = torch.cat([edge_attr, schedule_edge_tensor(sample)], dim=1)
@@ -68,8 +70,17 @@ def sample_to_graph(sample: Sample) -> Data:
         schedule_id=torch.tensor([sample.schedule_id], dtype=torch.long),
         pipeline_name=sample.pipeline_name,
         family=sample.family,
+        machine_x=machine_tensor(sample),
+        machine_kind=sample.machine_kind or "",
         num_nodes=sample.num_stages,
     )
+
+
+def machine_tensor(sample: Sample) -> torch.Tensor:
+    """The sample's machine features as a (1, NUM_MACHINE_FEATURES) float32 tensor (zeros if absent)."""
+    if sample.machine_features is None:
+        return torch.zeros(1, NUM_MACHINE_FEATURES)
+    return torch.as_tensor(np.asarray(sample.machine_features, dtype=np.float32)).reshape(1, NUM_MACHINE_FEATURES)
 
 
 def edge_tensors(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:

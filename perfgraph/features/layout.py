@@ -28,6 +28,23 @@ SCHEDULE_EDGE_FEATURE_NAMES: tuple[str, ...] = (
 )
 NUM_SCHEDULE_EDGE_FEATURES = len(SCHEDULE_EDGE_FEATURE_NAMES)
 
+#: Graph-level features of the machine a run time belongs to (:mod:`perfgraph.features.machine`).
+MACHINE_FEATURE_NAMES: tuple[str, ...] = (
+    "vendor_intel",
+    "vendor_amd",
+    "log2_logical_cores",
+    "base_ghz",
+    "log2_l1d_kib",
+    "log2_l2_kib",
+    "log2_l3_kib",
+    "target_avx512",
+    "target_avx2",
+    "target_fma",
+    "target_f16c",
+    "tune_zen_generation",
+)
+NUM_MACHINE_FEATURES = len(MACHINE_FEATURE_NAMES)
+
 SCHEDULE_FEATURE_NAMES: tuple[str, ...] = (
     "num_realizations",
     "num_productions",

@@ -33,14 +33,14 @@ pipeline columns, edges and edge features are equal byte for byte.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch_geometric.data import Batch
 
 from perfgraph.data.records import Sample
-from perfgraph.features.graphs import EDGE_ATTR_DIM, edge_tensors, schedule_edge_tensor, signed_log1p
+from perfgraph.features.graphs import EDGE_ATTR_DIM, edge_tensors, machine_tensor, schedule_edge_tensor, signed_log1p
 from perfgraph.features.layout import PIPELINE_SLICE, SCHEDULE_SLICE
 
 
@@ -53,7 +53,8 @@ class PipelineBatch:
     ``schedule_edge_attr`` (2E, N, 7), the schedule edge features, edge-major likewise. Shared by
     all ``N``: ``pipeline_x`` (S, 287), the pipeline features; ``edge_index`` (2, 2E) and ``edge_attr``
     (2E, 10), the pipeline part of the edge features; both directions as in
-    :func:`~perfgraph.features.graphs.sample_to_graph`.
+    :func:`~perfgraph.features.graphs.sample_to_graph`; ``machine_x`` (12,), the machine features
+    (the samples of a batch share their machine too).
     """
 
     schedule_x: torch.Tensor
@@ -61,6 +62,7 @@ class PipelineBatch:
     edge_index: torch.Tensor
     edge_attr: torch.Tensor
     schedule_edge_attr: torch.Tensor
+    machine_x: torch.Tensor
 
     @property
     def num_graphs(self) -> int:
@@ -72,8 +74,7 @@ class PipelineBatch:
 
     def to(self, device: torch.device | str) -> PipelineBatch:
         """The same batch with every tensor on ``device``."""
-        tensors = (self.schedule_x, self.pipeline_x, self.edge_index, self.edge_attr, self.schedule_edge_attr)
-        return PipelineBatch(*(tensor.to(device) for tensor in tensors))
+        return PipelineBatch(*(getattr(self, field.name).to(device) for field in fields(self)))
 
     def full_edge_attr(self) -> torch.Tensor:
         """Every schedule's whole ``edge_attr``, edge-major: (2E, N, 17), pipeline part first."""
@@ -93,6 +94,7 @@ class PipelineBatch:
             x=x,
             edge_index=batched_edge_index(self.edge_index, n, s),
             edge_attr=self.full_edge_attr().transpose(0, 1).reshape(-1, EDGE_ATTR_DIM),
+            machine_x=self.machine_x.unsqueeze(0).expand(n, -1),
             batch=torch.arange(n, device=x.device).repeat_interleave(s),
             ptr=torch.arange(0, (n + 1) * s, s, device=x.device),
         )
@@ -112,13 +114,13 @@ def batched_edge_index(edge_index: torch.Tensor, num_graphs: int, num_stages: in
 
 
 def group_by_pipeline(samples: Sequence[Sample]) -> list[list[int]]:
-    """Positions of ``samples`` grouped by equal pipeline columns, edges and edge features.
+    """Positions of ``samples`` grouped by equal pipeline columns, edges, edge features and machine features.
 
     Groups come in the order of their first sample, positions ascending inside each group. Equality
     is byte for byte, so two pipelines never share a group however their ids or names were set.
     """
     # Bytes are compared, never hashed: a comparison stops at the first difference, a hash reads all.
-    buckets: dict[tuple[int, int], list[tuple[tuple[bytes, bytes, bytes], list[int]]]] = {}
+    buckets: dict[tuple[int, int], list[tuple[tuple[bytes, ...], list[int]]]] = {}
     groups: list[list[int]] = []
     for position, sample in enumerate(samples):
         content = _pipeline_bytes(sample)
@@ -133,11 +135,12 @@ def group_by_pipeline(samples: Sequence[Sample]) -> list[list[int]]:
     return groups
 
 
-def _pipeline_bytes(sample: Sample) -> tuple[bytes, bytes, bytes]:
+def _pipeline_bytes(sample: Sample) -> tuple[bytes, bytes, bytes, bytes]:
     return (
         sample.features[:, PIPELINE_SLICE].tobytes(),
         np.asarray(sample.edges, dtype=np.int64).tobytes(),
         sample.edge_features.tobytes(),
+        machine_tensor(sample).numpy().tobytes(),
     )
 
 
@@ -157,4 +160,5 @@ def pipeline_batch(samples: Sequence[Sample]) -> PipelineBatch:
         edge_index=edge_index,
         edge_attr=edge_attr,
         schedule_edge_attr=torch.stack([schedule_edge_tensor(sample) for sample in samples], dim=1),
+        machine_x=machine_tensor(first)[0],
     )

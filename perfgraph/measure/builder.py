@@ -23,6 +23,7 @@ import numpy as np
 
 from perfgraph.data.records import Sample
 from perfgraph.features.layout import FEATURES_PER_STAGE
+from perfgraph.measure.host import MachineInfo
 from perfgraph.measure.runner import INTERRUPTED, Timeouts, run_job
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig
 from perfgraph.schedules.schedule_source import schedule_edge_features
@@ -53,8 +54,14 @@ class Candidate:
         """sha256 of the float32 featurization bytes, as the store keys schedules (duplicates share it)."""
         return hashlib.sha256(np.ascontiguousarray(self.featurization, dtype=np.float32).tobytes()).hexdigest()
 
-    def to_sample(self, schedule_id: int = 0, pipeline_id: int = 0, family: str = "user") -> Sample:
-        """The candidate as an unmeasured :class:`Sample` (``runtime_ms=None``) for a cost model."""
+    def to_sample(
+        self, schedule_id: int = 0, pipeline_id: int = 0, family: str = "user", machine: MachineInfo | None = None
+    ) -> Sample:
+        """The candidate as an unmeasured :class:`Sample` (``runtime_ms=None``) for a cost model.
+
+        ``machine``: the machine the run time is asked for (its kind and
+        :meth:`~perfgraph.measure.host.MachineInfo.feature_vector`, which machine-aware models read).
+        """
         edges = self.graph.edge_array()
         return Sample(
             pipeline_id=pipeline_id,
@@ -66,6 +73,8 @@ class Candidate:
             edge_features=self.graph.edge_feature_array(),
             stage_names=self.graph.stage_names,
             schedule_edge_features=schedule_edge_features(self.schedule_source, self.graph.stage_names, edges),
+            machine_kind=None if machine is None else machine.kind,
+            machine_features=None if machine is None else machine.feature_vector(),
         )
 
 

@@ -157,6 +157,7 @@ class Collector:
         self.executor = executor if executor is not None else LocalExecutor(options.benchmark_cpus)
         self.target = str(benchmark_target())
         machine = current_machine(self.target)
+        self.machine = machine
         self.machine_id = store.machine_id(machine)
         self.machine_kind = machine.kind
         self._machine_ids: dict[str, int] = {machine.fingerprint: self.machine_id}  # fingerprint -> store id

@@ -30,8 +30,9 @@ class GNNCostModel(NeuralCostModel):
     without validation improvement, ``batch_size`` graphs per step, ``seed``, ``device`` (``auto``,
     ``cpu``, ``cuda``).
     ``update`` fine-tunes for ``update_epochs`` at ``lr * update_lr_factor`` on the new samples and as many
-    replayed earlier ones (at most ``replay`` kept). ``progress`` shows a
-    progress bar.
+    replayed earlier ones (at most ``replay`` kept). ``machine_features`` makes the model machine-aware:
+    it reads every sample's machine (:attr:`~perfgraph.data.records.Sample.machine_features`), so one
+    model trains on and predicts for several machine kinds. ``progress`` shows a progress bar.
     """
 
     name = "gnn"
@@ -68,4 +69,6 @@ class GNNCostModel(NeuralCostModel):
         super().__init__(**{"loss": "mse+rank", **training})
 
     def build_network(self) -> StageGNN:
-        return StageGNN(self.conv, self.hidden, self.layers, self.heads, self.dropout, self.schedule_edges)
+        return StageGNN(
+            self.conv, self.hidden, self.layers, self.heads, self.dropout, self.schedule_edges, self.machine_features
+        )

@@ -46,6 +46,21 @@ def check_positive(name: str, value: Any, kind: type = int) -> None:
         raise ValueError(f"{name} must be a positive {kind.__name__}, got {value!r}")
 
 
+def require_machines(items: Sequence[Sample | Data], argument: str, model: str) -> None:
+    """Raise ``ValueError`` naming the first sample that does not say which machine it is for."""
+    for position, item in enumerate(items):
+        if isinstance(item, Sample):
+            known = item.machine_features is not None
+        else:
+            known = bool(getattr(item, "machine_kind", ""))
+        if not known:
+            raise ValueError(
+                f"{argument}[{position}]: {model} reads the machine (machine_features=True), but this sample "
+                "has no machine features; take samples from Store.samples, or pass "
+                "machine_features=MachineInfo.feature_vector() to Candidate.to_sample"
+            )
+
+
 class NeuralCostModel(CostModel):
     """Base class; see :class:`~perfgraph.models.gnn.GNNCostModel` for the hyper-parameters."""
 
@@ -66,6 +81,7 @@ class NeuralCostModel(CostModel):
         update_epochs: int = 5,
         update_lr_factor: float = 0.1,
         replay: int = 4096,
+        machine_features: bool = False,
         progress: bool = True,
     ) -> None:
         make_loss(loss)  # validates the name now rather than after an hour of data loading
@@ -82,10 +98,12 @@ class NeuralCostModel(CostModel):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if not isinstance(machine_features, bool):
+            raise ValueError(f"machine_features must be True or False, got {machine_features!r}")
         self.loss, self.features, self.lr, self.epochs, self.patience = loss, features, lr, epochs, patience
         self.batch_size, self.weight_decay, self.seed, self.device = batch_size, weight_decay, seed, device
         self.update_epochs, self.update_lr_factor, self.progress = update_epochs, update_lr_factor, progress
-        self.replay = replay
+        self.replay, self.machine_features = replay, machine_features
         self.replay_ = ReplayBuffer(replay, seed)
         self.network_: StageCostNetwork | None = None
         self.normalizer_: FeatureNormalizer | None = None
@@ -108,10 +126,16 @@ class NeuralCostModel(CostModel):
         return self.network_
 
     def _graphs(self, items: Sequence[Sample | Data], argument: str, require_measured: bool) -> list[Data]:
-        graphs = as_graphs(items)
+        graphs = self._as_graphs(items, argument)
         if require_measured:
             graphs = measured_only(graphs, argument)
         return self._network_inputs(graphs)
+
+    def _as_graphs(self, items: Sequence[Sample | Data], argument: str) -> list[Data]:
+        """:func:`as_graphs`, after checking that a machine-aware model is told every sample's machine."""
+        if self.machine_features:
+            require_machines(items, argument, type(self).__name__)
+        return as_graphs(items)
 
     def _network_inputs(self, raw_graphs: Sequence[Data]) -> list[Data]:
         """``raw_graphs`` standardised, with the features outside ``features`` zeroed."""
@@ -127,7 +151,7 @@ class NeuralCostModel(CostModel):
 
         ``valid`` drives early stopping; when it is empty the training loss does.
         """
-        raw_train = measured_only(as_graphs(train), "train")
+        raw_train = measured_only(self._as_graphs(train, "train"), "train")
         if not raw_train:
             raise ValueError("train: no samples to fit on")
         self.normalizer_ = FeatureNormalizer().fit(raw_train)
@@ -170,6 +194,8 @@ class NeuralCostModel(CostModel):
         for position, item in enumerate(items):
             if not isinstance(item, Sample | Data):
                 raise TypeError(f"samples[{position}]: expected a Sample or a graph Data, got {type(item).__name__}")
+        if self.machine_features:
+            require_machines(items, "samples", type(self).__name__)
         device = resolve_device(self.device)
         if next(network.parameters()).device != device:
             network.to(device)
@@ -207,7 +233,7 @@ class NeuralCostModel(CostModel):
             self.fit(samples, [])
             return
         network = self._require_fitted("update")
-        raw = measured_only(as_graphs(samples), "samples")
+        raw = measured_only(self._as_graphs(samples, "samples"), "samples")
         if not raw:
             return
         graphs = self._network_inputs(raw + self.replay_.draw(len(raw)))

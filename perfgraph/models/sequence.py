@@ -44,4 +44,4 @@ class SequenceCostModel(NeuralCostModel):
         super().__init__(**training)
 
     def build_network(self) -> StageLSTM:
-        return StageLSTM(self.hidden, self.layers, self.bidirectional, self.dropout)
+        return StageLSTM(self.hidden, self.layers, self.bidirectional, self.dropout, self.machine_features)

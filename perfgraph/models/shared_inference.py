@@ -76,6 +76,8 @@ def pipeline_log_runtimes(network: StageCostNetwork, batch: PipelineBatch) -> to
     if shared_costs is None:
         return network(batch.to_batch())
     h = encode_stages(network.encoder, batch.schedule_x, batch.pipeline_x)
+    if network.machine_film is not None:
+        h = network.machine_film(h, batch.machine_x)  # one machine per batch, broadcast over (S, N)
     edge_attr = batch.full_edge_attr() if network.reads_schedule_edges else batch.edge_attr
     node_log_costs = shared_costs(h, batch.edge_index, edge_attr)
     return torch.logsumexp(node_log_costs, dim=0) + network.log_scale

@@ -20,7 +20,7 @@ from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv, Transform
 from perfgraph.features.graphs import EDGE_ATTR_DIM, PIPELINE_EDGE_ATTR_DIM
 from perfgraph.features.pipeline_batch import batched_edge_index
 from perfgraph.models.shared_gine import gine_stage_major
-from perfgraph.models.stage_network import StageCostNetwork, cost_head, stage_encoder
+from perfgraph.models.stage_network import StageCostNetwork, cost_head
 
 #: Convolution types, and whether each reads edge features.
 CONVS: dict[str, bool] = {"gcn": False, "sage": False, "gatv2": True, "gin": True, "transformer": True}
@@ -52,6 +52,8 @@ class StageGNN(StageCostNetwork):
 
     With ``schedule_edges`` the convolutions read all :data:`~perfgraph.features.graphs.EDGE_ATTR_DIM`
     edge columns (the schedule edge features too), else the first ``PIPELINE_EDGE_ATTR_DIM``.
+    With ``machine_features`` every encoded stage is modulated by its sample's machine
+    (:class:`~perfgraph.models.stage_network.MachineFiLM`).
     """
 
     def __init__(
@@ -62,12 +64,12 @@ class StageGNN(StageCostNetwork):
         heads: int = 4,
         dropout: float = 0.0,
         schedule_edges: bool = False,
+        machine_features: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(hidden, machine_features)
         self.uses_edge_attr = CONVS.get(conv, False)
         self.reads_schedule_edges = schedule_edges and self.uses_edge_attr and layers > 0
         self.edge_dim = EDGE_ATTR_DIM if schedule_edges else PIPELINE_EDGE_ATTR_DIM
-        self.encoder = stage_encoder(hidden)
         self.convs = nn.ModuleList(make_conv(conv, hidden, heads, self.edge_dim) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
@@ -76,7 +78,7 @@ class StageGNN(StageCostNetwork):
             raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
 
     def node_log_costs(self, batch: Batch) -> torch.Tensor:
-        return self.refine(self.encoder(batch.x), batch.edge_index, batch.edge_attr[:, : self.edge_dim])
+        return self.refine(self.encode_stages(batch), batch.edge_index, batch.edge_attr[:, : self.edge_dim])
 
     def refine(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to log costs (nodes,)."""

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch_geometric.data import Batch
 from torch_geometric.utils import to_dense_batch
 
-from perfgraph.models.stage_network import StageCostNetwork, cost_head, stage_encoder
+from perfgraph.models.stage_network import StageCostNetwork, cost_head
 
 
 def reversed_stage_order(batch: Batch) -> torch.Tensor:
@@ -28,9 +28,15 @@ def reversed_stage_order(batch: Batch) -> torch.Tensor:
 class StageLSTM(StageCostNetwork):
     """Node encoder, ``layers``-deep LSTM over the stages (inputs first), per-stage cost head."""
 
-    def __init__(self, hidden: int = 64, layers: int = 2, bidirectional: bool = False, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.encoder = stage_encoder(hidden)
+    def __init__(
+        self,
+        hidden: int = 64,
+        layers: int = 2,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        machine_features: bool = False,
+    ) -> None:
+        super().__init__(hidden, machine_features)
         self.lstm = nn.LSTM(
             hidden,
             hidden,
@@ -44,7 +50,7 @@ class StageLSTM(StageCostNetwork):
 
     def node_log_costs(self, batch: Batch) -> torch.Tensor:
         order = reversed_stage_order(batch)
-        h = self.encoder(batch.x)[order]
+        h = self.encode_stages(batch)[order]
         dense, mask = to_dense_batch(h, batch.batch, batch_size=batch.num_graphs)
         lengths = mask.sum(dim=1).cpu()
         packed = pack_padded_sequence(dense, lengths, batch_first=True, enforce_sorted=False)

@@ -5,6 +5,9 @@ and the pipeline's run time is their sum, computed in log space as ``logsumexp(z
 it is exact and stable across the five orders of magnitude that run times span. The scale is set from
 the training run times before training (:meth:`StageCostNetwork.set_runtime_scale`), so that a fresh
 network starts near the right magnitude, and is saved with the weights as a buffer.
+
+A machine-aware network (``machine_features=True``) modulates every encoded stage by the machine
+the run time belongs to (:class:`MachineFiLM`), so that one network predicts for several machine kinds.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from perfgraph.features.layout import FEATURES_PER_STAGE
+from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_MACHINE_FEATURES
 
 
 def stage_encoder(hidden: int) -> nn.Module:
@@ -36,15 +39,60 @@ def graph_logsumexp(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) 
     return total.log() + peak
 
 
+class MachineFiLM(nn.Module):
+    """Feature-wise linear modulation by the machine: ``h * (1 + scale(m)) + shift(m)``.
+
+    FiLM (Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer", AAAI 2018), with
+    ``scale`` and ``shift`` linear in the machine features ``m``
+    (:meth:`~perfgraph.measure.host.MachineInfo.feature_vector`). Zero-initialised, so a fresh
+    network starts machine-blind and learns how much each machine changes every stage's state,
+    which lets two machines rank the same schedules differently, not only scale them.
+
+    >>> film = MachineFiLM(4)
+    >>> h = torch.ones(3, 4)
+    >>> bool((film(h, torch.rand(3, NUM_MACHINE_FEATURES)) == h).all())  # identity until trained
+    True
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(NUM_MACHINE_FEATURES, 2 * hidden)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h: torch.Tensor, machine_x: torch.Tensor) -> torch.Tensor:
+        """``h`` (..., hidden) modulated by ``machine_x`` (..., 12), broadcast against it."""
+        scale, shift = self.linear(machine_x).chunk(2, dim=-1)
+        return h * (1 + scale) + shift
+
+
 class StageCostNetwork(nn.Module):
-    """Base class: subclasses implement :meth:`node_log_costs`; this adds the sum readout."""
+    """Base class: subclasses implement :meth:`node_log_costs`; this adds the sum readout.
+
+    Subclasses encode stages with :meth:`encode_stages`, which applies the machine modulation when
+    the network was built with ``machine_features``.
+    """
 
     #: Whether message passing reads each schedule's own edge features (the search path then passes them).
     reads_schedule_edges: bool = False
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: int = 64, machine_features: bool = False) -> None:
         super().__init__()
         self.register_buffer("log_scale", torch.zeros(()))
+        self.encoder = stage_encoder(hidden)
+        self.machine_film = MachineFiLM(hidden) if machine_features else None
+
+    @property
+    def reads_machine(self) -> bool:
+        """Whether predictions depend on the machine features (``machine_x``) of the samples."""
+        return self.machine_film is not None
+
+    def encode_stages(self, batch: Batch) -> torch.Tensor:
+        """Every stage of the batch encoded, (num_nodes, hidden), modulated by its graph's machine if machine-aware."""
+        h = self.encoder(batch.x)
+        if self.machine_film is not None:
+            h = self.machine_film(h, batch.machine_x[batch.batch])
+        return h
 
     def node_log_costs(self, batch: Batch) -> torch.Tensor:
         """The unscaled log cost of every stage of the batch, shape ``(num_nodes,)``."""

@@ -71,7 +71,13 @@ def summary_metrics(predicted_ms: np.ndarray, measured_ms: np.ndarray, groups: S
 def evaluate_model(model: CostModel, items: Sequence[Sample | Data]) -> dict[str, float]:
     """:func:`summary_metrics` of ``model`` on measured samples or graphs."""
     measured = np.array([s.runtime_ms if isinstance(s, Sample) else math.exp(float(s.y)) for s in items])
-    return summary_metrics(model.predict(items), measured, [s.pipeline_name for s in items])
+    groups = [f"{s.pipeline_name}@{machine_kind_of(s)}" for s in items]  # never rank two machines together
+    return summary_metrics(model.predict(items), measured, groups)
+
+
+def machine_kind_of(item: Sample | Data) -> str:
+    """The machine kind a sample or graph belongs to (``""`` when it does not say)."""
+    return (item.machine_kind if isinstance(item, Sample) else getattr(item, "machine_kind", "")) or ""
 
 
 def _json_safe(value: Any) -> Any:
@@ -93,14 +99,16 @@ def train_model(
     device: str = "auto",
     seed: int = 0,
     split: str = "fixed",
-    machine: str | None = None,
+    machine: str | Sequence[str] | None = None,
     **hparams: Any,
 ) -> TrainingResult:
     """Split ``samples`` by pipeline, fit ``model_name`` (any of ``MODEL_CLASSES``) and save it to ``out``.
 
     ``hparams`` go to the model's constructor, as do ``device`` and ``epochs`` for the models that
     train by epochs (``epochs=None`` keeps the model's default). ``machine`` (the samples' machine
-    kind) is recorded in the checkpoint.
+    kind, or kinds for a machine-aware model) is recorded in the checkpoint. With several kinds,
+    ``metrics`` also holds each part per kind (``"test intel-xeon-2.50ghz/avx2"``); a pipeline
+    measured on two kinds is in the same part for both.
 
     In a process group (``torchrun``) every rank trains; rank 0 alone evaluates and writes the
     files, and the other ranks return their model with empty ``metrics``.
@@ -114,13 +122,18 @@ def train_model(
     hparams.update({k: v for k, v in options.items() if k in accepted and v is not None})
     model = make_model(model_name, **hparams)
     model.fit(parts.train, parts.valid)
-    model.machine_kinds = (machine,) if machine else ()
+    model.machine_kinds = (machine,) if isinstance(machine, str) else tuple(machine or ())
     log_path = Path(f"{out}.log.json")
     epoch_log = training_log(model)
     if not current_ranks().is_main:
         return TrainingResult(model, parts, epoch_log, {}, out, log_path, None)
     model.save(out)
     metrics = {part: evaluate_model(model, getattr(parts, part)) for part in ("train", "valid", "test")}
+    if len(model.machine_kinds) > 1:
+        for part in ("valid", "test"):
+            for kind in model.machine_kinds:
+                items = [s for s in getattr(parts, part) if machine_kind_of(s) == kind]
+                metrics[f"{part} {kind}"] = evaluate_model(model, items) if items else summary_metrics([], [], [])
     plot_path = plot_loss_curve(epoch_log, Path(f"{out}.loss.png")) if epoch_log else None
     log_path.write_text(
         json.dumps(

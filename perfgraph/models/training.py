@@ -2,8 +2,8 @@
 
 :func:`train_network` fits any :class:`~perfgraph.models.stage_network.StageCostNetwork` to graphs
 with Adam, early stopping on the validation loss (with patience) and a restore of the best weights.
-Batches keep the schedules of one pipeline together, so that a ranking loss always has pairs to
-compare; which pipelines share a batch is shuffled every epoch. The returned log is a list of plain
+Batches keep the schedules of one pipeline (on one machine kind) together, so that a ranking loss
+always has pairs to compare; which pipelines share a batch is shuffled every epoch. The returned log is a list of plain
 dicts, one per epoch, ready for JSON and for checkpoints.
 
 Under ``torchrun`` the same loop trains one model in several processes: the network is wrapped in
@@ -81,12 +81,28 @@ def collate_batches(
 
     With several ``ranks``, this rank's share of the batches (:func:`~perfgraph.models.distributed.shard_batches`).
     """
-    groups = [int(g.pipeline_id) for g in graphs]
+    groups = ranking_groups(graphs)
     batches = pipeline_batches(groups, batch_size, rng)
     if ranks is not None:
         batches = shard_batches(batches, ranks.rank, ranks.world_size)
     for indices in batches:
-        yield indices, Batch.from_data_list([graphs[i] for i in indices]).to(device)
+        batch = Batch.from_data_list([graphs[i] for i in indices])
+        batch.group = torch.tensor([groups[i] for i in indices], dtype=torch.long)
+        yield indices, batch.to(device)
+
+
+def ranking_groups(graphs: Sequence[Data]) -> list[int]:
+    """One integer per graph naming its (pipeline, machine kind): the schedules a ranking loss compares.
+
+    Run times of two machines are never ranked against each other, so a pipeline measured on two
+    machine kinds makes two groups.
+
+    >>> from torch_geometric.data import Data
+    >>> ranking_groups([Data(pipeline_id=torch.tensor([3]), machine_kind=k) for k in ("a", "b", "a")])
+    [0, 1, 0]
+    """
+    codes: dict[tuple[int, str], int] = {}
+    return [codes.setdefault((int(g.pipeline_id), getattr(g, "machine_kind", "")), len(codes)) for g in graphs]
 
 
 @torch.no_grad()
@@ -109,7 +125,7 @@ def evaluate(network: StageCostNetwork, batches: Sequence[Batch], loss: LossFunc
     total, predicted, measured = 0.0, [], []
     for batch in batches:
         pred = network(batch)
-        total += float(loss(pred, batch.y, batch.pipeline_id)) * batch.num_graphs
+        total += float(loss(pred, batch.y, batch.group)) * batch.num_graphs
         predicted.append(pred.double().cpu())
         measured.append(batch.y.double().cpu())
     predicted_ms, measured_ms = np.exp(torch.cat(predicted).numpy()), np.exp(torch.cat(measured).numpy())
@@ -168,7 +184,7 @@ def train_network(
         total, count = 0.0, 0
         for _, batch in collate_batches(train_graphs, batch_size, rng, device, ranks):
             optimizer.zero_grad()
-            value = loss(trained(batch), batch.y, batch.pipeline_id)
+            value = loss(trained(batch), batch.y, batch.group)
             value.backward()
             torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
             optimizer.step()

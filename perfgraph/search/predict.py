@@ -22,9 +22,10 @@ from perfgraph.measure.builder import (
     analyse_stage_graph,
     build_candidates,
 )
+from perfgraph.measure.host import MachineInfo, current_machine
 from perfgraph.measure.runner import Timeouts
 from perfgraph.models.base import CostModel, predict_with_uncertainty
-from perfgraph.schedules.autoscheduler import AutoschedulerConfig, search_configs
+from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, search_configs
 from perfgraph.schedules.stage_graph import StageGraph
 
 # Duplicates (equal featurizations) are common on small pipelines: more configs are drawn until
@@ -173,16 +174,21 @@ def sample_candidates(
 
 
 def rank_candidates(
-    model: CostModel, candidates: list[Candidate], with_stage_costs: int | None = None
+    model: CostModel,
+    candidates: list[Candidate],
+    with_stage_costs: int | None = None,
+    machine: MachineInfo | None = None,
 ) -> list[RankedCandidate]:
     """Predict every candidate and sort them fastest first.
 
     Per-stage costs (where the model has them) are computed for the ``with_stage_costs`` best ranked
     candidates (``None``: all); they cost one forward pass each, the ranking one batched pass in all.
+    ``machine``: the machine whose run times are predicted (default: this one, for the benchmark target).
     """
     if not candidates:
         return []
-    samples = [c.to_sample(schedule_id=i) for i, c in enumerate(candidates)]
+    machine = machine or current_machine(str(benchmark_target()))
+    samples = [c.to_sample(schedule_id=i, machine=machine) for i, c in enumerate(candidates)]
     predicted, sd_log = predict_with_uncertainty(model, samples)
     stage_costs = getattr(model, "stage_costs", None)
     limit = len(candidates) if with_stage_costs is None else with_stage_costs

@@ -193,7 +193,7 @@ def tune(
             candidates = candidates + [c for c in seeded if c.features_hash not in hashes]
         seen |= {c.features_hash for c in candidates}
         t1 = time.perf_counter()
-        ranked = rank_candidates(model, candidates, with_stage_costs=k)
+        ranked = rank_candidates(model, candidates, with_stage_costs=k, machine=collector.machine)
         t2 = time.perf_counter()
         top = ranked[:k]
         if round_ == 1 and seeded:  # the seeds are benchmarked whatever their rank
@@ -212,7 +212,8 @@ def tune(
                 )
             )
             if outcome.runtime_ms is not None:
-                measured_samples.append(replace(chosen.candidate.to_sample(), runtime_ms=outcome.runtime_ms))
+                sample = chosen.candidate.to_sample(machine=collector.machine)
+                measured_samples.append(replace(sample, runtime_ms=outcome.runtime_ms))
         if update and round_ < rounds and measured_samples:
             model.update(measured_samples)
         t4 = time.perf_counter()
