@@ -20,6 +20,7 @@ from perfgraph.measure.host import MachineInfo
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.registry import load_model
 from perfgraph.models.sequence import SequenceCostModel
+from perfgraph.models.train import train_model
 from perfgraph.models.training import collate_batches
 
 from .synthetic import synthetic_samples
@@ -154,3 +155,21 @@ def test_train_on_several_machine_kinds_needs_machine_features(tmp_path):
     assert "2 machine kinds" in finished.stderr and "add --machine-features" in finished.stderr
     finished = subprocess.run([*command, str(tmp_path / "m.pt"), "--machine", "nosuch/avx2"], capture_output=True)
     assert finished.returncode == 2 and b"no samples from nosuch/avx2" in finished.stderr
+
+
+def test_training_on_two_machine_kinds_records_both_and_scores_each_apart(tmp_path):
+    result = train_model(
+        two_machines(24, 3),
+        "gnn",
+        tmp_path / "m.pt",
+        epochs=2,
+        layers=0,
+        hidden=8,
+        machine_features=True,
+        progress=False,
+        machine=[ZEN4.kind, XEON.kind],
+    )
+    assert load_model(tmp_path / "m.pt").machine_kinds == (ZEN4.kind, XEON.kind)
+    test = result.metrics["test"]["samples"]
+    per_kind = [result.metrics[f"test {kind}"]["samples"] for kind in (ZEN4.kind, XEON.kind)]
+    assert per_kind[0] == per_kind[1] == test / 2 > 0  # a pipeline's two machines fall in the same part

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perfgraph.models.base import CostModel
+from perfgraph.models.base import CostModel, constructor_params
 from perfgraph.models.checkpoint import CheckpointError, read_checkpoint_header
 from perfgraph.models.ensemble import EnsembleCostModel
 from perfgraph.models.gnn import GNNCostModel
@@ -29,6 +29,13 @@ def make_model(name: str, **hyper_parameters: object) -> CostModel:
     """A fresh, untrained model; ``name`` is one of :data:`MODEL_CLASSES`."""
     if name not in MODEL_CLASSES:
         raise ValueError(f"model {name!r}: unknown; choose from {', '.join(sorted(MODEL_CLASSES))}")
+    accepted = constructor_params(MODEL_CLASSES[name])
+    if name != "ensemble":  # an ensemble forwards any keyword to its members, which check them
+        unknown = sorted(set(hyper_parameters) - set(accepted))
+        if unknown:
+            raise ValueError(
+                f"model {name!r} has no hyper-parameter {', '.join(unknown)}; it takes {', '.join(accepted)}"
+            )
     return MODEL_CLASSES[name](**hyper_parameters)
 
 
