@@ -91,14 +91,19 @@ def candidate_samples(uris: Sequence[str], count: int, cache: Path | None) -> di
             stored = pickle.load(handle)
         if list(stored) == list(uris):
             return {uri: samples[:count] for uri, samples in stored.items()}
+    from perfgraph.measure.host import current_machine
+    from perfgraph.schedules.autoscheduler import benchmark_target
     from perfgraph.search.predict import sample_candidates
 
+    machine = current_machine(str(benchmark_target()))  # what machine-aware models read
     samples = {}
     for pipeline_id, uri in enumerate(uris):
         candidates, _, failures, _ = sample_candidates(uri, count, workers=1)
         if not candidates:
             raise SystemExit(f"{uri}: no candidate could be featurized ({failures[:1]})")
-        samples[uri] = [c.to_sample(schedule_id=i, pipeline_id=pipeline_id) for i, c in enumerate(candidates)]
+        samples[uri] = [
+            c.to_sample(schedule_id=i, pipeline_id=pipeline_id, machine=machine) for i, c in enumerate(candidates)
+        ]
         print(f"{uri}: {len(candidates)} candidates, {candidates[0].graph.num_stages} stages", file=sys.stderr)
     if cache is not None:
         with cache.open("wb") as handle:

@@ -79,6 +79,8 @@ def main() -> None:
     record("A only (N=0)", evaluate_model(base, test))
     if args.joint:
         source = args.source or store.default_machine_kind()
+        if source == args.target:
+            parser.error(f"--joint: machine A ({source}) must differ from --target; pass --source")
         source_split = split_samples(store.samples(machine=source))
         print(f"machine {source} (A): {len(source_split.train)} training samples, {len(source_split.test)} test")
         record("A only (N=0), on A", evaluate_model(base, source_split.test))

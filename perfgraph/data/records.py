@@ -31,7 +31,8 @@ class Sample:
     (:func:`~perfgraph.schedules.schedule_source.schedule_edge_features`); ``None`` reads as zeros.
     ``machine_kind`` names the machine kind the run time belongs to (or is asked for) and
     ``machine_features`` (shape ``(NUM_MACHINE_FEATURES,)``) describes that machine
-    (:func:`~perfgraph.features.machine.machine_feature_vector`); only machine-aware models read them.
+    (:meth:`~perfgraph.measure.host.MachineInfo.feature_vector`); give both or neither. Only
+    machine-aware models read them.
     """
 
     pipeline_id: int
@@ -72,6 +73,11 @@ class Sample:
                 f"edge and {NUM_SCHEDULE_EDGE_FEATURES} columns, {expected}, got shape {schedule_edges.shape}"
             )
         machine = self.machine_features
+        if (machine is None) != (not self.machine_kind):
+            raise ValueError(
+                f"Sample {self.pipeline_id}/{self.schedule_id}: give machine_kind and machine_features together "
+                f"(got machine_kind={self.machine_kind!r} and {'no ' if machine is None else ''}machine_features)"
+            )
         if machine is not None and np.shape(machine) != (NUM_MACHINE_FEATURES,):
             raise ValueError(
                 f"Sample {self.pipeline_id}/{self.schedule_id}: machine_features must have shape "

@@ -54,7 +54,7 @@ def sample_to_graph(sample: Sample) -> Data:
 
     ``y`` is the natural log of the run time in ms (NaN for an unmeasured sample); ``pipeline_id``,
     ``schedule_id``, ``pipeline_name`` and ``family`` travel along so that predictions and splits can
-    be traced back to the store. ``machine_x`` (1, 12) holds the machine features (zeros when the
+    be traced back to the store. ``machine_x`` (1, 8) holds the machine features (zeros when the
     sample has none) and ``machine_kind`` the kind (``""`` when unknown); only machine-aware models
     read them.
     """
@@ -80,7 +80,7 @@ def machine_tensor(sample: Sample) -> torch.Tensor:
     """The sample's machine features as a (1, NUM_MACHINE_FEATURES) float32 tensor (zeros if absent)."""
     if sample.machine_features is None:
         return torch.zeros(1, NUM_MACHINE_FEATURES)
-    return torch.as_tensor(np.asarray(sample.machine_features, dtype=np.float32)).reshape(1, NUM_MACHINE_FEATURES)
+    return torch.tensor(np.asarray(sample.machine_features, dtype=np.float32)).reshape(1, NUM_MACHINE_FEATURES)
 
 
 def edge_tensors(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,15 +28,12 @@ SCHEDULE_EDGE_FEATURE_NAMES: tuple[str, ...] = (
 )
 NUM_SCHEDULE_EDGE_FEATURES = len(SCHEDULE_EDGE_FEATURE_NAMES)
 
-#: Graph-level features of the machine a run time belongs to (:mod:`perfgraph.features.machine`).
+#: Graph-level features of the machine kind a run time belongs to
+#: (:meth:`perfgraph.measure.host.MachineInfo.feature_vector`).
 MACHINE_FEATURE_NAMES: tuple[str, ...] = (
     "vendor_intel",
     "vendor_amd",
-    "log2_logical_cores",
     "base_ghz",
-    "log2_l1d_kib",
-    "log2_l2_kib",
-    "log2_l3_kib",
     "target_avx512",
     "target_avx2",
     "target_fma",

@@ -10,7 +10,7 @@ per schedule and the shared part once per pipeline, and a network can encode the
 layout.
 
 Which samples share a pipeline is decided by content, not by ids: samples are grouped when their
-pipeline columns, edges and edge features are equal byte for byte.
+pipeline columns, edges, edge features and machine features are equal byte for byte.
 
 >>> import numpy as np
 >>> from perfgraph.data.records import Sample
@@ -53,7 +53,7 @@ class PipelineBatch:
     ``schedule_edge_attr`` (2E, N, 7), the schedule edge features, edge-major likewise. Shared by
     all ``N``: ``pipeline_x`` (S, 287), the pipeline features; ``edge_index`` (2, 2E) and ``edge_attr``
     (2E, 10), the pipeline part of the edge features; both directions as in
-    :func:`~perfgraph.features.graphs.sample_to_graph`; ``machine_x`` (12,), the machine features
+    :func:`~perfgraph.features.graphs.sample_to_graph`; ``machine_x`` (8,), the machine features
     (the samples of a batch share their machine too).
     """
 
@@ -140,7 +140,7 @@ def _pipeline_bytes(sample: Sample) -> tuple[bytes, bytes, bytes, bytes]:
         sample.features[:, PIPELINE_SLICE].tobytes(),
         np.asarray(sample.edges, dtype=np.int64).tobytes(),
         sample.edge_features.tobytes(),
-        machine_tensor(sample).numpy().tobytes(),
+        b"" if sample.machine_features is None else np.asarray(sample.machine_features, np.float32).tobytes(),
     )
 
 

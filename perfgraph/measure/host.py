@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import platform
 import re
@@ -57,36 +56,34 @@ class MachineInfo:
         return machine_kind(self.cpu_model, self.target)
 
     def feature_vector(self) -> np.ndarray:
-        """The machine as model input: :data:`~perfgraph.features.layout.MACHINE_FEATURE_NAMES`, float32.
+        """The machine kind as model input: :data:`~perfgraph.features.layout.MACHINE_FEATURE_NAMES`, float32.
 
-        What ``/proc/cpuinfo``, sysfs and the Halide target say: vendor, logical cores, base frequency,
-        cache sizes, the vector ISA the code was compiled for and the Zen generation Halide tunes for,
-        scaled to about [0, 1]; a field the record lacks (older records have no cache sizes) reads 0.
+        A function of the CPU model and the Halide target alone, which is what the :attr:`kind` is made
+        of: every record of one kind, old or new, and the live host of that kind give the same vector,
+        so a model never meets at prediction a vector it did not train on. The vendor, the base
+        frequency the model name states (0 when it states none), the vector ISA the code is compiled
+        for and the Zen generation Halide tunes for, scaled to about [0, 1]. (Core counts and cache
+        sizes are recorded too, but older records lack them and VMs of one kind differ in them.)
         A machine-aware model (``machine_features=True``) reads it beside every stage, so that one
         checkpoint serves several machine kinds. With a few kinds in the training data it acts as a
-        learned per-kind embedding: it tells the known machines apart, and says little about an unseen
+        learned per-kind embedding: it tells the known kinds apart, and says little about an unseen
         CPU (``perfgraph adapt`` fine-tunes for one).
 
         >>> info = MachineInfo("Intel(R) Xeon(R) Processor @ 2.50GHz", 2, "x86-64-linux-avx-avx2-f16c-fma-jit-sse41",
-        ...                    "21.0.0", "vm", "Linux", cache_kib={"L1d": 32, "L2": 1024, "L3": 36608}, base_mhz=2500.0)
+        ...                    "21.0.0", "vm", "Linux")
         >>> {name: round(float(v), 3) for name, v in zip(MACHINE_FEATURE_NAMES, info.feature_vector())}
         ... # doctest: +NORMALIZE_WHITESPACE
-        {'vendor_intel': 1.0, 'vendor_amd': 0.0, 'log2_logical_cores': 0.125, 'base_ghz': 0.5, 'log2_l1d_kib': 0.312,
-         'log2_l2_kib': 0.625, 'log2_l3_kib': 0.947, 'target_avx512': 0.0, 'target_avx2': 1.0, 'target_fma': 1.0,
-         'target_f16c': 1.0, 'tune_zen_generation': 0.0}
+        {'vendor_intel': 1.0, 'vendor_amd': 0.0, 'base_ghz': 0.5, 'target_avx512': 0.0, 'target_avx2': 1.0,
+         'target_fma': 1.0, 'target_f16c': 1.0, 'tune_zen_generation': 0.0}
         """
         model = self.cpu_model.lower()
         target = self.target.lower().split("-")
         zen = [int(f.removeprefix("tune_znver")) for f in target if re.fullmatch(r"tune_znver\d+", f)]
-        caches = self.cache_kib or {}
+        stated_ghz = re.search(r"@\s*([\d.]+)\s*ghz", model)
         values = {
             "vendor_intel": float("intel" in model),
             "vendor_amd": float("amd" in model),
-            "log2_logical_cores": _log2_scaled(self.logical_cores, 8.0),
-            "base_ghz": (self.base_mhz or 0.0) / 5000.0,
-            "log2_l1d_kib": _log2_scaled(caches.get("L1d"), 16.0),
-            "log2_l2_kib": _log2_scaled(caches.get("L2"), 16.0),
-            "log2_l3_kib": _log2_scaled(caches.get("L3"), 16.0),
+            "base_ghz": float(stated_ghz.group(1)) / 5.0 if stated_ghz else 0.0,
             "target_avx512": float(any(f.startswith("avx512") for f in target)),
             "target_avx2": float("avx2" in target),
             "target_fma": float("fma" in target),
@@ -103,11 +100,6 @@ class MachineInfo:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["isa_flags"] = tuple(known.get("isa_flags", ()))
         return cls(**known)
-
-
-def _log2_scaled(value: float | None, span: float) -> float:
-    """``log2(value) / span`` for a positive value, else 0 (unknown)."""
-    return math.log2(value) / span if value and value > 0 else 0.0
 
 
 def machine_kind(cpu_model: str, target: str) -> str:

@@ -57,7 +57,7 @@ def require_machines(items: Sequence[Sample | Data], argument: str, model: str) 
             raise ValueError(
                 f"{argument}[{position}]: {model} reads the machine (machine_features=True), but this sample "
                 "has no machine features; take samples from Store.samples, or pass "
-                "machine_features=MachineInfo.feature_vector() to Candidate.to_sample"
+                "machine=MachineInfo to Candidate.to_sample"
             )
 
 

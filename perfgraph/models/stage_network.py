@@ -61,7 +61,7 @@ class MachineFiLM(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, h: torch.Tensor, machine_x: torch.Tensor) -> torch.Tensor:
-        """``h`` (..., hidden) modulated by ``machine_x`` (..., 12), broadcast against it."""
+        """``h`` (..., hidden) modulated by ``machine_x`` (..., 8), broadcast against it."""
         scale, shift = self.linear(machine_x).chunk(2, dim=-1)
         return h * (1 + scale) + shift
 
@@ -81,11 +81,6 @@ class StageCostNetwork(nn.Module):
         self.register_buffer("log_scale", torch.zeros(()))
         self.encoder = stage_encoder(hidden)
         self.machine_film = MachineFiLM(hidden) if machine_features else None
-
-    @property
-    def reads_machine(self) -> bool:
-        """Whether predictions depend on the machine features (``machine_x``) of the samples."""
-        return self.machine_film is not None
 
     def encode_stages(self, batch: Batch) -> torch.Tensor:
         """Every stage of the batch encoded, (num_nodes, hidden), modulated by its graph's machine if machine-aware."""

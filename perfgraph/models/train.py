@@ -106,7 +106,8 @@ def train_model(
 
     ``hparams`` go to the model's constructor, as do ``device`` and ``epochs`` for the models that
     train by epochs (``epochs=None`` keeps the model's default). ``machine`` (the samples' machine
-    kind, or kinds for a machine-aware model) is recorded in the checkpoint. With several kinds,
+    kind, or kinds for a machine-aware model; default: the kinds the samples name) is recorded in the
+    checkpoint. Samples of several kinds need a machine-aware model (``ValueError`` otherwise). With several kinds,
     ``metrics`` also holds each part per kind (``"test intel-xeon-2.50ghz/avx2"``); a pipeline
     measured on two kinds is in the same part for both.
 
@@ -121,8 +122,14 @@ def train_model(
     options = {"device": device, "seed": seed, "epochs": epochs}
     hparams.update({k: v for k, v in options.items() if k in accepted and v is not None})
     model = make_model(model_name, **hparams)
+    kinds = tuple(dict.fromkeys(kind for kind in map(machine_kind_of, samples) if kind))
+    if len(kinds) > 1 and not model.get_params().get("machine_features"):
+        raise ValueError(
+            f"samples come from {len(kinds)} machine kinds ({', '.join(kinds)}); a machine-blind {model_name} "
+            "would average their run times: train on one kind, or a neural model with machine_features=True"
+        )
     model.fit(parts.train, parts.valid)
-    model.machine_kinds = (machine,) if isinstance(machine, str) else tuple(machine or ())
+    model.machine_kinds = (machine,) if isinstance(machine, str) else tuple(machine or kinds)
     log_path = Path(f"{out}.log.json")
     epoch_log = training_log(model)
     if not current_ranks().is_main:
