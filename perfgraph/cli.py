@@ -295,8 +295,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from perfgraph.models.registry import load_model
 
-    if (args.pipeline is None) == (args.db is None):
-        raise CliError("predict: give --pipeline SPEC (rank new candidates) or --db D (stored samples), not both")
+    if args.pipeline is None and args.db is None:
+        raise CliError("predict: give --pipeline SPEC (rank new candidates) or --db D (predict stored samples)")
+    if args.pipeline is not None and args.db is not None and args.machine is None:
+        raise CliError("predict: --pipeline with --db needs --machine KIND (the stored machine to predict for)")
     model = load_model(args.model)
     if args.pipeline is None:
         from perfgraph.models.predict import write_predictions_csv
@@ -308,9 +310,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from perfgraph.search.predict import predict_candidates
 
     uri = _pipeline_uri(args.pipeline)
-    _warn_if_unseen_machine(model, args.model)
+    machine = _stored_machine(open_store(args.db), args.machine, model) if args.machine else None
+    _warn_if_unseen_machine(model, args.model, machine.kind if machine else None)
     with _progress(args.candidates, "featurizing", quiet=args.json) as bar:
-        result = predict_candidates(uri, model, n=args.candidates, workers=args.workers, on_candidate=bar.update)
+        result = predict_candidates(
+            uri, model, n=args.candidates, workers=args.workers, on_candidate=bar.update, machine=machine
+        )
     if args.out:
         result.write_sources(args.out)
     print(json.dumps(result.to_json()) if args.json else result.to_table())
@@ -357,18 +362,33 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_if_unseen_machine(model, path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Say so when the model was trained on other machine kinds than this one (or on unrecorded ones)."""
+def _stored_machine(store, kind: str, model):  # type: ignore[no-untyped-def]
+    """The store's record of machine ``kind``, for ranking candidates as that machine would run them."""
+    if not model.get_params().get("machine_features"):
+        raise CliError(
+            f"predict --machine {kind}: {model.name} is machine-blind, its predictions are the same for every "
+            "machine; train one with --machine-features (the shipped ensemble is one)"
+        )
+    ids = store.machine_ids(kind)
+    if not ids:
+        known = ", ".join(store.samples_by_machine_kind()) or "none"
+        raise CliError(f"predict --machine {kind!r}: no record of that machine kind in {store.path}; known: {known}")
+    return store.machines()[ids[0]]
+
+
+def _warn_if_unseen_machine(model, path: Path, kind: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Say so when the model was trained on other machine kinds than ``kind`` (default: this machine's)."""
     from perfgraph.measure.host import current_machine
     from perfgraph.schedules.autoscheduler import benchmark_target
 
-    here = current_machine(str(benchmark_target())).kind
+    here = kind or current_machine(str(benchmark_target())).kind
     if here in model.machine_kinds:
         return
     trained = ", ".join(model.machine_kinds) or "machines it does not record"
+    which = f"machine {here}" if kind else f"this machine ({here})"
     print(
-        f"perfgraph: warning: {path} was trained on {trained}, not on this machine ({here}): run times may be "
-        f"off by a machine-wide factor and some orderings; 'perfgraph adapt' fine-tunes it on this machine's samples",
+        f"perfgraph: warning: {path} was trained on {trained}, not on {which}: run times may be off by a "
+        f"machine-wide factor and some orderings; 'perfgraph adapt' fine-tunes it on that machine's samples",
         file=sys.stderr,
     )
 
@@ -663,7 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", type=Path, default=MODELS_DIR / "ensemble.pt", help="checkpoint (default: the shipped ensemble)"
     )
     predict.add_argument("--db", type=Path, help="predict this store's measured samples instead (writes a CSV)")
-    predict.add_argument("--machine", help="with --db: the machine kind (default: the one with most samples)")
+    predict.add_argument(
+        "--machine",
+        help="with --db: the machine kind of the stored samples (default: the one with most); with --pipeline, a "
+        "machine-aware model ranks the candidates for this stored machine kind instead of this machine",
+    )
     predict.add_argument(
         "--out", type=Path, help="with --pipeline: a folder for every schedule source; with --db: the CSV"
     )

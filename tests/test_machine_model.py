@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -179,3 +180,27 @@ def test_training_on_two_machine_kinds_records_both_and_scores_each_apart(tmp_pa
     assert per_kind[0] == per_kind[1] == test / 2 > 0  # a pipeline's two machines fall in the same part
     with pytest.raises(ValueError, match="2 machine kinds .* a machine-blind xgboost_sum would average"):
         train_model(two_machines(24, 3), "xgboost_sum", tmp_path / "x.pt")
+
+
+@pytest.mark.slow
+def test_predict_ranks_candidates_for_a_stored_machine_kind_and_refuses_a_blind_model(tmp_path, capsys):
+    from perfgraph.cli import main
+
+    from .conftest import USER_PIPELINES
+
+    build_two_machine_store(tmp_path).close()
+    aware = GNNCostModel(machine_features=True, **{**TRAINING, "epochs": 3}).fit(two_machines(), [])
+    aware.save(tmp_path / "aware.pt")
+    GNNCostModel(**{**TRAINING, "epochs": 1}).fit(two_machines(2, 2)[:4], []).save(tmp_path / "blind.pt")
+    command = ["predict", "--pipeline", f"file:{USER_PIPELINES}:blur", "--candidates", "3", "--json"]
+    command += ["--db", str(tmp_path / "two.db")]
+    predicted = {}
+    for kind in (ZEN4.kind, XEON.kind):
+        assert main([*command, "--model", str(tmp_path / "aware.pt"), "--machine", kind]) == 0
+        ranked = json.loads(capsys.readouterr().out)["candidates"]
+        predicted[kind] = sorted(c["predicted_ms"] for c in ranked)
+    assert predicted[ZEN4.kind] != predicted[XEON.kind]  # the same candidates, two machines
+    assert main([*command, "--model", str(tmp_path / "blind.pt"), "--machine", ZEN4.kind]) == 2
+    assert "machine-blind" in capsys.readouterr().err
+    assert main([*command, "--model", str(tmp_path / "aware.pt"), "--machine", "nosuch/avx2"]) == 2
+    assert "no record of that machine kind" in capsys.readouterr().err

@@ -213,10 +213,12 @@ def predict_candidates(
     workers: int = 2,
     first_seed: int = 1,
     on_candidate: Callable[[], None] | None = None,
+    machine: MachineInfo | None = None,
 ) -> CandidatePredictions:
     """Sample ``n`` distinct Adams2019 candidates of ``pipeline`` (a workload URI), rank them by ``model``.
 
-    Nothing is compiled or benchmarked: only the autoscheduler runs (in worker processes).
+    Nothing is compiled or benchmarked: only the autoscheduler runs (in worker processes). ``machine``:
+    the machine whose run times a machine-aware model predicts (default: this one).
 
     >>> from perfgraph.models.registry import load_model                      # doctest: +SKIP
     >>> result = predict_candidates("zoo:conv2d", load_model("models/gnn.pt"), n=8)  # doctest: +SKIP
@@ -229,6 +231,6 @@ def predict_candidates(
     )
     featurize_s = time.perf_counter() - started
     started = time.perf_counter()
-    ranked = rank_candidates(model, candidates)
+    ranked = rank_candidates(model, candidates, machine=machine)
     predict_s = time.perf_counter() - started
     return CandidatePredictions(pipeline, model.name, ranked, featurize_s, predict_s, tried, failures)
