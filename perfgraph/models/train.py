@@ -107,9 +107,9 @@ def train_model(
     ``hparams`` go to the model's constructor, as do ``device`` and ``epochs`` for the models that
     train by epochs (``epochs=None`` keeps the model's default). ``machine`` (the samples' machine
     kind, or kinds for a machine-aware model; default: the kinds the samples name) is recorded in the
-    checkpoint. Samples of several kinds need a machine-aware model (``ValueError`` otherwise). With several kinds,
-    ``metrics`` also holds each part per kind (``"test intel-xeon-2.50ghz/avx2"``); a pipeline
-    measured on two kinds is in the same part for both.
+    checkpoint. Samples of several kinds need a machine-aware model (``ValueError`` otherwise). With
+    several kinds, ``metrics`` also holds each part per kind (``"test intel-xeon-2.50ghz/avx2"``); a
+    pipeline measured on two kinds is in the same part for both.
 
     In a process group (``torchrun``) every rank trains; rank 0 alone evaluates and writes the
     files, and the other ranks return their model with empty ``metrics``.

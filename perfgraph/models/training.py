@@ -3,8 +3,8 @@
 :func:`train_network` fits any :class:`~perfgraph.models.stage_network.StageCostNetwork` to graphs
 with Adam, early stopping on the validation loss (with patience) and a restore of the best weights.
 Batches keep the schedules of one pipeline (on one machine kind) together, so that a ranking loss
-always has pairs to compare; which pipelines share a batch is shuffled every epoch. The returned log is a list of plain
-dicts, one per epoch, ready for JSON and for checkpoints.
+always has pairs to compare; which pipelines share a batch is shuffled every epoch. The returned log
+is a list of plain dicts, one per epoch, ready for JSON and for checkpoints.
 
 Under ``torchrun`` the same loop trains one model in several processes: the network is wrapped in
 DistributedDataParallel and each rank trains on its share of the batches
