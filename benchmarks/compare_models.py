@@ -10,7 +10,9 @@ the architecture differs:
 * ``schedule-only``: the same GNN reading only the 39 schedule features of every stage (the 287
   pipeline features zeroed after standardisation; the graph and its edge features are kept);
 * ``schedule-edges``: the same GNN whose convolutions also read the schedule edge features (where
-  each producer is computed and stored relative to its consumer: :mod:`perfgraph.schedules.schedule_source`).
+  each producer is computed and stored relative to its consumer: :mod:`perfgraph.schedules.schedule_source`);
+* ``no-graph-terms`` and ``gnn-terms``: ``no-graph`` and ``gnn`` whose head predicts coefficients of
+  Halide's hand-designed cost terms and a free term (:mod:`perfgraph.models.term_readout`).
 
 Every model is trained once per seed (initial weights and batch order) and scored on the validation
 and the test pipelines with :func:`~perfgraph.evaluate.metrics.evaluate_predictions`; the tables give
@@ -48,7 +50,7 @@ from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel
 
-MODELS = ("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges")
+MODELS = ("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges", "no-graph-terms", "gnn-terms")
 DEFAULT_MACHINE = "amd-epyc/znver4-avx2"
 #: Metrics in the tables: (key, header, decimals).
 TABLE_METRICS = (("rmse_log", "RMSE(ln)", 3), ("mape", "MAPE %", 1), ("kendall_tau", "tau", 3), ("top1", "top-1", 3))
@@ -67,6 +69,8 @@ def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, Neur
         "no-graph": GNNCostModel(**{**params, "layers": 0}),
         "schedule-only": GNNCostModel(**{**params, "features": "schedule"}),
         "schedule-edges": GNNCostModel(**{**params, "schedule_edges": True}),
+        "no-graph-terms": GNNCostModel(**{**params, "layers": 0, "cost_terms": True}),
+        "gnn-terms": GNNCostModel(**{**params, "cost_terms": True}),
     }
     return [(name, models[name]) for name in args.models]
 

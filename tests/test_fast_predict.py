@@ -36,10 +36,19 @@ def fitted(model_class, real_samples, **params):
 
 
 @pytest.mark.parametrize(
-    ("conv", "schedule_edges"), [("gin", False), ("sage", False), ("gatv2", False), ("gin", True), ("gatv2", True)]
+    ("conv", "schedule_edges", "cost_terms"),
+    [
+        ("gin", False, False),
+        ("sage", False, False),
+        ("gatv2", False, False),
+        ("gin", True, False),
+        ("gatv2", True, False),
+        ("gin", False, True),
+        ("sage", False, True),
+    ],
 )
-def test_gnn_search_path_equals_the_training_path_on_mixed_pipelines(real_samples, conv, schedule_edges):
-    model = fitted(GNNCostModel, real_samples, conv=conv, schedule_edges=schedule_edges)
+def test_gnn_search_path_equals_the_training_path_on_mixed_pipelines(real_samples, conv, schedule_edges, cost_terms):
+    model = fitted(GNNCostModel, real_samples, conv=conv, schedule_edges=schedule_edges, cost_terms=cost_terms)
     samples = shuffled(real_samples)
     assert len({s.pipeline_id for s in samples}) >= 3
     np.testing.assert_allclose(model.predict(samples), model.predict(as_graphs(samples)), rtol=RTOL)

@@ -22,7 +22,9 @@ class GNNCostModel(NeuralCostModel):
     ``transformer``), ``dropout``, ``schedule_edges`` (the convolutions also read where each producer is
     computed and stored relative to its consumer under the schedule:
     :mod:`~perfgraph.schedules.schedule_source`; without it, only the pipeline's edge features, the same
-    for every schedule). Training: the keywords of :class:`NeuralCostModel`, with its
+    for every schedule), ``cost_terms`` (the head predicts coefficients of Halide's hand-designed
+    cost terms and a free term instead of each stage's log cost:
+    :mod:`~perfgraph.models.term_readout`). Training: the keywords of :class:`NeuralCostModel`, with its
     defaults, except ``loss``, which defaults to ``mse+rank`` here (chosen by ``select_gnn.py``):
     ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), ``features`` (``all``, or ``schedule``
     for the 39 schedule features only: :data:`~perfgraph.models.neural.FEATURE_SETS`), Adam ``lr``
@@ -45,6 +47,7 @@ class GNNCostModel(NeuralCostModel):
         heads: int = 4,
         dropout: float = 0.0,
         schedule_edges: bool = False,
+        cost_terms: bool = False,
         **training: Any,
     ) -> None:
         if conv not in CONVS:
@@ -65,10 +68,19 @@ class GNNCostModel(NeuralCostModel):
                 f"layers={layers} reads none (use gin, gatv2 or transformer with layers >= 1)"
             )
         self.conv, self.hidden, self.layers, self.heads, self.dropout = conv, hidden, layers, heads, dropout
-        self.schedule_edges = schedule_edges
+        if not isinstance(cost_terms, bool):
+            raise ValueError(f"cost_terms must be True or False, got {cost_terms!r}")
+        self.schedule_edges, self.cost_terms = schedule_edges, cost_terms
         super().__init__(**{"loss": "mse+rank", **training})
 
     def build_network(self) -> StageGNN:
         return StageGNN(
-            self.conv, self.hidden, self.layers, self.heads, self.dropout, self.schedule_edges, self.machine_features
+            self.conv,
+            self.hidden,
+            self.layers,
+            self.heads,
+            self.dropout,
+            self.schedule_edges,
+            self.machine_features,
+            self.cost_terms,
         )

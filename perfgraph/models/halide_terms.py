@@ -36,21 +36,34 @@ MIN_RELATIVE_PREDICTION = 1e-10
 _INDEX = {name: i for i, name in enumerate(SCHEDULE_FEATURE_NAMES)}
 
 
-def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num_cores: int) -> torch.Tensor:
-    """Per-stage run time in Halide's units (``cost * 1e-9``), shape ``(..., n_stages)``.
+#: Columns of :func:`cost_terms`: the coefficient each term multiplies (Halide's ``relu1(i, w, n)``).
+NUM_COEFFICIENTS = 32
+#: Coefficients Halide's formula never reads (4 and 28-31); their terms are always zero.
+UNUSED_COEFFICIENTS = (4, 28, 29, 30, 31)
 
-    Coefficient indices are Halide's ``relu1(i, w, n)``; 4 and 28-31 are unused there too.
+
+def cost_terms(
+    schedule_features: torch.Tensor, num_cores: int, is_output: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Halide's hand-designed cost terms of every stage, shape ``(..., n_stages, 32)``, non-negative.
+
+    Column ``i`` is what coefficient ``i`` multiplies in ``cost_model_generator.cpp``, with the
+    formula's branches (inlined or not; internally parallel, output or other stage) folded in as
+    masks and its constant factors (the doubled store cost) kept, so that a stage's cost is exactly
+    ``(cost_terms * coefficients).sum(-1)`` (:func:`stage_costs`). The terms are raw counts and bytes
+    (vectors computed, lines loaded, parallel tasks, ...), spanning many orders of magnitude.
+    ``is_output`` (bool, the features' shape without the last axis) marks the pipelines' output
+    stages; by default the first stage along axis -2, Halide's featurization order.
 
     >>> import torch
-    >>> stage_costs(torch.zeros(1, 2, 39), torch.ones(1, 2, 32), num_cores=1).shape
-    torch.Size([1, 2])
+    >>> f = torch.zeros(1, 39)
+    >>> f[0, _INDEX["num_scalars"]] = 5.0
+    >>> cost_terms(f, num_cores=1)[0, 1].item()  # scalar compute of a realized stage
+    5.0
     """
 
     def feature(name: str) -> torch.Tensor:
         return schedule_features[..., _INDEX[name]]
-
-    def k(i: int) -> torch.Tensor:
-        return coefficients[..., i]
 
     num_realizations = feature("num_realizations")
     num_productions = feature("num_productions")
@@ -67,66 +80,74 @@ def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num
     unique_bytes_read_per_vector = feature("unique_bytes_read_per_vector")
     unique_lines_read_per_vector = feature("unique_lines_read_per_vector")
     one = torch.ones_like(num_realizations)
+    zero = torch.zeros_like(num_realizations)
+    terms = [zero] * NUM_COEFFICIENTS
 
-    # Compute: separate costs for vectors and scalars, and for inlined versus realized stages.
-    compute_cost = torch.where(
-        inlined_calls == 0,
-        vector_size * num_vectors * k(0) + num_scalars * k(1),
-        vector_size * num_vectors * k(2) + num_scalars * k(3),
-    )
-    # Round up according to how neatly the tasks fill the cores.
+    # Compute: separate costs for vectors and scalars, and for inlined versus realized stages, rounded
+    # up according to how neatly the tasks fill the cores.
     num_tasks = torch.maximum(one, inner_parallelism * outer_parallelism)
     tasks_per_core = num_tasks / num_cores
     idle_core_wastage = torch.ceil(tasks_per_core) / torch.maximum(one, tasks_per_core)
-    compute_cost = compute_cost * idle_core_wastage
+    realized = (inlined_calls == 0).to(one.dtype) * idle_core_wastage
+    inlined = (inlined_calls != 0).to(one.dtype) * idle_core_wastage
+    terms[0] = vector_size * num_vectors * realized
+    terms[1] = num_scalars * realized
+    terms[2] = vector_size * num_vectors * inlined
+    terms[3] = num_scalars * inlined
 
-    load_cost = (
-        num_realizations * feature("unique_lines_read_per_realization") * k(5)
-        + num_realizations * feature("unique_bytes_read_per_realization") * k(6)
-        + num_vectors * feature("scalar_loads_per_vector") * k(7)
-        + num_scalars * feature("scalar_loads_per_scalar") * k(8)
-        + num_vectors * feature("vector_loads_per_vector") * k(9)
-        + num_scalars * unique_bytes_read_per_vector * k(10)
-        + num_vectors * unique_bytes_read_per_vector * k(11)
-        + num_scalars * unique_lines_read_per_vector * k(12)
-        + num_vectors * unique_lines_read_per_vector * k(13)
-        + num_tasks * feature("unique_bytes_read_per_task") * k(14)
-        + num_tasks * feature("unique_lines_read_per_task") * k(15)
-    )
+    terms[5] = num_realizations * feature("unique_lines_read_per_realization")
+    terms[6] = num_realizations * feature("unique_bytes_read_per_realization")
+    terms[7] = num_vectors * feature("scalar_loads_per_vector")
+    terms[8] = num_scalars * feature("scalar_loads_per_scalar")
+    terms[9] = num_vectors * feature("vector_loads_per_vector")
+    terms[10] = num_scalars * unique_bytes_read_per_vector
+    terms[11] = num_vectors * unique_bytes_read_per_vector
+    terms[12] = num_scalars * unique_lines_read_per_vector
+    terms[13] = num_vectors * unique_lines_read_per_vector
+    terms[14] = num_tasks * feature("unique_bytes_read_per_task")
+    terms[15] = num_tasks * feature("unique_lines_read_per_task")
 
-    # Stores: separate coefficients for internally parallel stages and for the output stage (w == 0).
+    # Stores: separate coefficients for internally parallel stages and for the output stage (stage 0).
+    # Halide doubles the store cost to stay compatible with its shipped weights (see the FIXME there).
     lines_written_per_realization = inner_parallelism * (bytes_at_task / torch.maximum(one, innermost_bytes_at_task))
     is_parallel = inner_parallelism > 1
-    is_output = torch.zeros_like(is_parallel)
-    is_output[..., 0] = True
-    alpha = torch.where(is_parallel, k(16), torch.where(is_output, k(17), k(18)))
-    beta = torch.where(is_parallel, k(19), torch.where(is_output, k(20), k(21)))
-    store_cost = num_realizations * (lines_written_per_realization * alpha + bytes_at_realization * beta)
-
-    # False sharing of cache lines, paid on every store of an internally parallel stage.
-    store_cost = store_cost + torch.where(
-        is_parallel,
-        k(22) * (num_vectors + num_scalars) / torch.maximum(one, innermost_bytes_at_task),
-        torch.zeros_like(one),
+    if is_output is None:
+        is_output = torch.zeros_like(is_parallel)
+        is_output[..., 0] = True
+    masks = (
+        is_parallel.to(one.dtype),
+        (~is_parallel & is_output).to(one.dtype),
+        (~is_parallel & ~is_output).to(one.dtype),
     )
+    for offset, mask in enumerate(masks):
+        terms[16 + offset] = 2 * num_realizations * lines_written_per_realization * mask
+        terms[19 + offset] = 2 * num_realizations * bytes_at_realization * mask
+    # False sharing of cache lines, paid on every store of an internally parallel stage.
+    terms[22] = 2 * masks[0] * (num_vectors + num_scalars) / torch.maximum(one, innermost_bytes_at_task)
     # False sharing of pages: faults are serviced serially, so the thread count multiplies again.
     max_threads_hitting_same_page_fault = torch.minimum(
         inner_parallelism, 4096 / torch.maximum(one, innermost_bytes_at_task)
     )
-    store_cost = store_cost + (
-        bytes_at_production * max_threads_hitting_same_page_fault * inner_parallelism * outer_parallelism * k(23)
-    )
+    terms[23] = 2 * bytes_at_production * max_threads_hitting_same_page_fault * inner_parallelism * outer_parallelism
 
-    cost_of_malloc = k(24) * num_realizations
-    cost_of_parallel_launches = num_productions * torch.where(is_parallel, k(25), torch.zeros_like(one))
-    cost_of_parallel_tasks = num_productions * (inner_parallelism - 1) * k(26)
-    cost_of_working_set = feature("working_set") * k(27)
+    terms[24] = num_realizations  # malloc
+    terms[25] = num_productions * masks[0]  # parallel launches
+    terms[26] = num_productions * (inner_parallelism - 1)  # parallel tasks
+    terms[27] = feature("working_set")
+    return torch.stack(terms, dim=-1)
 
-    # Halide doubles store_cost to stay compatible with its shipped weights (see the FIXME there).
-    store_cost = store_cost * 2
-    cost_of_parallelism = cost_of_parallel_tasks + cost_of_parallel_launches
-    cost = compute_cost + store_cost + load_cost + cost_of_malloc + cost_of_parallelism + cost_of_working_set
-    return cost * COST_UNIT
+
+def stage_costs(schedule_features: torch.Tensor, coefficients: torch.Tensor, num_cores: int) -> torch.Tensor:
+    """Per-stage run time in Halide's units (``cost * 1e-9``), shape ``(..., n_stages)``.
+
+    ``coefficients`` ``(..., n_stages, 32)`` are Halide's ``relu1(i, w, n)``; the stage cost is their
+    dot product with :func:`cost_terms`.
+
+    >>> import torch
+    >>> stage_costs(torch.zeros(1, 2, 39), torch.ones(1, 2, 32), num_cores=1).shape
+    torch.Size([1, 2])
+    """
+    return (cost_terms(schedule_features, num_cores) * coefficients).sum(dim=-1) * COST_UNIT
 
 
 def coefficient_regularizer(conv1_pre_activation: torch.Tensor) -> torch.Tensor:

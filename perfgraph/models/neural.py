@@ -162,6 +162,8 @@ class NeuralCostModel(CostModel):
         log_runtimes = torch.cat([g.y for g in train_graphs])
         mean_stages = float(np.mean([g.num_nodes for g in train_graphs]))
         network.set_runtime_scale(math.exp(float(log_runtimes.mean())) / mean_stages)
+        if network.term_readout is not None:
+            network.term_readout.fit(self.normalizer_, [g.x for g in raw_train])
         self.log_ = train_network(
             network,
             train_graphs,

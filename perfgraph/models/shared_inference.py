@@ -8,7 +8,7 @@ share a pipeline (:func:`~perfgraph.features.pipeline_batch.group_by_pipeline`) 
 - the shared edges are standardised once and offset for all candidates in one vectorised step;
 - the stage encoder's first layer is split by columns: its pipeline part (287 of 326 inputs) is
   computed once per pipeline and added to the schedule part (39 inputs) of every candidate;
-- the network's ``shared_node_log_costs`` (GNN, LSTM) reads the stages as one (S, N, hidden) block,
+- the network's ``shared_node_heads`` (GNN, LSTM) reads the stages as one (S, N, hidden) block,
   and the run time is a plain ``logsumexp`` over the S stages of each candidate.
 
 Predictions equal the training path's to float tolerance (``tests/test_fast_predict.py``): the same
@@ -70,16 +70,19 @@ def encode_stages(encoder: nn.Module, schedule_x: torch.Tensor, pipeline_x: torc
 def pipeline_log_runtimes(network: StageCostNetwork, batch: PipelineBatch) -> torch.Tensor:
     """Predicted natural-log run times (ms), shape (N,), of a standardised batch already on the network's device.
 
-    Networks without ``shared_node_log_costs`` get the batch as one PyG batch (still collated once).
+    Networks without ``shared_node_heads`` get the batch as one PyG batch (still collated once).
     """
-    shared_costs = getattr(network, "shared_node_log_costs", None)
-    if shared_costs is None:
+    shared_heads = getattr(network, "shared_node_heads", None)
+    if shared_heads is None:
         return network(batch.to_batch())
     h = encode_stages(network.encoder, batch.schedule_x, batch.pipeline_x)
     if network.machine_film is not None:
         h = network.machine_film(h, batch.machine_x)  # one machine per batch, broadcast over (S, N)
     edge_attr = batch.full_edge_attr() if network.reads_schedule_edges else batch.edge_attr
-    node_log_costs = shared_costs(h, batch.edge_index, edge_attr)
+    heads = shared_heads(h, batch.edge_index, edge_attr)  # (S, N, head_outputs)
+    is_output = torch.zeros(heads.shape[:2], dtype=torch.bool, device=heads.device)
+    is_output[0] = True  # stage 0 is the output stage, in Halide's featurization order
+    node_log_costs = network.stage_log_costs_from_heads(heads, batch.schedule_x, is_output)
     return torch.logsumexp(node_log_costs, dim=0) + network.log_scale
 
 

@@ -53,7 +53,8 @@ class StageGNN(StageCostNetwork):
     With ``schedule_edges`` the convolutions read all :data:`~perfgraph.features.graphs.EDGE_ATTR_DIM`
     edge columns (the schedule edge features too), else the first ``PIPELINE_EDGE_ATTR_DIM``.
     With ``machine_features`` every encoded stage is modulated by its sample's machine
-    (:class:`~perfgraph.models.stage_network.MachineFiLM`).
+    (:class:`~perfgraph.models.stage_network.MachineFiLM`); with ``cost_terms`` the head mixes
+    Halide's cost terms (:class:`~perfgraph.models.term_readout.TermReadout`).
     """
 
     def __init__(
@@ -65,31 +66,32 @@ class StageGNN(StageCostNetwork):
         dropout: float = 0.0,
         schedule_edges: bool = False,
         machine_features: bool = False,
+        cost_terms: bool = False,
     ) -> None:
-        super().__init__(hidden, machine_features)
+        super().__init__(hidden, machine_features, cost_terms)
         self.uses_edge_attr = CONVS.get(conv, False)
         self.reads_schedule_edges = schedule_edges and self.uses_edge_attr and layers > 0
         self.edge_dim = EDGE_ATTR_DIM if schedule_edges else PIPELINE_EDGE_ATTR_DIM
         self.convs = nn.ModuleList(make_conv(conv, hidden, heads, self.edge_dim) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
-        self.head = cost_head(hidden, hidden)
+        self.head = cost_head(hidden, hidden, self.head_outputs)
         if conv not in CONVS:  # make_conv raised already unless layers == 0
             raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
 
-    def node_log_costs(self, batch: Batch) -> torch.Tensor:
+    def node_heads(self, batch: Batch) -> torch.Tensor:
         return self.refine(self.encode_stages(batch), batch.edge_index, batch.edge_attr[:, : self.edge_dim])
 
     def refine(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to log costs (nodes,)."""
+        """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to head outputs (nodes, head_outputs)."""
         for conv, norm in zip(self.convs, self.norms, strict=True):
             edge_args = (edge_attr,) if self.uses_edge_attr else ()
             z = conv(norm(h), edge_index, *edge_args)
             h = h + self.dropout(nn.functional.gelu(z))
-        return self.head(h).squeeze(-1)
+        return self.head(h)
 
-    def shared_node_log_costs(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        """Log costs (S, N) of ``N`` schedules of one pipeline from their encoded stages ``h`` (S, N, hidden).
+    def shared_node_heads(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Head outputs (S, N, head_outputs) of ``N`` schedules of one pipeline from their encoded stages ``h`` (S, N, hidden).
 
         ``edge_index`` (2, 2E) is the pipeline's, shared by all ``N``; ``edge_attr`` is either shared too
         (2E, 10) or, for a network that :attr:`reads_schedule_edges`, every schedule's (2E, N, 17). GIN
@@ -99,11 +101,11 @@ class StageGNN(StageCostNetwork):
         if all(isinstance(conv, GINEConv) for conv in self.convs):
             for conv, norm in zip(self.convs, self.norms, strict=True):
                 h = h + self.dropout(nn.functional.gelu(gine_stage_major(conv, norm(h), edge_index, edge_attr)))
-            return self.head(h).squeeze(-1)
+            return self.head(h)
         s, n, hidden = h.shape
         if edge_attr.dim() == 3:
             edge_attr = edge_attr.transpose(0, 1).reshape(-1, edge_attr.shape[-1])  # graph-major
         elif self.uses_edge_attr:
             edge_attr = edge_attr.repeat(n, 1)
         flat = h.transpose(0, 1).reshape(n * s, hidden)  # graph-major, as a PyG batch
-        return self.refine(flat, batched_edge_index(edge_index, n, s), edge_attr).view(n, s).T
+        return self.refine(flat, batched_edge_index(edge_index, n, s), edge_attr).view(n, s, -1).transpose(0, 1)

@@ -46,9 +46,9 @@ class StageLSTM(StageCostNetwork):
             dropout=dropout if layers > 1 else 0.0,
         )
         width = hidden * (2 if bidirectional else 1)
-        self.head = cost_head(width, hidden)
+        self.head = cost_head(width, hidden, self.head_outputs)
 
-    def node_log_costs(self, batch: Batch) -> torch.Tensor:
+    def node_heads(self, batch: Batch) -> torch.Tensor:
         order = reversed_stage_order(batch)
         h = self.encode_stages(batch)[order]
         dense, mask = to_dense_batch(h, batch.batch, batch_size=batch.num_graphs)
@@ -56,12 +56,12 @@ class StageLSTM(StageCostNetwork):
         packed = pack_padded_sequence(dense, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=dense.shape[1])
-        return self.head(out[mask]).squeeze(-1)[order]
+        return self.head(out[mask])[order]
 
-    def shared_node_log_costs(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        """Log costs (S, N) of ``N`` schedules of one pipeline from their encoded stages ``h`` (S, N, hidden).
+    def shared_node_heads(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Head outputs (S, N, head_outputs) of ``N`` schedules of one pipeline from their encoded stages ``h`` (S, N, hidden).
 
         Every sequence has the same ``S`` stages, so nothing is padded or packed; the edges are unused.
         """
-        out, _ = self.lstm(h.flip(0).transpose(0, 1))  # (N, S, width), inputs first as node_log_costs reads
-        return self.head(out).squeeze(-1).T.flip(0)
+        out, _ = self.lstm(h.flip(0).transpose(0, 1))  # (N, S, width), inputs first as node_heads reads
+        return self.head(out).transpose(0, 1).flip(0)

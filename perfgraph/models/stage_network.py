@@ -8,6 +8,8 @@ network starts near the right magnitude, and is saved with the weights as a buff
 
 A machine-aware network (``machine_features=True``) modulates every encoded stage by the machine
 the run time belongs to (:class:`MachineFiLM`), so that one network predicts for several machine kinds.
+With ``cost_terms=True`` the head predicts coefficients of Halide's hand-designed cost terms and a
+free term, mixed by :class:`~perfgraph.models.term_readout.TermReadout`, instead of the log cost itself.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_MACHINE_FEATURES
+from perfgraph.features.layout import FEATURES_PER_STAGE, NUM_MACHINE_FEATURES, SCHEDULE_SLICE
+from perfgraph.models.term_readout import NUM_OUTPUTS, TermReadout
 
 
 def stage_encoder(hidden: int) -> nn.Module:
@@ -27,9 +30,9 @@ def stage_encoder(hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(FEATURES_PER_STAGE, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
 
-def cost_head(width: int, hidden: int) -> nn.Module:
-    """The MLP that maps a stage's ``width``-channel state to its (unscaled) log cost."""
-    return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+def cost_head(width: int, hidden: int, outputs: int = 1) -> nn.Module:
+    """The MLP that maps a stage's ``width``-channel state to its (unscaled) log cost, or ``outputs`` values."""
+    return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, outputs))
 
 
 def graph_logsumexp(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
@@ -66,21 +69,32 @@ class MachineFiLM(nn.Module):
         return h * (1 + scale) + shift
 
 
+def output_stage_mask(batch: Batch) -> torch.Tensor:
+    """Boolean (num_nodes,): the first node of every graph of ``batch`` (its output stage)."""
+    mask = torch.ones_like(batch.batch, dtype=torch.bool)
+    mask[1:] = batch.batch[1:] != batch.batch[:-1]
+    return mask
+
+
 class StageCostNetwork(nn.Module):
-    """Base class: subclasses implement :meth:`node_log_costs`; this adds the sum readout.
+    """Base class: subclasses implement :meth:`node_heads`; this adds the stage readout and the sum.
 
     Subclasses encode stages with :meth:`encode_stages`, which applies the machine modulation when
-    the network was built with ``machine_features``.
+    the network was built with ``machine_features``, and build their head with :attr:`head_outputs`
+    outputs per stage: 1 (the log cost), or :data:`~perfgraph.models.term_readout.NUM_OUTPUTS` with
+    ``cost_terms``. A network with ``cost_terms`` needs :meth:`fit_term_readout` before training.
     """
 
     #: Whether message passing reads each schedule's own edge features (the search path then passes them).
     reads_schedule_edges: bool = False
 
-    def __init__(self, hidden: int = 64, machine_features: bool = False) -> None:
+    def __init__(self, hidden: int = 64, machine_features: bool = False, cost_terms: bool = False) -> None:
         super().__init__()
         self.register_buffer("log_scale", torch.zeros(()))
         self.encoder = stage_encoder(hidden)
         self.machine_film = MachineFiLM(hidden) if machine_features else None
+        self.term_readout = TermReadout() if cost_terms else None
+        self.head_outputs = NUM_OUTPUTS if cost_terms else 1
 
     def encode_stages(self, batch: Batch) -> torch.Tensor:
         """Every stage of the batch encoded, (num_nodes, hidden), modulated by its graph's machine if machine-aware."""
@@ -89,9 +103,23 @@ class StageCostNetwork(nn.Module):
             h = self.machine_film(h, batch.machine_x[batch.batch])
         return h
 
+    def node_heads(self, batch: Batch) -> torch.Tensor:
+        """The head's outputs for every stage of the batch, shape ``(num_nodes, head_outputs)``."""
+        raise NotImplementedError
+
+    def stage_log_costs_from_heads(
+        self, heads: torch.Tensor, schedule_x: torch.Tensor, is_output: torch.Tensor
+    ) -> torch.Tensor:
+        """Unscaled log costs (...) from head outputs (..., head_outputs) and standardised schedule features (..., 39)."""
+        if self.term_readout is None:
+            return heads.squeeze(-1)
+        return self.term_readout(heads, schedule_x, is_output)
+
     def node_log_costs(self, batch: Batch) -> torch.Tensor:
         """The unscaled log cost of every stage of the batch, shape ``(num_nodes,)``."""
-        raise NotImplementedError
+        return self.stage_log_costs_from_heads(
+            self.node_heads(batch), batch.x[:, SCHEDULE_SLICE], output_stage_mask(batch)
+        )
 
     def set_runtime_scale(self, scale_ms: float) -> None:
         if not (scale_ms > 0 and math.isfinite(scale_ms)):
