@@ -14,7 +14,7 @@ import torch
 from perfgraph.evaluate.metrics import rmse_log
 from perfgraph.models.base import NotFittedError, SchemaMismatchError
 from perfgraph.models.gnn import GNNCostModel
-from perfgraph.models.losses import make_loss, pairwise_rank_loss, relative_error_loss
+from perfgraph.models.losses import listwise_rank_loss, make_loss, pairwise_rank_loss, relative_error_loss
 from perfgraph.models.predict import write_predictions_csv
 from perfgraph.models.sequence import SequenceCostModel
 from perfgraph.models.train import train_model
@@ -160,6 +160,25 @@ def test_rank_loss_only_compares_schedules_of_one_pipeline():
     pred, true = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert pairwise_rank_loss(pred, true, torch.tensor([1, 2])) == 0
     assert pairwise_rank_loss(pred, true, torch.tensor([1, 1])) > 0
+
+
+def test_listwise_loss_is_zero_for_the_measured_order_and_gaps_and_weighs_the_fastest_most():
+    true = torch.tensor([0.0, 0.3, 0.6, 0.9, 5.0])
+    group = torch.tensor([1, 1, 1, 1, 2])  # the lone schedule of pipeline 2 is not ranked
+    assert float(listwise_rank_loss(true, true, group)) == pytest.approx(0.0, abs=1e-6)
+    assert float(listwise_rank_loss(true + 3.0, true, group)) == pytest.approx(0.0, abs=1e-6)  # a shift per pipeline is free
+    swap_fastest = listwise_rank_loss(true[[1, 0, 2, 3, 4]], true, group)
+    swap_slowest = listwise_rank_loss(true[[0, 1, 3, 2, 4]], true, group)
+    assert float(swap_fastest) > float(swap_slowest) > 0
+
+
+def test_listwise_loss_only_ranks_within_a_pipeline_and_has_a_gradient_without_pairs():
+    pred, true = torch.tensor([1.0, 0.0], requires_grad=True), torch.tensor([0.0, 1.0])
+    alone = listwise_rank_loss(pred, true, torch.tensor([1, 2]))
+    assert float(alone) == 0
+    alone.backward()
+    assert make_loss("mse+listnet").uses_pairs
+    assert float(listwise_rank_loss(pred, true, torch.tensor([4, 4]))) > 0
 
 
 def test_relative_loss_is_symmetric_in_over_and_under_prediction():
