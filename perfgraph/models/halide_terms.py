@@ -42,9 +42,7 @@ NUM_COEFFICIENTS = 32
 UNUSED_COEFFICIENTS = (4, 28, 29, 30, 31)
 
 
-def cost_terms(
-    schedule_features: torch.Tensor, num_cores: int, is_output: torch.Tensor | None = None
-) -> torch.Tensor:
+def cost_terms(schedule_features: torch.Tensor, num_cores: int, is_output: torch.Tensor | None = None) -> torch.Tensor:
     """Halide's hand-designed cost terms of every stage, shape ``(..., n_stages, 32)``, non-negative.
 
     Column ``i`` is what coefficient ``i`` multiplies in ``cost_model_generator.cpp``, with the

@@ -110,7 +110,10 @@ class StageCostNetwork(nn.Module):
     def stage_log_costs_from_heads(
         self, heads: torch.Tensor, schedule_x: torch.Tensor, is_output: torch.Tensor
     ) -> torch.Tensor:
-        """Unscaled log costs (...) from head outputs (..., head_outputs) and standardised schedule features (..., 39)."""
+        """Unscaled log costs (...) from head outputs (..., head_outputs) and standardised schedule features (..., 39).
+
+        ``is_output`` (...) marks the output stages; only the ``cost_terms`` readout reads the last two.
+        """
         if self.term_readout is None:
             return heads.squeeze(-1)
         return self.term_readout(heads, schedule_x, is_output)
