@@ -91,7 +91,7 @@ class StageGNN(StageCostNetwork):
         return self.head(h)
 
     def shared_node_heads(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        """Head outputs (S, N, head_outputs) of ``N`` schedules of one pipeline, from encoded stages ``h`` (S, N, hidden).
+        """Head outputs (S, N, head_outputs) of ``N`` schedules of one pipeline, from the stages ``h`` (S, N, hidden).
 
         ``edge_index`` (2, 2E) is the pipeline's, shared by all ``N``; ``edge_attr`` is either shared too
         (2E, 10) or, for a network that :attr:`reads_schedule_edges`, every schedule's (2E, N, 17). GIN

@@ -59,7 +59,7 @@ class StageLSTM(StageCostNetwork):
         return self.head(out[mask])[order]
 
     def shared_node_heads(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        """Head outputs (S, N, head_outputs) of ``N`` schedules of one pipeline, from encoded stages ``h`` (S, N, hidden).
+        """Head outputs (S, N, head_outputs) of ``N`` schedules of one pipeline, from the stages ``h`` (S, N, hidden).
 
         Every sequence has the same ``S`` stages, so nothing is padded or packed; the edges are unused.
         """
