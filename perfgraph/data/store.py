@@ -28,10 +28,11 @@ from perfgraph.schedules.schedule_source import schedule_edge_features
 from perfgraph.schedules.stage_graph import StageGraph
 
 STORE_SCHEMA_VERSION = 1
-# Timing protocols a measurement can be taken under (perfgraph.measure.timing explains both).
+# Timing protocols a measurement can be taken under (perfgraph.measure.timing explains them).
 WINDOW_PROTOCOL = "window-v1"
 QUIET_PROTOCOL = "quiet-v2"
-MEASUREMENT_PROTOCOLS = (WINDOW_PROTOCOL, QUIET_PROTOCOL)
+FIXED_LAYOUT_PROTOCOL = "quiet-v3"
+MEASUREMENT_PROTOCOLS = (WINDOW_PROTOCOL, QUIET_PROTOCOL, FIXED_LAYOUT_PROTOCOL)
 
 
 class StoreError(RuntimeError):

@@ -43,6 +43,11 @@ INTERRUPTED = "interrupted"
 _EXTERNAL_SIGNALS = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 STDERR_TAIL_LINES = 5
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+_ADDR_NO_RANDOMIZE = 0x0040000  # personality flag (linux/personality.h): no address-space randomisation
+#: A fixed-layout worker's environment is padded so that its argv, environment and pointers to them
+#: fill a multiple of this many bytes: the initial stack, below them, then starts at one page offset.
+LAYOUT_PAD_BYTES = 4096
+LAYOUT_PAD_VARIABLE = "PERFGRAPH_LAYOUT_PAD"
 
 
 @dataclass(frozen=True)
@@ -156,17 +161,23 @@ def run_job(
     killed_by_abort = False
     # Looked up here: the child between fork and exec must not load anything (another thread may hold the lock).
     prctl = ctypes.CDLL(None).prctl if die_with_parent else None
+    fixed_layout = job.get("kind") == "measure" and bool(job.get("timing", {}).get("fixed_layout"))
+    personality = ctypes.CDLL(None).personality if fixed_layout else None
+    argv = [sys.executable, "-m", "perfgraph.measure.worker"]
+    worker_env = {**os.environ, **(env or {})}
+    if fixed_layout:
+        worker_env = fixed_layout_environment(argv, worker_env, int(job["timing"].get("layout_offset", 0)))
     with tempfile.TemporaryFile(mode="w+") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "perfgraph.measure.worker"],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=worker_env,
             start_new_session=True,
             cwd=tempfile.gettempdir(),  # `python -m` puts the working directory first on sys.path
-            preexec_fn=lambda: _limit_worker(cpus, memory_mb, prctl),
+            preexec_fn=lambda: _limit_worker(cpus, memory_mb, prctl, personality),
         )
         if live is not None:
             live.add(process)
@@ -231,10 +242,50 @@ def run_job(
     return result
 
 
-def _limit_worker(cpus: set[int], memory_mb: int | None, prctl: Callable[..., int] | None = None) -> None:
-    """In the new worker, before it runs Python: pin it to ``cpus``, cap its address space, tie it to its parent."""
+def fixed_layout_environment(argv: list[str], env: dict[str, str], offset: int = 0) -> dict[str, str]:
+    """``env`` for a worker whose memory layout is the same on every run (the ``quiet-v3`` protocol).
+
+    Adds ``PYTHONHASHSEED=0`` (so that the interpreter allocates in the same order) and pads with
+    :data:`LAYOUT_PAD_VARIABLE` so that the strings of ``argv`` and the environment, the executable's
+    name and the pointers to them fill ``offset`` bytes more than a multiple of :data:`LAYOUT_PAD_BYTES`:
+    the initial stack pointer, below them, then sits at the same page offset whatever the caller's
+    environment holds. Another ``offset`` gives another, equally fixed, layout
+    (``TimingPolicy.layout_offset``; ``benchmarks/noise_layout.py`` measures how much that moves run times).
+
+    >>> env = fixed_layout_environment(["python", "-m", "w"], {"PATH": "/bin", "HOME": "/root"})
+    >>> env["PYTHONHASHSEED"], len(env[LAYOUT_PAD_VARIABLE]) < LAYOUT_PAD_BYTES
+    ('0', True)
+    >>> longer = fixed_layout_environment(["python", "-m", "w"], {"PATH": "/bin:/usr/bin", "HOME": "/root"})
+    >>> len(env[LAYOUT_PAD_VARIABLE]) - len(longer[LAYOUT_PAD_VARIABLE])
+    9
+    """
+    env = {key: value for key, value in env.items() if key != LAYOUT_PAD_VARIABLE}
+    env["PYTHONHASHSEED"] = "0"
+    env[LAYOUT_PAD_VARIABLE] = ""
+    strings = sum(len(arg.encode()) + 1 for arg in [argv[0], *argv])  # the kernel also stores the exec path
+    strings += sum(len(key.encode()) + len(value.encode()) + 2 for key, value in env.items())
+    pointers = 8 * (len(argv) + 1 + len(env) + 1)
+    env[LAYOUT_PAD_VARIABLE] = "x" * ((offset - strings - pointers) % LAYOUT_PAD_BYTES)
+    return env
+
+
+def _limit_worker(
+    cpus: set[int],
+    memory_mb: int | None,
+    prctl: Callable[..., int] | None = None,
+    personality: Callable[..., int] | None = None,
+) -> None:
+    """In the new worker, before it runs Python: pin it to ``cpus``, cap its address space, tie it to its parent.
+
+    With ``personality`` (libc's), the worker also runs without address-space layout randomisation;
+    where a sandbox forbids that, it runs randomised and its measurement says so (``fixed_layout``).
+    """
     if prctl is not None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if personality is not None:
+        current = personality(-1)  # 0xffffffff: query
+        if current != -1:
+            personality(current | _ADDR_NO_RANDOMIZE)
     os.sched_setaffinity(0, cpus)
     if memory_mb is not None:
         limit = memory_mb * 2**20

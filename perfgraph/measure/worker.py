@@ -221,6 +221,7 @@ def measure(job: dict) -> None:
     """Autoschedule one candidate, compile it, benchmark it on the benchmark cores, check its output."""
     import halide as hl
 
+    from perfgraph.data.store import FIXED_LAYOUT_PROTOCOL, QUIET_PROTOCOL
     from perfgraph.measure.inputs import call_widening_inputs, make_buffers
     from perfgraph.measure.timing import Calibration, TimingPolicy, benchmark
     from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
@@ -265,6 +266,7 @@ def measure(job: dict) -> None:
             os.sched_setaffinity(0, set(job["benchmark_cpus"]))
         emit("phase", phase="run")
         policy = TimingPolicy(**job["timing"])
+        fixed_layout = policy.fixed_layout and layout_is_fixed()
         calibration = Calibration(Path(job["lock_path"]).with_suffix(".calibration.json"))
         steal_before = steal_ms(job["benchmark_cpus"])
         timing, _ = call_widening_inputs(
@@ -291,9 +293,19 @@ def measure(job: dict) -> None:
         cv=timing.cv,
         compile_s=compile_s,
         compiled_on_benchmark_cpus=on_benchmark_cpus,
-        protocol=timing.protocol,
-        conditions={**timing.conditions(), "steal_ms": steal},
+        protocol=FIXED_LAYOUT_PROTOCOL if timing.protocol == QUIET_PROTOCOL and fixed_layout else timing.protocol,
+        conditions={**timing.conditions(), "steal_ms": steal, "fixed_layout": fixed_layout}
+        | ({"layout_offset": policy.layout_offset} if fixed_layout else {}),
     )
+
+
+def layout_is_fixed() -> bool:
+    """Whether this process runs without address-space layout randomisation (``ADDR_NO_RANDOMIZE``)."""
+    try:
+        with open("/proc/self/personality") as flags:
+            return bool(int(flags.read(), 16) & 0x0040000)
+    except (OSError, ValueError):
+        return False
 
 
 def steal_ms(cpus: list[int]) -> float:

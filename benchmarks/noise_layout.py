@@ -1,0 +1,165 @@
+"""Memory layout as a source of measurement noise: quiet-v2 against quiet-v3, and run time across layouts.
+
+N stored schedules of this machine kind (beam size 1, so that re-autoscheduling is quick) are each
+measured in fresh worker processes (autoschedule, compile, benchmark), all in one shuffled order, two
+workers at a time as ``perfgraph collect --workers 2`` runs them:
+
+* twice under ``quiet-v2`` (address-space layout randomised, as every measurement before quiet-v3);
+* twice under ``quiet-v3`` at layout offset 0 (the collector's default): does a re-measurement agree?
+* once under ``quiet-v3`` at each other ``--offsets`` value: another fixed layout (the initial stack
+  moved by that many bytes). How far these move the run time is the part of the noise that fixing
+  the layout hides but does not remove: a model cannot know which layout a schedule will meet.
+
+Prints, per comparison, the share of schedules whose two measurements differ by more than 10 % and
+20 %, the median |ln| gap, and the noise ceiling those log ratios give (every sample of this machine
+kind re-measured with them: :func:`perfgraph.evaluate.noise.noise_ceiling`, within-pipeline Kendall
+tau). Nothing is written to the store.
+
+    python benchmarks/noise_layout.py --db data/perfgraph.db --schedules 24 [--offsets 1024,2048,3072] [--json OUT]
+    python benchmarks/noise_layout.py --db data/perfgraph.db --summarize OUT   # the report again
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from noise_protocols import pick_schedules
+
+from perfgraph.data.store import Store
+from perfgraph.evaluate.noise import noise_ceiling
+from perfgraph.measure.collector import CollectOptions, Collector, _Candidate
+from perfgraph.measure.timing import TimingPolicy
+from perfgraph.schedules.autoscheduler import AutoschedulerConfig
+
+LOG_10PCT, LOG_20PCT = float(np.log(1.1)), float(np.log(1.2))
+
+
+def agreement(ratios: np.ndarray, runtimes: np.ndarray, pipelines: np.ndarray) -> dict:
+    """Share of |ln| gaps above 10 % and 20 %, the median gap, and the noise ceiling of these ratios."""
+    gaps = np.abs(ratios)
+    return {
+        "pairs": int(len(gaps)),
+        "share_over_10pct": float(np.mean(gaps > LOG_10PCT)),
+        "share_over_20pct": float(np.mean(gaps > LOG_20PCT)),
+        "median_gap": float(np.median(gaps)),
+        "noise_ceiling_kendall_tau": noise_ceiling(runtimes, pipelines, ratios).kendall_tau,
+    }
+
+
+def summarize(store: Store, raw: dict) -> dict:
+    """Re-measurement agreement under quiet-v2 and quiet-v3, and quiet-v3 across layouts."""
+    samples = store.samples(machine=raw["machine"])
+    runtimes = np.array([s.runtime_ms for s in samples])
+    pipelines = np.array([s.pipeline_id for s in samples])
+    by: dict[tuple[str, int], list[float]] = {}
+    for m in raw["measurements"]:
+        by.setdefault((m["condition"], m["schedule_id"]), []).append(m["min_ms"])
+
+    def pair_ratios(condition: str) -> np.ndarray:
+        return np.array([np.log(v[1] / v[0]) for (c, _), v in by.items() if c == condition and len(v) == 2])
+
+    schedules = sorted({sid for _, sid in by})
+    across = []  # each other layout against the first measurement at layout 0
+    for sid in schedules:
+        base = by.get(("quiet-v3@0", sid))
+        if not base:
+            continue
+        across += [
+            np.log(v[0] / base[0])
+            for (c, s), v in by.items()
+            if s == sid and c.startswith("quiet-v3@") and c != "quiet-v3@0"
+        ]
+    spread = []  # max/min over every fixed layout of a schedule
+    for sid in schedules:
+        times = [v[0] for (c, s), v in by.items() if s == sid and c.startswith("quiet-v3@")]
+        if len(times) >= 2:
+            spread.append(float(np.log(max(times) / min(times))))
+    return {
+        "machine": raw["machine"],
+        "schedules": len(schedules),
+        "quiet-v2 re-measured": agreement(pair_ratios("quiet-v2"), runtimes, pipelines),
+        "quiet-v3 re-measured (same layout)": agreement(pair_ratios("quiet-v3@0"), runtimes, pipelines),
+        "quiet-v3 another layout": agreement(np.array(across), runtimes, pipelines),
+        "median ln(max/min) over the layouts of a schedule": float(np.median(spread)) if spread else None,
+        "mean_job_s": float(np.mean([m["job_s"] for m in raw["measurements"]])),
+        "not_fixed": sum(1 for m in raw["measurements"] if m["condition"].startswith("quiet-v3") and not m["fixed"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", default="data/perfgraph.db")
+    parser.add_argument("--schedules", type=int, default=24)
+    parser.add_argument("--offsets", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 2048, 3072])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the report, with every measurement, to this file")
+    parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
+    args = parser.parse_args()
+    store = Store(args.db)
+    if args.summarize:
+        with open(args.summarize) as saved:
+            print(json.dumps(summarize(store, json.load(saved)["raw"]), indent=2))
+        return
+    policies = {"quiet-v2": TimingPolicy(fixed_layout=False)}
+    for offset in [0, *args.offsets]:
+        policies[f"quiet-v3@{offset}"] = TimingPolicy(layout_offset=offset)
+    collectors = {name: Collector(store, CollectOptions(show_progress=False, timing=p)) for name, p in policies.items()}
+    machine = collectors["quiet-v2"].machine_kind
+    chosen = pick_schedules(store, machine, args.schedules, args.seed)
+    jobs = [
+        (name, row)
+        for row in chosen
+        for name in policies
+        for _ in range(2 if name in ("quiet-v2", "quiet-v3@0") else 1)
+    ]
+    random.Random(args.seed + 1).shuffle(jobs)
+    measurements: list[dict] = []
+    done = [0]
+
+    def run(job: tuple[str, tuple]) -> None:
+        name, (uri, pipeline_id, schedule_id, config) = job
+        candidate = _Candidate(uri, pipeline_id, -1, AutoschedulerConfig.from_json(config), repeat_of=schedule_id)
+        started = time.perf_counter()
+        result, _ = collectors[name]._measure(candidate)  # a re-measurement: nothing is claimed or stored
+        measured = result.events.get("measured")
+        done[0] += 1
+        if measured is None:
+            print(
+                f"[{done[0]}/{len(jobs)}] {name} {uri} #{schedule_id}: {result.failure_kind} {result.failure_message}"
+            )
+            return
+        how = measured.get("conditions") or {}
+        measurements.append(
+            {
+                "condition": name,
+                "schedule_id": schedule_id,
+                "min_ms": measured["min_ms"],
+                "protocol": measured.get("protocol"),
+                "fixed": bool(how.get("fixed_layout")),
+                "job_s": time.perf_counter() - started,
+            }
+        )
+        print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms", flush=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, jobs))
+    raw = {"machine": machine, "offsets": args.offsets, "measurements": measurements}
+    report = summarize(store, raw)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(
+                {**report, "raw": raw, "policies": {k: dataclasses.asdict(v) for k, v in policies.items()}},
+                out,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()
