@@ -1,10 +1,17 @@
-"""The quiet-v2 timing protocol: slow bursts dropped, a bounded wait, the calibration reference kept."""
+"""The timing protocols: quiet-v2's slow bursts dropped, a bounded wait, the calibration reference kept;
+quiet-v3's fixed memory layout."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
+import pytest
+
+from perfgraph.data.store import Store
+from perfgraph.measure.runner import LAYOUT_PAD_BYTES, fixed_layout_environment
 from perfgraph.measure.timing import Calibration, TimingPolicy, benchmark
 
 
@@ -68,3 +75,46 @@ def test_the_fastest_calibration_is_shared_across_processes_through_its_file(tmp
     assert Calibration(path).reference_ms is None  # a damaged reference is relearned, not a crash
     path.write_text(json.dumps({"calibration_ms": -1}))
     assert Calibration(path).reference_ms is None
+
+
+def test_the_policy_names_its_protocol_and_refuses_a_layout_offset_outside_a_page():
+    assert TimingPolicy().protocol == "quiet-v3"
+    assert TimingPolicy(fixed_layout=False).protocol == "quiet-v2"
+    assert TimingPolicy(quiet=False).protocol == "window-v1"
+    for bad in (-1, 4096, 1.5, True):
+        with pytest.raises(ValueError, match="layout_offset"):
+            TimingPolicy(layout_offset=bad)
+
+
+def _stack_and_heap_addresses(env: dict[str, str]) -> str:
+    """Run a child under ``setarch -R`` (as the runner starts a fixed-layout worker) and report addresses."""
+    code = "import ctypes; b = ctypes.create_string_buffer(64); print(hex(ctypes.addressof(b)), hex(id(b)))"
+    argv = [sys.executable, "-c", code]
+    return subprocess.run(
+        ["setarch", "-R", *argv], env=fixed_layout_environment(argv, env), capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_fixed_layout_worker_allocates_at_the_same_addresses_whatever_the_environment_holds():
+    try:
+        subprocess.run(["setarch", "-R", "true"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("this host cannot run a process without address-space randomisation")
+    base = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
+    first = _stack_and_heap_addresses(base)
+    assert first == _stack_and_heap_addresses(base)
+    assert first == _stack_and_heap_addresses({**base, "UNRELATED": "y" * 333})  # the padding absorbs it
+    padded = fixed_layout_environment(["python"], base, offset=512)
+    assert (
+        len(padded["PERFGRAPH_LAYOUT_PAD"]) - len(fixed_layout_environment(["python"], base)["PERFGRAPH_LAYOUT_PAD"])
+    ) % LAYOUT_PAD_BYTES == 512
+
+
+def test_collected_measurements_say_whether_their_layout_was_fixed(tiny_db):
+    with Store(tiny_db) as store:
+        rows = store.execute("SELECT protocol, conditions FROM measurements").fetchall()
+    assert rows
+    for protocol, conditions in rows:
+        fixed = json.loads(conditions)["fixed_layout"]
+        assert protocol == ("quiet-v3" if fixed else "quiet-v2")
+        assert ("layout_offset" in json.loads(conditions)) == fixed

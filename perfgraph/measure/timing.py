@@ -62,6 +62,12 @@ class TimingPolicy:
     quiet_tolerance: float = 0.10  # a calibration run this much above the fastest marks the burst slow
     max_wait_s: float = 30.0  # seconds of slow bursts after which the measurement keeps them all
 
+    def __post_init__(self) -> None:
+        if isinstance(self.layout_offset, bool) or not isinstance(self.layout_offset, int):
+            raise ValueError(f"layout_offset must be an int, got {self.layout_offset!r}")
+        if not 0 <= self.layout_offset < 4096:
+            raise ValueError(f"layout_offset must be in [0, 4096) bytes, got {self.layout_offset}")
+
     @property
     def protocol(self) -> str:
         """The protocol a measurement under this policy records when its worker's layout is fixed as asked."""
