@@ -10,19 +10,26 @@ workers at a time as ``perfgraph collect --workers 2`` runs them:
   moved by that many bytes). How far these move the run time is the part of the noise that fixing
   the layout hides but does not remove: a model cannot know which layout a schedule will meet.
 
+A measurement counts only when the worker's schedule has the stored schedule's features (Adams2019
+with a random-dropout seed does not always rebuild the same schedule: the collector stores such a
+re-measurement nowhere, and so does this benchmark); how many did not, and how many of those that did
+still had another schedule source (loop order, unrolling: what the features do not see), is printed.
+
 Prints, per comparison, the share of schedules whose two measurements differ by more than 10 % and
 20 %, the median |ln| gap, and the noise ceiling those log ratios give (every sample of this machine
 kind re-measured with them: :func:`perfgraph.evaluate.noise.noise_ceiling`, within-pipeline Kendall
 tau). Nothing is written to the store.
 
-    python benchmarks/noise_layout.py --db data/perfgraph.db --schedules 24 [--offsets 1024,2048,3072] [--json OUT]
+    python benchmarks/noise_layout.py --db data/perfgraph.db --schedules 24 [--offsets 1024[,2048...]] [--json OUT]
     python benchmarks/noise_layout.py --db data/perfgraph.db --summarize OUT   # the report again
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
+import hashlib
 import json
 import random
 import time
@@ -31,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from noise_protocols import pick_schedules
 
-from perfgraph.data.store import Store
+from perfgraph.data.store import Store, features_hash
 from perfgraph.evaluate.noise import noise_ceiling
 from perfgraph.measure.collector import CollectOptions, Collector, _Candidate
 from perfgraph.measure.timing import TimingPolicy
@@ -58,7 +65,11 @@ def summarize(store: Store, raw: dict) -> dict:
     runtimes = np.array([s.runtime_ms for s in samples])
     pipelines = np.array([s.pipeline_id for s in samples])
     by: dict[tuple[str, int], list[float]] = {}
-    for m in raw["measurements"]:
+    kept = [m for m in raw["measurements"] if m.get("same_features", True)]
+    sources: dict[int, set[str]] = {}
+    for m in kept:
+        sources.setdefault(m["schedule_id"], set()).add(m.get("source", ""))
+    for m in kept:
         by.setdefault((m["condition"], m["schedule_id"]), []).append(m["min_ms"])
 
     def pair_ratios(condition: str) -> np.ndarray:
@@ -88,6 +99,8 @@ def summarize(store: Store, raw: dict) -> dict:
         "quiet-v3 another layout": agreement(np.array(across), runtimes, pipelines),
         "median ln(max/min) over the layouts of a schedule": float(np.median(spread)) if spread else None,
         "mean_job_s": float(np.mean([m["job_s"] for m in raw["measurements"]])),
+        "measurements_of_another_schedule": len(raw["measurements"]) - len(kept),
+        "schedules_with_several_sources": sum(1 for found in sources.values() if len(found) > 1),
         "not_fixed": sum(1 for m in raw["measurements"] if m["condition"].startswith("quiet-v3") and not m["fixed"]),
     }
 
@@ -96,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", default="data/perfgraph.db")
     parser.add_argument("--schedules", type=int, default=24)
-    parser.add_argument("--offsets", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 2048, 3072])
+    parser.add_argument("--offsets", type=lambda s: [int(x) for x in s.split(",")], default=[1024])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the report, with every measurement, to this file")
     parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
@@ -135,6 +148,10 @@ def main() -> None:
             )
             return
         how = measured.get("conditions") or {}
+        scheduled = result.events["scheduled"]
+        same = features_hash(base64.b64decode(scheduled["featurization"])) == collectors[name]._schedule_hash(
+            schedule_id
+        )
         measurements.append(
             {
                 "condition": name,
@@ -142,10 +159,13 @@ def main() -> None:
                 "min_ms": measured["min_ms"],
                 "protocol": measured.get("protocol"),
                 "fixed": bool(how.get("fixed_layout")),
+                "same_features": same,
+                "source": hashlib.sha1(scheduled["schedule_source"].encode()).hexdigest()[:12],
                 "job_s": time.perf_counter() - started,
             }
         )
-        print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms", flush=True)
+        other = "" if same else " (another schedule: not counted)"
+        print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms{other}", flush=True)
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(run, jobs))

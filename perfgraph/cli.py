@@ -265,6 +265,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if args.schedule_edges:
         hparams["schedule_edges"] = True
+    if args.cost_terms:
+        hparams["cost_terms"] = True
     if args.layers is not None:
         hparams["layers"] = args.layers
     if args.machine_features:
@@ -658,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="gnn, sequence, ensemble: the model reads each sample's machine, so one checkpoint serves several kinds",
     )
-    train.add_argument("--loss", help="gnn/sequence: mse, relative, rank, mse+rank; halide: halide, mse_log")
+    train.add_argument(
+        "--loss", help="gnn/sequence: mse, relative, rank, listnet, sums like mse+rank; halide: halide, mse_log"
+    )
     train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
     train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")
     train.add_argument("--size", type=_POSITIVE, help="ensemble: how many members (default 5)")
@@ -671,6 +675,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule-edges",
         action="store_true",
         help="gnn, ensemble: convolutions also read where each producer is computed relative to its consumer",
+    )
+    train.add_argument(
+        "--cost-terms",
+        action="store_true",
+        help="gnn, ensemble: each stage's cost mixes Halide's hand-designed cost terms with learned coefficients",
     )
     train.set_defaults(run=cmd_train)
 
