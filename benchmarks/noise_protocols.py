@@ -1,5 +1,7 @@
 """Side-by-side agreement of the timing protocols: window-v1 against quiet-v2, in one run.
 
+quiet-v3 (a fixed memory layout) is compared with quiet-v2 by ``benchmarks/noise_layout.py``.
+
 N stored schedules of this machine kind (beam size 1, so that re-autoscheduling is quick) are each
 measured twice under each protocol: 4N independent measurements (a fresh worker process, autoschedule
 and compile each), shuffled into one random order and run by two workers at a time, as ``perfgraph
@@ -15,12 +17,16 @@ pipeline Kendall tau; the issue's goal: >= 0.9).
 
 ``--json`` writes the report with every measurement (``raw``), which ``--summarize`` reads back.
 
-Nothing is written to the store (the measurements are re-measurements run outside ``collect``).
+Nothing is written to the store (the measurements are re-measurements run outside ``collect``). A
+measurement counts only when the worker rebuilt the stored schedule (the same features): Adams2019
+with a random-dropout seed does not always do so, and before 2026-11-30 this script counted those
+too, which overstated the disagreement of both protocols (``benchmarks/noise_layout.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import random
 import time
@@ -28,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from perfgraph.data.store import Store
+from perfgraph.data.store import Store, features_hash
 from perfgraph.evaluate.noise import noise_ceiling
 from perfgraph.measure.collector import CollectOptions, Collector, _Candidate
 from perfgraph.measure.timing import TimingPolicy
@@ -54,7 +60,7 @@ def summarize(store: Store, raw: dict) -> dict:
     pipelines = np.array([s.pipeline_id for s in samples])
     report: dict = {"machine": raw["machine"], "samples_for_the_ceiling": len(samples)}
     for name in ("window-v1", "quiet-v2"):
-        rows = [m for m in raw["measurements"] if m["protocol"] == name]
+        rows = [m for m in raw["measurements"] if m["protocol"] == name and m.get("same_features", True)]
         by_schedule: dict[int, list[float]] = {}
         for m in rows:
             by_schedule.setdefault(m["schedule_id"], []).append(m["min_ms"])
@@ -95,7 +101,7 @@ def main() -> None:
     random.Random(args.seed + 1).shuffle(jobs)
     collectors = {"window-v1": window, "quiet-v2": quiet}
     conditions = ("window-v1", "quiet-v2")
-    measured_rows: dict[str, list[tuple[int, float, dict, float]]] = {name: [] for name in conditions}
+    measured_rows: dict[str, list[tuple[int, float, dict, float, bool]]] = {name: [] for name in conditions}
     done = [0]
 
     def run(job: tuple[str, tuple]) -> None:
@@ -110,7 +116,9 @@ def main() -> None:
             print(f"[{done[0]}/{len(jobs)}] {name} {uri} #{schedule_id}: {failure}")
             return
         job_s = time.perf_counter() - started
-        measured_rows[name].append((schedule_id, measured["min_ms"], measured.get("conditions") or {}, job_s))
+        featurization = base64.b64decode(result.events["scheduled"]["featurization"])
+        same = features_hash(featurization) == collectors[name]._schedule_hash(schedule_id)
+        measured_rows[name].append((schedule_id, measured["min_ms"], measured.get("conditions") or {}, job_s, same))
         how = measured.get("conditions")
         print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms {how}")
 
@@ -119,9 +127,16 @@ def main() -> None:
     raw = {
         "machine": quiet.machine_kind,
         "measurements": [
-            {"protocol": name, "schedule_id": sid, "min_ms": ms, "conditions": how, "job_s": job_s}
+            {
+                "protocol": name,
+                "schedule_id": sid,
+                "min_ms": ms,
+                "conditions": how,
+                "job_s": job_s,
+                "same_features": same,
+            }
             for name in conditions
-            for (sid, ms, how, job_s) in measured_rows[name]
+            for (sid, ms, how, job_s, same) in measured_rows[name]
         ],
     }
     report = summarize(store, raw)
