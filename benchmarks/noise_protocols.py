@@ -42,14 +42,19 @@ from perfgraph.schedules.autoscheduler import AutoschedulerConfig
 
 
 def pick_schedules(store: Store, kind: str, count: int, seed: int) -> list[tuple[str, int, int, dict]]:
-    """``(uri, pipeline_id, schedule_id, config)`` of ``count`` random beam-1 schedules measured on ``kind``."""
+    """``(uri, pipeline_id, schedule_id, config)`` of ``count`` random beam-1 schedules measured on ``kind``.
+
+    Random-weight configs are left out: the collector never re-measures them either.
+    """
     ids = ",".join(str(i) for i in store.machine_ids(kind))
     rows = store.execute(
         "SELECT p.uri, p.pipeline_id, s.schedule_id, s.config FROM schedules s JOIN pipelines p USING (pipeline_id) "
         f"JOIN measurements m ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 AND m.machine_id IN ({ids}) "
         "WHERE m.runtime_ms BETWEEN 0.3 AND 100 ORDER BY s.schedule_id"
     ).fetchall()
-    rows = [(uri, pid, sid, json.loads(c)) for uri, pid, sid, c in rows if json.loads(c).get("beam_size", 1) == 1]
+    rows = [(uri, pid, sid, json.loads(c)) for uri, pid, sid, c in rows]
+    # Random-weight configs are seeded from the clock: autoscheduling one again gives another schedule.
+    rows = [row for row in rows if row[3].get("beam_size", 1) == 1 and not row[3].get("random_weights")]
     return random.Random(seed).sample(rows, min(count, len(rows)))
 
 

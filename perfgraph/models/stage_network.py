@@ -82,7 +82,8 @@ class StageCostNetwork(nn.Module):
     Subclasses encode stages with :meth:`encode_stages`, which applies the machine modulation when
     the network was built with ``machine_features``, and build their head with :attr:`head_outputs`
     outputs per stage: 1 (the log cost), or :data:`~perfgraph.models.term_readout.NUM_OUTPUTS` with
-    ``cost_terms``. A network with ``cost_terms`` needs :meth:`fit_term_readout` before training.
+    ``cost_terms``, whose readout needs ``term_readout.fit(normalizer, training_x)`` before training
+    (:meth:`~perfgraph.models.neural.NeuralCostModel.fit` does it).
     """
 
     #: Whether message passing reads each schedule's own edge features (the search path then passes them).
