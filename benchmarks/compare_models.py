@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS), help=",".join(MODELS))
     parser.add_argument("--conv", default="gin", help="the GNN's convolution (shipped: gin)")
     parser.add_argument("--layers", type=int, default=3, help="the GNN's message-passing layers (shipped: 3)")
-    parser.add_argument("--loss", default="mse+rank", help="one loss for every model (shipped GNN: mse+rank)")
+    parser.add_argument("--loss", default="mse+listnet", help="one loss for every model (shipped GNN: mse+listnet)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--patience", type=int, default=30)

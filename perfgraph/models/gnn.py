@@ -25,7 +25,8 @@ class GNNCostModel(NeuralCostModel):
     for every schedule), ``cost_terms`` (the head predicts coefficients of Halide's hand-designed
     cost terms and a free term instead of each stage's log cost:
     :mod:`~perfgraph.models.term_readout`). Training: the keywords of :class:`NeuralCostModel`, with its
-    defaults, except ``loss``, which defaults to ``mse+rank`` here (chosen by ``select_gnn.py``):
+    defaults, except ``loss``, which defaults to ``mse+listnet`` here (it beat ``mse+rank`` on every
+    validation metric over 5 seeds: ``benchmarks/compare_models.py``, ``benchmarks/RESULTS.md`` session 10):
     ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), ``features`` (``all``, or ``schedule``
     for the 39 schedule features only: :data:`~perfgraph.models.neural.FEATURE_SETS`), Adam ``lr``
     and ``weight_decay``, at most ``epochs`` epochs with early stopping after ``patience`` epochs
@@ -71,7 +72,7 @@ class GNNCostModel(NeuralCostModel):
         if not isinstance(cost_terms, bool):
             raise ValueError(f"cost_terms must be True or False, got {cost_terms!r}")
         self.schedule_edges, self.cost_terms = schedule_edges, cost_terms
-        super().__init__(**{"loss": "mse+rank", **training})
+        super().__init__(**{"loss": "mse+listnet", **training})
 
     def build_network(self) -> StageGNN:
         return StageGNN(
