@@ -10,10 +10,10 @@ workers at a time as ``perfgraph collect --workers 2`` runs them:
   moved by that many bytes). How far these move the run time is the part of the noise that fixing
   the layout hides but does not remove: a model cannot know which layout a schedule will meet.
 
-A measurement counts only when the worker's schedule has the stored schedule's features (Adams2019
-with a random-dropout seed does not always rebuild the same schedule: the collector stores such a
-re-measurement nowhere, and so does this benchmark); how many did not, and how many of those that did
-still had another schedule source (loop order, unrolling: what the features do not see), is printed.
+Random-weight configs are not picked (seeded from the clock, they give another schedule each time;
+the collector never re-measures them), and a measurement counts only when the worker's schedule has
+the stored schedule's features; how many did not, and how many schedules that did still came with
+several schedule sources (loop order, unrolling: what the features do not see), is printed.
 
 Prints, per comparison, the share of schedules whose two measurements differ by more than 10 % and
 20 %, the median |ln| gap, and the noise ceiling those log ratios give (every sample of this machine

@@ -19,8 +19,9 @@ pipeline Kendall tau; the issue's goal: >= 0.9).
 
 Nothing is written to the store (the measurements are re-measurements run outside ``collect``). A
 measurement counts only when the worker rebuilt the stored schedule (the same features): Adams2019
-with a random-dropout seed does not always do so, and before 2026-11-30 this script counted those
-too, which overstated the disagreement of both protocols (``benchmarks/noise_layout.py``).
+with random weights (seeded from the clock) gives another schedule each time, so such configs are
+not picked, as the collector never re-measures them. Before 2026-11-30 this script could pick them
+(session 7's run, ``benchmarks/data/noise_protocols_session7.json``, happened to pick none).
 """
 
 from __future__ import annotations
