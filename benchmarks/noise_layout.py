@@ -65,7 +65,11 @@ def summarize(store: Store, raw: dict) -> dict:
     runtimes = np.array([s.runtime_ms for s in samples])
     pipelines = np.array([s.pipeline_id for s in samples])
     by: dict[tuple[str, int], list[float]] = {}
-    kept = [m for m in raw["measurements"] if m.get("same_features", True)]
+    configs = store.execute("SELECT schedule_id, config FROM schedules").fetchall()
+    random_weights = {
+        sid for sid, config in configs if json.loads(config).get("random_weights")
+    }  # older runs picked some
+    kept = [m for m in raw["measurements"] if m.get("same_features", True) and m["schedule_id"] not in random_weights]
     sources: dict[int, set[str]] = {}
     for m in kept:
         sources.setdefault(m["schedule_id"], set()).add(m.get("source", ""))
@@ -99,7 +103,7 @@ def summarize(store: Store, raw: dict) -> dict:
         "quiet-v3 another layout": agreement(np.array(across), runtimes, pipelines),
         "median ln(max/min) over the layouts of a schedule": float(np.median(spread)) if spread else None,
         "mean_job_s": float(np.mean([m["job_s"] for m in raw["measurements"]])),
-        "measurements_of_another_schedule": len(raw["measurements"]) - len(kept),
+        "measurements_left_out": len(raw["measurements"]) - len(kept),  # random weights, or another schedule
         "schedules_with_several_sources": sum(1 for found in sources.values() if len(found) > 1),
         "not_fixed": sum(1 for m in raw["measurements"] if m["condition"].startswith("quiet-v3") and not m["fixed"]),
     }
