@@ -21,6 +21,7 @@ kind re-measured with them: :func:`perfgraph.evaluate.noise.noise_ceiling`, with
 tau). Nothing is written to the store.
 
     python benchmarks/noise_layout.py --db data/perfgraph.db --schedules 24 [--offsets 1024[,2048...]] [--json OUT]
+    python benchmarks/noise_layout.py --db data/perfgraph.db --schedule-ids 16587,16593 --repeats 4 --json OUT
     python benchmarks/noise_layout.py --db data/perfgraph.db --summarize OUT   # the report again
 """
 
@@ -76,8 +77,8 @@ def summarize(store: Store, raw: dict) -> dict:
     for m in kept:
         by.setdefault((m["condition"], m["schedule_id"]), []).append(m["min_ms"])
 
-    def pair_ratios(condition: str) -> np.ndarray:
-        return np.array([np.log(v[1] / v[0]) for (c, _), v in by.items() if c == condition and len(v) == 2])
+    def pair_ratios(condition: str) -> np.ndarray:  # the first two measurements of each schedule
+        return np.array([np.log(v[1] / v[0]) for (c, _), v in by.items() if c == condition and len(v) >= 2])
 
     schedules = sorted({sid for _, sid in by})
     across = []  # each other layout against the first measurement at layout 0
@@ -115,6 +116,14 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=24)
     parser.add_argument("--offsets", type=lambda s: [int(x) for x in s.split(",")], default=[1024])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--schedule-ids",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="these stored schedules, not a random pick",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="measurements per schedule under quiet-v2 and quiet-v3@0"
+    )
     parser.add_argument("--json", help="write the report, with every measurement, to this file")
     parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
     args = parser.parse_args()
@@ -137,6 +146,7 @@ def main() -> None:
     ]
     random.Random(args.seed + 1).shuffle(jobs)
     measurements: list[dict] = []
+    by_condition: dict[tuple[int, str], list[float]] = {}
     done = [0]
 
     def run(job: tuple[str, tuple]) -> None:
@@ -170,9 +180,13 @@ def main() -> None:
         )
         other = "" if same else " (another schedule: not counted)"
         print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms{other}", flush=True)
+        if args.schedule_ids:
+            by_condition.setdefault((schedule_id, name), []).append(round(measured["min_ms"], 4))
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(run, jobs))
+    for (schedule_id, name), times in sorted(by_condition.items()):
+        print(f"#{schedule_id} {name}: {times} ms")
     raw = {"machine": machine, "offsets": args.offsets, "measurements": measurements}
     report = summarize(store, raw)
     print(json.dumps(report, indent=2))
