@@ -137,13 +137,14 @@ def main() -> None:
         policies[f"quiet-v3@{offset}"] = TimingPolicy(layout_offset=offset)
     collectors = {name: Collector(store, CollectOptions(show_progress=False, timing=p)) for name, p in policies.items()}
     machine = collectors["quiet-v2"].machine_kind
-    chosen = pick_schedules(store, machine, args.schedules, args.seed)
-    jobs = [
-        (name, row)
-        for row in chosen
-        for name in policies
-        for _ in range(2 if name in ("quiet-v2", "quiet-v3@0") else 1)
-    ]
+    if args.schedule_ids:
+        query = "SELECT p.uri, p.pipeline_id, s.schedule_id, s.config FROM schedules s JOIN pipelines p USING (pipeline_id) "
+        rows = [store.execute(query + "WHERE s.schedule_id = ?", (sid,)).fetchone() for sid in args.schedule_ids]
+        chosen = [(uri, pid, sid, json.loads(config)) for uri, pid, sid, config in rows]
+    else:
+        chosen = pick_schedules(store, machine, args.schedules, args.seed)
+    twice = ("quiet-v2", "quiet-v3@0")
+    jobs = [(name, row) for row in chosen for name in policies for _ in range(args.repeats if name in twice else 1)]
     random.Random(args.seed + 1).shuffle(jobs)
     measurements: list[dict] = []
     by_condition: dict[tuple[int, str], list[float]] = {}
