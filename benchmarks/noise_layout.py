@@ -138,7 +138,8 @@ def main() -> None:
     collectors = {name: Collector(store, CollectOptions(show_progress=False, timing=p)) for name, p in policies.items()}
     machine = collectors["quiet-v2"].machine_kind
     if args.schedule_ids:
-        query = "SELECT p.uri, p.pipeline_id, s.schedule_id, s.config FROM schedules s JOIN pipelines p USING (pipeline_id) "
+        query = "SELECT p.uri, p.pipeline_id, s.schedule_id, s.config FROM schedules s JOIN pipelines p "
+        query += "USING (pipeline_id) "
         rows = [store.execute(query + "WHERE s.schedule_id = ?", (sid,)).fetchone() for sid in args.schedule_ids]
         chosen = [(uri, pid, sid, json.loads(config)) for uri, pid, sid, config in rows]
     else:
