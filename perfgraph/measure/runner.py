@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from perfgraph.measure.worker import EVENT_PREFIX
+from perfgraph.measure.worker import ADDR_NO_RANDOMIZE, EVENT_PREFIX
 
 FAILURE_KINDS = (
     "workload_error",
@@ -43,7 +43,6 @@ INTERRUPTED = "interrupted"
 _EXTERNAL_SIGNALS = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 STDERR_TAIL_LINES = 5
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
-_ADDR_NO_RANDOMIZE = 0x0040000  # personality flag (linux/personality.h): no address-space randomisation
 #: A fixed-layout worker's environment is padded so that its argv, environment and pointers to them
 #: fill a multiple of this many bytes: the initial stack, below them, then starts at one page offset.
 LAYOUT_PAD_BYTES = 4096
@@ -285,7 +284,7 @@ def _limit_worker(
     if personality is not None:
         current = personality(-1)  # 0xffffffff: query
         if current != -1:
-            personality(current | _ADDR_NO_RANDOMIZE)
+            personality(current | ADDR_NO_RANDOMIZE)
     os.sched_setaffinity(0, cpus)
     if memory_mb is not None:
         limit = memory_mb * 2**20

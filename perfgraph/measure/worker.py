@@ -299,11 +299,15 @@ def measure(job: dict) -> None:
     )
 
 
+#: Linux personality flag (linux/personality.h): no address-space layout randomisation.
+ADDR_NO_RANDOMIZE = 0x0040000
+
+
 def layout_is_fixed() -> bool:
     """Whether this process runs without address-space layout randomisation (``ADDR_NO_RANDOMIZE``)."""
     try:
         with open("/proc/self/personality") as flags:
-            return bool(int(flags.read(), 16) & 0x0040000)
+            return bool(int(flags.read(), 16) & ADDR_NO_RANDOMIZE)
     except (OSError, ValueError):
         return False
 
