@@ -70,7 +70,13 @@ def summarize(store: Store, raw: dict) -> dict:
     random_weights = {
         sid for sid, config in configs if json.loads(config).get("random_weights")
     }  # older runs picked some
-    kept = [m for m in raw["measurements"] if m.get("same_features", True) and m["schedule_id"] not in random_weights]
+    kept = [
+        m
+        for m in raw["measurements"]
+        if m.get("same_features", True)
+        and m["schedule_id"] not in random_weights
+        and (m["fixed"] or not m["condition"].startswith("quiet-v3"))  # a quiet-v3 arm whose layout was not fixed
+    ]
     sources: dict[int, set[str]] = {}
     for m in kept:
         sources.setdefault(m["schedule_id"], set()).add(m.get("source", ""))

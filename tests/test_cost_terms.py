@@ -67,6 +67,13 @@ def test_readout_recovers_raw_features_from_standardised_ones(real_samples):
     raw = torch.sign(graphs[0].x) * torch.expm1(graphs[0].x.abs())
     recovered = readout.raw_schedule_features(normalizer.transform(graphs[0]).x[:, SCHEDULE_SLICE])
     torch.testing.assert_close(recovered, raw[:, SCHEDULE_SLICE].double(), rtol=1e-4, atol=1e-3)
+    # The terms test counts exactly (inlined or not, serial or parallel): after the round trip through
+    # float32 standardisation they must see the same branches as on the raw features.
+    for sample, graph in zip(real_samples, graphs, strict=True):
+        exact = cost_terms(torch.from_numpy(sample.features[:, SCHEDULE_SLICE]).double(), 1)
+        again = cost_terms(readout.raw_schedule_features(normalizer.transform(graph).x[:, SCHEDULE_SLICE]), 1)
+        assert torch.equal(exact > 0, again > 0)
+        torch.testing.assert_close(again, exact, rtol=1e-4, atol=0.0)
     assert readout.term_offset.shape == (len(USED_TERMS),) and bool(torch.isfinite(readout.term_offset).all())
 
 

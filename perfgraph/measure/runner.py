@@ -261,8 +261,8 @@ def fixed_layout_environment(argv: list[str], env: dict[str, str], offset: int =
     env = {key: value for key, value in env.items() if key != LAYOUT_PAD_VARIABLE}
     env["PYTHONHASHSEED"] = "0"
     env[LAYOUT_PAD_VARIABLE] = ""
-    strings = sum(len(arg.encode()) + 1 for arg in [argv[0], *argv])  # the kernel also stores the exec path
-    strings += sum(len(key.encode()) + len(value.encode()) + 2 for key, value in env.items())
+    strings = sum(len(os.fsencode(arg)) + 1 for arg in [argv[0], *argv])  # the kernel also stores the exec path
+    strings += sum(len(os.fsencode(key)) + len(os.fsencode(value)) + 2 for key, value in env.items())
     pointers = 8 * (len(argv) + 1 + len(env) + 1)
     env[LAYOUT_PAD_VARIABLE] = "x" * ((offset - strings - pointers) % LAYOUT_PAD_BYTES)
     return env

@@ -4,7 +4,7 @@ Three measurement protocols (recorded with every measurement, ``MeasurementRecor
 
 * ``window-v1`` — the minimum of the repeats of one window of ``min_duration_s`` (0.5 s). Every
   measurement before 2026-11-30 was taken so.
-* ``quiet-v2`` (the default) — the repeats run in short bursts, each between two runs of a fixed
+* ``quiet-v2`` — the repeats run in short bursts, each between two runs of a fixed
   calibration kernel (:class:`Calibration`); a burst counts only when both calibration runs are within
   ``quiet_tolerance`` of the fastest calibration ever seen on these benchmark cores. On the 2-core VMs
   of this project the host makes a benchmark core 30-85 % slower for periods of one to tens of
@@ -13,10 +13,10 @@ Three measurement protocols (recorded with every measurement, ``MeasurementRecor
   reproduce. The calibration kernel sees the same periods (log-slowdown correlation 0.97 with a
   matmul benchmark over 360 quarter-second windows), so the quiet protocol waits them out, up to
   ``max_wait_s``; a measurement that found no quiet period is kept, marked ``quiet: false``.
-* ``quiet-v3`` (the default since 2026-11-30) — ``quiet-v2`` in a worker whose address space is laid
+* ``quiet-v3`` (the default, since session 10) — ``quiet-v2`` in a worker whose address space is laid
   out the same way every time (``fixed_layout``): started without address-space layout randomisation
   (Linux ``personality(ADDR_NO_RANDOMIZE)``, as ``setarch -R`` does), with ``PYTHONHASHSEED=0`` and
-  its environment padded to a fixed size, since the environment's size moves the initial stack
+  its environment padded to a fixed page offset, since the environment's size moves the initial stack
   (Mytkowicz et al., "Producing Wrong Data Without Doing Anything Obviously Wrong!", ASPLOS 2009).
   Under randomisation one schedule re-measured in fresh processes lands in two or more stable modes
   (0.37 ms and 0.81 ms for one DL block, each with a coefficient of variation under 4 %), which the

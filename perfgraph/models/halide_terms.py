@@ -112,6 +112,11 @@ def cost_terms(schedule_features: torch.Tensor, num_cores: int, is_output: torch
     if is_output is None:
         is_output = torch.zeros_like(is_parallel)
         is_output[..., 0] = True
+    elif is_output.dtype != torch.bool or is_output.shape != is_parallel.shape:
+        raise ValueError(
+            f"is_output must be a bool tensor of shape {tuple(is_parallel.shape)}, "
+            f"got {is_output.dtype} {tuple(is_output.shape)}"
+        )
     masks = (
         is_parallel.to(one.dtype),
         (~is_parallel & is_output).to(one.dtype),

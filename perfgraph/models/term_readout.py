@@ -67,7 +67,7 @@ class TermReadout(nn.Module):
         x = torch.cat([stages[:, SCHEDULE_SLICE] for stages in raw_stage_x]).double()
         is_output = torch.zeros(x.shape[0], dtype=torch.bool)
         is_output[torch.tensor([0] + [len(stages) for stages in raw_stage_x[:-1]]).cumsum(0)] = True
-        log_terms, has = self._log_terms(_expm1_signed(x), is_output)
+        log_terms, has = self._log_terms(_raw_values(x), is_output)
         log_sum = torch.where(has, log_terms, torch.zeros_like(log_terms)).sum(dim=0)
         count = has.sum(dim=0)
         mean = torch.where(count > 0, log_sum / count.clamp(min=1), torch.zeros_like(log_sum))
@@ -75,8 +75,13 @@ class TermReadout(nn.Module):
         return self
 
     def raw_schedule_features(self, schedule_x: torch.Tensor) -> torch.Tensor:
-        """Standardised schedule features (..., 39) back to Halide's raw values (float64)."""
-        return _expm1_signed(schedule_x.double() * self.schedule_std.double() + self.schedule_mean.double())
+        """Standardised schedule features (..., 39) back to Halide's raw values (float64).
+
+        Values within float32 rounding of an integer are snapped to it: the terms test counts exactly
+        (``inlined_calls == 0``, ``inner_parallelism > 1``), and a serial stage whose parallelism came
+        back as 1.0000000038 would be costed as a parallel one.
+        """
+        return _raw_values(schedule_x.double() * self.schedule_std.double() + self.schedule_mean.double())
 
     def forward(self, z: torch.Tensor, schedule_x: torch.Tensor, is_output: torch.Tensor) -> torch.Tensor:
         """Log cost (...) of every stage: ``z`` (..., NUM_OUTPUTS), ``schedule_x`` (..., 39) standardised.
@@ -97,6 +102,14 @@ class TermReadout(nn.Module):
         return torch.log(torch.where(has, terms, torch.ones_like(terms))), has
 
 
-def _expm1_signed(values: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`~perfgraph.features.graphs.signed_log1p`."""
-    return torch.sign(values) * torch.expm1(values.abs())
+#: Relative distance to an integer within which a recovered raw value is taken to be that integer:
+#: float32 standardised features carry about 1e-7 relative error in log space.
+SNAP_TOLERANCE = 1e-5
+
+
+def _raw_values(log_values: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`~perfgraph.features.graphs.signed_log1p`, snapped to integers within :data:`SNAP_TOLERANCE`."""
+    raw = torch.sign(log_values) * torch.expm1(log_values.abs())
+    nearest = raw.round()
+    close = (raw - nearest).abs() <= SNAP_TOLERANCE * nearest.abs().clamp(min=1.0)
+    return torch.where(close, nearest, raw)
