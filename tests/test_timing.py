@@ -86,28 +86,29 @@ def test_the_policy_names_its_protocol_and_refuses_a_layout_offset_outside_a_pag
             TimingPolicy(layout_offset=bad)
 
 
-def _stack_and_heap_addresses(env: dict[str, str]) -> str:
-    """Run a child under ``setarch -R`` (as the runner starts a fixed-layout worker) and report addresses."""
-    code = "import ctypes; b = ctypes.create_string_buffer(64); print(hex(ctypes.addressof(b)), hex(id(b)))"
-    argv = [sys.executable, "-c", code]
-    return subprocess.run(
-        ["setarch", "-R", *argv], env=fixed_layout_environment(argv, env), capture_output=True, text=True, check=True
-    ).stdout
+#: A child that prints where its stack starts (/proc/self/stat field 28, startstack).
+STACK_START_ARGV = [sys.executable, "-c", "print(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[25])"]
 
 
-def test_a_fixed_layout_worker_allocates_at_the_same_addresses_whatever_the_environment_holds():
+def _stack_start(env: dict[str, str]) -> int:
+    """Where the child, run under ``setarch -R`` (as the runner starts a fixed-layout worker), starts its stack."""
+    result = subprocess.run(["setarch", "-R", *STACK_START_ARGV], env=env, capture_output=True, text=True, check=True)
+    return int(result.stdout)
+
+
+def test_a_fixed_layout_worker_starts_its_stack_at_the_same_place_whatever_the_environment_holds():
     try:
         subprocess.run(["setarch", "-R", "true"], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("this host cannot run a process without address-space randomisation")
+    argv = STACK_START_ARGV
     base = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
-    first = _stack_and_heap_addresses(base)
-    assert first == _stack_and_heap_addresses(base)
-    assert first == _stack_and_heap_addresses({**base, "UNRELATED": "y" * 333})  # the padding absorbs it
-    padded = fixed_layout_environment(["python"], base, offset=512)
-    assert (
-        len(padded["PERFGRAPH_LAYOUT_PAD"]) - len(fixed_layout_environment(["python"], base)["PERFGRAPH_LAYOUT_PAD"])
-    ) % LAYOUT_PAD_BYTES == 512
+    longer = {**base, "UNRELATED": "y" * 333}
+    padded = _stack_start(fixed_layout_environment(argv, base))
+    assert padded == _stack_start(fixed_layout_environment(argv, longer))  # the padding absorbs the difference
+    assert _stack_start(base) != _stack_start(longer)  # without it the environment moves the stack
+    moved = _stack_start(fixed_layout_environment(argv, base, offset=512))
+    assert (padded - moved) % LAYOUT_PAD_BYTES == 512  # another offset: another, equally fixed, stack start
 
 
 def test_collected_measurements_say_whether_their_layout_was_fixed(tiny_db):
