@@ -28,22 +28,19 @@ tau). Nothing is written to the store.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import hashlib
 import json
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from noise_protocols import pick_schedules
+from noise_protocols import pick_schedules, remeasure
 
-from perfgraph.data.store import Store, features_hash
+from perfgraph.data.store import Store
 from perfgraph.evaluate.noise import noise_ceiling
-from perfgraph.measure.collector import CollectOptions, Collector, _Candidate
+from perfgraph.measure.collector import CollectOptions, Collector
 from perfgraph.measure.timing import TimingPolicy
-from perfgraph.schedules.autoscheduler import AutoschedulerConfig
 
 LOG_10PCT, LOG_20PCT = float(np.log(1.1)), float(np.log(1.2))
 
@@ -158,11 +155,8 @@ def main() -> None:
     done = [0]
 
     def run(job: tuple[str, tuple]) -> None:
-        name, (uri, pipeline_id, schedule_id, config) = job
-        candidate = _Candidate(uri, pipeline_id, -1, AutoschedulerConfig.from_json(config), repeat_of=schedule_id)
-        started = time.perf_counter()
-        result, _ = collectors[name]._measure(candidate)  # a re-measurement: nothing is claimed or stored
-        measured = result.events.get("measured")
+        name, (uri, _, schedule_id, _) = job
+        result, measured, same, job_s = remeasure(collectors[name], job[1])
         done[0] += 1
         if measured is None:
             print(
@@ -171,9 +165,6 @@ def main() -> None:
             return
         how = measured.get("conditions") or {}
         scheduled = result.events["scheduled"]
-        same = features_hash(base64.b64decode(scheduled["featurization"])) == collectors[name]._schedule_hash(
-            schedule_id
-        )
         measurements.append(
             {
                 "condition": name,
@@ -183,7 +174,7 @@ def main() -> None:
                 "fixed": bool(how.get("fixed_layout")),
                 "same_features": same,
                 "source": hashlib.sha1(scheduled["schedule_source"].encode()).hexdigest()[:12],
-                "job_s": time.perf_counter() - started,
+                "job_s": job_s,
             }
         )
         other = "" if same else " (another schedule: not counted)"

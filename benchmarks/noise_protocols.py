@@ -38,6 +38,7 @@ import numpy as np
 from perfgraph.data.store import Store, features_hash
 from perfgraph.evaluate.noise import noise_ceiling
 from perfgraph.measure.collector import CollectOptions, Collector, _Candidate
+from perfgraph.measure.runner import JobResult
 from perfgraph.measure.timing import TimingPolicy
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig
 
@@ -57,6 +58,23 @@ def pick_schedules(store: Store, kind: str, count: int, seed: int) -> list[tuple
     # Random-weight configs are seeded from the clock: autoscheduling one again gives another schedule.
     rows = [row for row in rows if row[3].get("beam_size", 1) == 1 and not row[3].get("random_weights")]
     return random.Random(seed).sample(rows, min(count, len(rows)))
+
+
+def remeasure(collector: Collector, row: tuple[str, int, int, dict]) -> tuple[JobResult, dict | None, bool, float]:
+    """Measure a stored schedule ``row`` (as :func:`pick_schedules` gives) again in a fresh worker; nothing is stored.
+
+    Returns the job's result, its ``measured`` event (``None`` on failure), whether the worker rebuilt
+    the stored schedule (the same features), and the job's seconds.
+    """
+    uri, pipeline_id, schedule_id, config = row
+    candidate = _Candidate(uri, pipeline_id, -1, AutoschedulerConfig.from_json(config), repeat_of=schedule_id)
+    started = time.perf_counter()
+    result, _ = collector._measure(candidate)  # a re-measurement: nothing is claimed or stored
+    measured = result.events.get("measured")
+    same = measured is not None and features_hash(
+        base64.b64decode(result.events["scheduled"]["featurization"])
+    ) == collector._schedule_hash(schedule_id)
+    return result, measured, same, time.perf_counter() - started
 
 
 def summarize(store: Store, raw: dict) -> dict:
@@ -112,19 +130,13 @@ def main() -> None:
     done = [0]
 
     def run(job: tuple[str, tuple]) -> None:
-        name, (uri, pipeline_id, schedule_id, config) = job
-        candidate = _Candidate(uri, pipeline_id, -1, AutoschedulerConfig.from_json(config), repeat_of=schedule_id)
-        started = time.perf_counter()
-        result, _ = collectors[name]._measure(candidate)  # a re-measurement: nothing is claimed or stored
-        measured = result.events.get("measured")
+        name, (uri, _, schedule_id, _) = job
+        result, measured, same, job_s = remeasure(collectors[name], job[1])
         done[0] += 1
         if measured is None:
             failure = f"{result.failure_kind} {result.failure_message}"
             print(f"[{done[0]}/{len(jobs)}] {name} {uri} #{schedule_id}: {failure}")
             return
-        job_s = time.perf_counter() - started
-        featurization = base64.b64decode(result.events["scheduled"]["featurization"])
-        same = features_hash(featurization) == collectors[name]._schedule_hash(schedule_id)
         measured_rows[name].append((schedule_id, measured["min_ms"], measured.get("conditions") or {}, job_s, same))
         how = measured.get("conditions")
         print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms {how}")
