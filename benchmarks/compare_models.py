@@ -49,6 +49,7 @@ from perfgraph.features.dataset import StageGraphDataset
 from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel
+from perfgraph.models.sequence import SequenceCostModel
 
 MODELS = ("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges", "no-graph-terms", "gnn-terms")
 DEFAULT_MACHINE = "amd-epyc/znver4-avx2"
@@ -61,11 +62,13 @@ def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, Neur
     """The models of :data:`MODELS`, untrained, with ``seed``; ``args.models`` picks which."""
     shipped = argparse.Namespace(**{**vars(args), "convs": [args.conv], "losses": [args.loss], "no_sequence": False})
     built = dict(candidates(shipped, seed))
-    gnn = built[f"gnn/{args.conv}"]
+    regularisation = {"dropout": args.dropout, "weight_decay": args.weight_decay}
+    gnn = GNNCostModel(**{**built[f"gnn/{args.conv}"].get_params(), **regularisation})
+    sequence = SequenceCostModel(**{**built["sequence/lstm"].get_params(), **regularisation})
     params = gnn.get_params()
     models = {
         "gnn": gnn,
-        "sequence": built["sequence/lstm"],
+        "sequence": sequence,
         "no-graph": GNNCostModel(**{**params, "layers": 0}),
         "schedule-only": GNNCostModel(**{**params, "features": "schedule"}),
         "schedule-edges": GNNCostModel(**{**params, "schedule_edges": True}),
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=30)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.0, help="every model's dropout (shipped: 0)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay (shipped: 0)")
     parser.add_argument(
         "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2], help="comma-separated"
     )
@@ -228,7 +233,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 #: Settings that must match for ``--resume`` to keep earlier runs.
-_RESUMABLE = ("db", "machine", "split", "conv", "layers", "loss", "hidden", "epochs", "patience", "lr", "batch_size")
+_RESUMABLE = (
+    *("db", "machine", "split", "conv", "layers", "loss", "hidden", "epochs", "patience", "lr", "batch_size"),
+    *("dropout", "weight_decay"),
+)
 
 
 def previous_runs(args: argparse.Namespace) -> list[dict]:
@@ -237,7 +245,8 @@ def previous_runs(args: argparse.Namespace) -> list[dict]:
         return []
     record = json.loads(args.json.read_text())
     ours = _settings(args)
-    differing = sorted(key for key in _RESUMABLE if record["command"].get(key) != ours[key])
+    defaults = {"dropout": 0.0, "weight_decay": 0.0}  # settings older records did not have
+    differing = sorted(key for key in _RESUMABLE if record["command"].get(key, defaults.get(key)) != ours[key])
     if differing:
         raise SystemExit(f"--resume: {args.json} was run with other settings: {', '.join(differing)}")
     return record["runs"]

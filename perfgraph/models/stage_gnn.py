@@ -52,6 +52,8 @@ class StageGNN(StageCostNetwork):
 
     With ``schedule_edges`` the convolutions read all :data:`~perfgraph.features.graphs.EDGE_ATTR_DIM`
     edge columns (the schedule edge features too), else the first ``PIPELINE_EDGE_ATTR_DIM``.
+    ``dropout`` applies to the encoded stages and to every layer's update (so it regularises the
+    network without message passing too); it is off at inference.
     With ``machine_features`` every encoded stage is modulated by its sample's machine
     (:class:`~perfgraph.models.stage_network.MachineFiLM`); with ``cost_terms`` the head mixes
     Halide's cost terms (:class:`~perfgraph.models.term_readout.TermReadout`).
@@ -80,7 +82,8 @@ class StageGNN(StageCostNetwork):
             raise ValueError(f"conv must be one of {sorted(CONVS)}, got {conv!r}")
 
     def node_heads(self, batch: Batch) -> torch.Tensor:
-        return self.refine(self.encode_stages(batch), batch.edge_index, batch.edge_attr[:, : self.edge_dim])
+        h = self.dropout(self.encode_stages(batch))
+        return self.refine(h, batch.edge_index, batch.edge_attr[:, : self.edge_dim])
 
     def refine(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to head outputs (nodes, head_outputs)."""
