@@ -15,6 +15,7 @@ from perfgraph.evaluate.metrics import (
     evaluate_predictions,
     kendall_tau_by_pipeline,
     mape,
+    mape_factor,
     mean_kendall_tau,
     mean_spearman,
     median_ape,
@@ -70,6 +71,23 @@ def test_rmse_log_is_the_root_mean_squared_natural_log_ratio():
 def test_r2_is_computed_on_log_run_time():
     # ln measured = [0, 2], mean 1, SS_tot = 2; ln predicted = [1, 2], SS_res = 1: R² = 1 - 1/2
     assert r2_log([math.e, math.e**2], [1.0, math.e**2]) == pytest.approx(0.5)
+
+
+def test_mape_factor_is_the_scale_with_the_lowest_mape():
+    # log-normal errors of sd 0.5: the factor is near exp(-0.25) and no other scale does better
+    rng = np.random.default_rng(0)
+    measured = rng.uniform(0.1, 10.0, 2000)
+    predicted = measured * np.exp(rng.normal(0.0, 0.5, measured.size))
+    factor = mape_factor(predicted, measured)
+    assert factor == pytest.approx(math.exp(-0.25), abs=0.05)
+    best = mape(factor * predicted, measured)
+    assert all(best <= mape(scale * predicted, measured) + 1e-9 for scale in np.linspace(0.3, 1.5, 121))
+    assert best < mape(predicted, measured)
+
+
+def test_mape_factor_refuses_a_non_positive_prediction():
+    with pytest.raises(ValueError):
+        mape_factor([1.0, 0.0], [1.0, 1.0])
 
 
 def test_mape_accepts_a_negative_prediction_but_log_metrics_refuse_it():

@@ -105,6 +105,26 @@ def mape(predicted_ms: ArrayLike, measured_ms: ArrayLike) -> float:
     return float(np.mean(absolute_percentage_errors(predicted_ms, measured_ms)))
 
 
+def mape_factor(predicted_ms: ArrayLike, measured_ms: ArrayLike) -> float:
+    """The constant ``a`` that minimises ``mape(a * predicted, measured)``: a MAPE calibration.
+
+    A model trained on the squared log error predicts the median run time, and under a spread of
+    errors the point that minimises the expected *relative* error lies below the median (for a
+    log-normal error of sd ``s``, by the factor ``exp(-s**2)``). The exact minimiser of
+    ``sum(|a * r_i - 1|)``, ``r_i = predicted_i / measured_i``, is the weighted median of ``1 / r_i``
+    with weights ``r_i`` (the objective is convex and piecewise linear in ``a``). Fit it on
+    validation data and apply it to test data; it leaves every ranking metric unchanged.
+
+    >>> mape_factor([2.0, 4.0, 6.0], [1.0, 2.0, 3.0])
+    0.5
+    """
+    predicted, measured = _checked(predicted_ms, measured_ms, positive_prediction=True)
+    ratio = predicted / measured
+    order = np.argsort(1.0 / ratio)
+    weight = np.cumsum(ratio[order])
+    return float(1.0 / ratio[order][np.searchsorted(weight, weight[-1] / 2.0)])
+
+
 def median_ape(predicted_ms: ArrayLike, measured_ms: ArrayLike) -> float:
     """Median absolute percentage error, in percent; unlike MAPE, not dominated by a few outliers."""
     return float(np.median(absolute_percentage_errors(predicted_ms, measured_ms)))
