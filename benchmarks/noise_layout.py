@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the report, with every measurement, to this file")
     parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
     args = parser.parse_args()
+    if args.repeats < 2:
+        parser.error(f"--repeats must be at least 2 (agreement needs two measurements), got {args.repeats}")
     store = Store(args.db)
     if args.summarize:
         with open(args.summarize) as saved:

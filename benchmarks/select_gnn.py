@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--losses",
         type=lambda s: s.split(","),
-        default=["mse", "mse+rank", "relative"],
+        default=["mse", "mse+rank", "mse+listnet"],
         help="comma-separated loss names, e.g. mse,mse+0.5*rank",
     )
     parser.add_argument("--hidden", type=int, default=64)

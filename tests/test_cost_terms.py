@@ -70,7 +70,7 @@ def test_readout_recovers_raw_features_from_standardised_ones(real_samples):
     # The terms test counts exactly (inlined or not, serial or parallel): after the round trip through
     # float32 standardisation they must see the same branches as on the raw features.
     for sample, graph in zip(real_samples, graphs, strict=True):
-        exact = cost_terms(torch.from_numpy(sample.features[:, SCHEDULE_SLICE]).double(), 1)
+        exact = cost_terms(torch.tensor(sample.features[:, SCHEDULE_SLICE], dtype=torch.float64), 1)
         again = cost_terms(readout.raw_schedule_features(normalizer.transform(graph).x[:, SCHEDULE_SLICE]), 1)
         assert torch.equal(exact > 0, again > 0)
         torch.testing.assert_close(again, exact, rtol=1e-4, atol=0.0)
