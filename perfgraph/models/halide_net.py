@@ -17,7 +17,6 @@ uniformly from [-0.5, 0.5], Adam with epsilon 1e-5, and either Halide's own rela
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from perfgraph.features.layout import (
 )
 from perfgraph.models.base import CostModel, NotFittedError, ReplayBuffer, measured_runtimes
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
+from perfgraph.models.early_stopping import EarlyStopping
 from perfgraph.models.halide_terms import (
     CONV1_CHANNELS,
     HEAD1_CHANNELS,
@@ -218,20 +218,15 @@ class HalideCostModel(CostModel):
         self.network_ = AdamsNetwork(self.num_cores, generator)
         optimizer = self._optimizer()
         rng = np.random.default_rng(self.seed)
-        best_loss, best_state, stale = math.inf, copy.deepcopy(self.network_.state_dict()), 0
+        stopper = EarlyStopping(self.network_, self.patience)
         self.history_ = []
         for epoch in range(self.epochs):
             train_loss = self._train_epoch(train_batches, optimizer, rng)
             valid_loss = self._mean_loss(valid_batches) if valid_batches else math.nan
             self.history_.append((epoch, train_loss, valid_loss))
-            monitored = valid_loss if valid_batches else train_loss
-            if monitored < best_loss:
-                best_loss, best_state, stale = monitored, copy.deepcopy(self.network_.state_dict()), 0
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        self.network_.load_state_dict(best_state)
+            if stopper.step(valid_loss if valid_batches else train_loss, self.network_):
+                break
+        stopper.restore(self.network_)
         self._calibrate(train)
         self.replay_ = ReplayBuffer(self.replay, self.seed)
         self.replay_.add(train_batches)

@@ -1,7 +1,8 @@
 """The training loop every neural cost model uses, and its loss curve.
 
 :func:`train_network` fits any :class:`~perfgraph.models.stage_network.StageCostNetwork` to graphs
-with Adam, early stopping on the validation loss (with patience) and a restore of the best weights.
+with Adam, early stopping on the validation loss and a restore of the best weights (the rule of
+:class:`~perfgraph.models.early_stopping.EarlyStopping`, which Halide's network shares).
 Batches keep the schedules of one pipeline (on one machine kind) together, so that a ranking loss
 always has pairs to compare; which pipelines share a batch is shuffled every epoch. The returned log
 is a list of plain dicts, one per epoch, ready for JSON and for checkpoints.
@@ -13,7 +14,6 @@ DistributedDataParallel and each rank trains on its share of the batches
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from perfgraph.evaluate.metrics import mape, rmse_log
 from perfgraph.models.distributed import Ranks, current_ranks, shard_batches, wrap
+from perfgraph.models.early_stopping import EarlyStopping
 from perfgraph.models.stage_network import StageCostNetwork
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -174,7 +175,7 @@ def train_network(
     validate = ranks.is_main and bool(valid_graphs)  # rank 0 alone validates
     valid_batches = [batch for _, batch in collate_batches(valid_graphs, batch_size, None, device)] if validate else []
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
-    best_score, best_state, since_best = math.inf, copy.deepcopy(network.state_dict()), 0
+    stopper = EarlyStopping(network, patience)
     log: list[dict] = []
     shown = progress and ranks.is_main
     bar = tqdm(range(first_epoch, first_epoch + epochs), desc=desc, disable=not shown, leave=False)
@@ -207,18 +208,15 @@ def train_network(
         score = entry["valid_loss"] if valid_graphs else entry["train_loss"]
         if not math.isfinite(score):
             raise FloatingPointError(f"epoch {epoch}: loss became {score}; lower lr (now {lr})")
-        if score < best_score:
-            best_score, best_state, since_best = score, copy.deepcopy(network.state_dict()), 0
-        else:
-            since_best += 1
+        stop = stopper.step(score, network)
         bar.set_postfix(
             train=f"{entry['train_loss']:.4f}",
             valid="-" if entry["valid_loss"] is None else f"{entry['valid_loss']:.4f}",
         )
-        if since_best >= patience:  # the same rule as HalideCostModel.fit: patience epochs without improvement
+        if stop:
             break
     bar.close()
-    network.load_state_dict(best_state)
+    stopper.restore(network)
     network.eval()
     return log
 
