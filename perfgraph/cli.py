@@ -516,7 +516,7 @@ def _model_names(checkpoints: Sequence[Path]) -> dict[str, Path]:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from perfgraph.models.adapt import adapt, few_shot_samples
+    from perfgraph.models.adapt import adapt, few_shot_samples, reads_machines
     from perfgraph.models.registry import load_model
     from perfgraph.models.train import evaluate_model
 
@@ -526,20 +526,31 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     split = _split(_machine_samples(store, args.machine, quiet=True), "test")
     model = load_model(args.model)
     shots = few_shot_samples(split.train, args.samples, seed=args.seed)
-    before = evaluate_model(model, split.test) if split.test else {}
-    adapt(model, shots, epochs=args.epochs)
+    # A machine-aware model rehearses the other kinds it was trained on, so that it does not forget them.
+    kept = [k for k in model.machine_kinds if k != args.machine and k in store.samples_by_machine_kind()]
+    old = {k: _split(store.samples(machine=k), "test") for k in kept} if reads_machines(model) and args.replay else {}
+    replay = few_shot_samples([s for part in old.values() for s in part.train], args.replay, seed=args.seed)
+    scored = {args.machine: split.test, **{k: part.test for k, part in old.items()}}
+    before = {k: evaluate_model(model, test) for k, test in scored.items() if test}
+    adapt(model, shots, epochs=args.epochs, replay=replay)
     model.machine_kinds = tuple(dict.fromkeys([*model.machine_kinds, args.machine]))
-    after = evaluate_model(model, split.test) if split.test else {}
+    after = {k: evaluate_model(model, test) for k, test in scored.items() if test}
     model.save(args.out)
     print(
         f"adapted {args.model} to machine {args.machine} on {len(shots)} samples of "
         f"{len({s.pipeline_id for s in shots})} training pipelines ({args.epochs} epochs)"
+        + (f", replaying {len(replay)} samples of {', '.join(old)}" if replay else "")
     )
-    for name, metrics in (("before", before), ("after", after)):
-        if metrics:
-            print(
-                f"{name:6s} test ({len(split.test)} samples) " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            )
+    if kept and not replay:
+        why = "it does not read the machine" if not reads_machines(model) else "--replay 0"
+        print(f"(no replay of {', '.join(kept)}: {why}; its predictions for them may drift)")
+    for kind, test in scored.items():
+        for name, metrics in (("before", before.get(kind)), ("after", after.get(kind))):
+            if metrics:
+                print(
+                    f"{name:6s} {kind} test ({len(test)} samples) "
+                    + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                )
     print(f"wrote {args.out}")
     return 0
 
@@ -710,6 +721,13 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--machine", required=True, help="the new machine kind (perfgraph stats lists them)")
     adapt.add_argument("--samples", type=_POSITIVE, default=128, metavar="N", help="samples of its training pipelines")
     adapt.add_argument("--epochs", type=_POSITIVE, default=30, help="fine-tuning epochs")
+    adapt.add_argument(
+        "--replay",
+        type=_COUNT,
+        default=4096,
+        metavar="N",
+        help="a machine-aware model replays N training samples of the other kinds it knows (0: none)",
+    )
     adapt.add_argument("--seed", type=int, default=0)
     adapt.add_argument("--out", type=Path, required=True, help="the adapted checkpoint to write")
     adapt.set_defaults(run=cmd_adapt)

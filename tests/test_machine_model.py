@@ -204,3 +204,51 @@ def test_predict_ranks_candidates_for_a_stored_machine_kind_and_refuses_a_blind_
     assert "machine-blind" in capsys.readouterr().err
     assert main([*command, "--model", str(tmp_path / "aware.pt"), "--machine", "nosuch/avx2"]) == 2
     assert "no record of that machine kind" in capsys.readouterr().err
+
+
+def test_adapting_a_machine_aware_model_with_replay_keeps_what_it_knew_of_the_other_machine(machine_aware):
+    import copy
+
+    from perfgraph.models.adapt import adapt
+
+    samples = two_machines()
+    zen4 = [s for s in samples if s.machine_kind == ZEN4.kind]
+    # The Xeon re-measured: a third ordering, so that fine-tuning has something to unlearn.
+    xeon = on(XEON, zen4, runtime=lambda s: float(1e-3 * s.features[:, 6].sum()))
+    before = np.log(machine_aware.predict(zen4))
+    drift = {}
+    for name, replay in (("none", []), ("replay", zen4)):
+        adapted = adapt(copy.deepcopy(machine_aware), xeon, epochs=20, replay=replay)
+        assert adapted.replay_.seen == len(replay) + len(xeon)
+        drift[name] = float(np.mean(np.abs(np.log(adapted.predict(zen4)) - before)))
+    assert drift["replay"] < 0.7 * drift["none"], drift
+    with pytest.raises(ValueError, match="does not read the machine"):
+        adapt(GNNCostModel(**TRAINING).fit(zen4, []), xeon, replay=zen4)
+
+
+def test_the_cli_adapts_a_machine_aware_model_replaying_the_kind_it_already_knew(tiny_db, tmp_path, capsys):
+    import shutil
+
+    from perfgraph.cli import main
+    from perfgraph.data.store import Store
+
+    from .test_machines import _measurement
+
+    db = tmp_path / "two.db"
+    shutil.copy(tiny_db, db)
+    with Store(db) as store:  # the tiny store's schedules (this host's kind), again on another kind, twice as slow
+        first = store.default_machine_kind()
+        second = XEON if first != XEON.kind else ZEN4
+        machine_id = store.machine_id(second)
+        for sample in store.samples():
+            store.add_measurement(sample.schedule_id, machine_id, _measurement(2.0 * sample.runtime_ms))
+    model, out = tmp_path / "aware.pt", tmp_path / "adapted.pt"
+    train = ["train", "--db", str(db), "--model", "gnn", "--layers", "0", "--machine", "all", "--machine-features"]
+    assert main([*train, "--epochs", "2", "--out", str(model)]) == 0
+    capsys.readouterr()
+    adapt = ["adapt", "--db", str(db), "--model", str(model), "--machine", second.kind, "--samples", "4"]
+    assert main([*adapt, "--epochs", "1", "--replay", "6", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"replaying 6 samples of {first}" in printed
+    assert f"after  {first} test" in printed and f"after  {second.kind} test" in printed
+    assert load_model(out).machine_kinds == load_model(model).machine_kinds

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from perfgraph.data.records import Sample
+from perfgraph.features.graphs import as_graphs, measured_only
 from perfgraph.models.base import CostModel, ReplayBuffer, measured_runtimes
 
 T = TypeVar("T", bound=Sample)
@@ -47,24 +48,46 @@ def few_shot_samples(samples: Sequence[T], n: int, seed: int = 0) -> list[T]:
     return picked
 
 
-def adapt(model: CostModel, samples: Sequence[Sample], epochs: int | None = None) -> CostModel:
+def reads_machines(model: CostModel) -> bool:
+    """Whether ``model`` (or every member of an ensemble) reads each sample's machine (``machine_features``)."""
+    parts = getattr(model, "members_", None) or [model]
+    return all(getattr(part, "machine_features", False) for part in parts)
+
+
+def adapt(
+    model: CostModel, samples: Sequence[Sample], epochs: int | None = None, replay: Sequence[Sample] = ()
+) -> CostModel:
     """Fine-tune ``model`` in place on ``samples`` of the new machine; returns it.
 
     ``epochs`` overrides the model's ``update_epochs`` (neural and Halide networks, each member of an
     ensemble); XGBoost models retrain on the samples, as their ``update`` does. The replay buffers
     of the neural and Halide networks are emptied first: run times of the old machine must not be
-    replayed as labels of the new one. (An XGBoost model fitted in this process retrains on what it
-    saw before too; one loaded from a checkpoint, the usual case, has seen nothing.)
-    Raises ``ValueError`` for unmeasured samples.
+    replayed as labels of the new one. A machine-aware model (:func:`reads_machines`) can keep what
+    it knows of its other machines: ``replay`` samples, measured on them and labelled with their own
+    machine, refill its buffers, and every update trains on as many of them as on new samples
+    (rehearsal). (An XGBoost model fitted in this process retrains on what it saw before too; one
+    loaded from a checkpoint, the usual case, has seen nothing.)
+    Raises ``ValueError`` for unmeasured samples, and for ``replay`` given to a model that does not
+    read the machine (it would learn the other machines' run times as this one's).
     """
     measured_runtimes(samples)
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    replayed: list = []
+    if replay:
+        if not reads_machines(model):
+            raise ValueError(
+                f"replay: {model.name} does not read the machine (machine_features=False), so samples of "
+                "other machines cannot be replayed to it; adapt it without replay"
+            )
+        measured_runtimes(replay)
+        replayed = measured_only(as_graphs(replay), "replay")
     for part in (model, *getattr(model, "members_", ())):
         if epochs is not None and hasattr(part, "update_epochs"):
             part.update_epochs = epochs
         if isinstance(getattr(part, "replay_", None), ReplayBuffer):
             part.replay_ = ReplayBuffer(part.replay_.capacity, part.seed)
+            part.replay_.add(replayed)
     if samples:
         model.update(samples)
     return model
