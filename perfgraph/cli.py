@@ -528,7 +528,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     shots = few_shot_samples(split.train, args.samples, seed=args.seed)
     # A machine-aware model rehearses the other kinds it was trained on, so that it does not forget them.
     kept = [k for k in model.machine_kinds if k != args.machine and k in store.samples_by_machine_kind()]
-    old = {k: _split(store.samples(machine=k), "test") for k in kept} if reads_machines(model) and args.replay else {}
+    old = {k: _split(store.samples(machine=k), "test") for k in kept} if reads_machines(model) else {}
     replay = few_shot_samples([s for part in old.values() for s in part.train], args.replay, seed=args.seed)
     scored = {args.machine: split.test, **{k: part.test for k, part in old.items()}}
     before = {k: evaluate_model(model, test) for k, test in scored.items() if test}
