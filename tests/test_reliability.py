@@ -199,3 +199,24 @@ def test_an_unexpected_end_of_file_is_a_one_line_error(tmp_path, monkeypatch, ca
     monkeypatch.setattr(cli, "cmd_stats", stats_of_a_truncated_file)
     assert main(["stats", "--db", str(tmp_path / "s.db")]) == 2
     assert f"--db {tmp_path / 's.db'}: ends too early (Compressed file ended" in one_line_error(capsys)
+
+
+def test_a_schedule_that_unrolls_a_loop_of_unknown_extent_compiles_with_that_loop_serial(monkeypatch):
+    # Adams2019 sometimes unrolls such a loop (halide/Halide#4271); Halide's autotune loop permits it.
+    import types
+
+    import halide as hl
+    import numpy as np
+
+    from perfgraph.measure.worker import _compile
+    from perfgraph.schedules.autoscheduler import benchmark_target
+
+    monkeypatch.delenv("HL_PERMIT_FAILED_UNROLL", raising=False)
+    x, image = hl.Var("x"), hl.ImageParam(hl.Float(32), 1, "image")
+    doubled = hl.Func("doubled")
+    doubled[x] = image[x] * 2.0
+    doubled.unroll(x)  # the output's extent: known only when it runs
+    run, names = _compile(types.SimpleNamespace(pipeline=hl.Pipeline(doubled)), benchmark_target())
+    data, out = np.arange(10, dtype=np.float32), np.zeros(10, dtype=np.float32)
+    run(hl.Buffer(data), hl.Buffer(out))
+    assert names == ["image"] and out.tolist() == (2 * data).tolist()

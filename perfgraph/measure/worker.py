@@ -32,7 +32,16 @@ def emit(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+#: Adams2019 sometimes unrolls a loop whose extent is only constant under the estimates
+#: (halide/Halide#4271), and lowering then fails with "Can only unroll for loops over a constant
+#: extent". Halide's own autotuning loop (``src/autoschedulers/adams2019/autotune_loop.sh``) sets this
+#: variable so that such a loop stays serial (with a warning on stderr) and the schedule is measured.
+PERMIT_FAILED_UNROLL = ("HL_PERMIT_FAILED_UNROLL", "1")
+
+
 def _compile(built, target):  # type: ignore[no-untyped-def]
+    """Compile ``built``'s pipeline for ``target``; returns the callable and its argument names in order."""
+    os.environ.setdefault(*PERMIT_FAILED_UNROLL)  # read by Halide's UnrollLoops when it lowers
     arguments = built.pipeline.infer_arguments()
     callable_ = built.pipeline.compile_to_callable(arguments, target)
     return callable_, [a.name for a in arguments]
