@@ -528,7 +528,12 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     shots = few_shot_samples(split.train, args.samples, seed=args.seed)
     # A machine-aware model rehearses the other kinds it was trained on, so that it does not forget them.
     kept = [k for k in model.machine_kinds if k != args.machine and k in store.samples_by_machine_kind()]
-    old = {k: _split(store.samples(machine=k), "test") for k in kept} if reads_machines(model) else {}
+    old = {}
+    for kind in kept if reads_machines(model) else []:
+        try:
+            old[kind] = _split(store.samples(machine=kind), "test")
+        except CliError as error:  # too few pipelines of that kind to split: neither replayed nor scored
+            print(f"perfgraph: machine {kind}: {error}; not replayed", file=sys.stderr)
     replay = few_shot_samples([s for part in old.values() for s in part.train], args.replay, seed=args.seed)
     scored = {args.machine: split.test, **{k: part.test for k, part in old.items()}}
     before = {k: evaluate_model(model, test) for k, test in scored.items() if test}

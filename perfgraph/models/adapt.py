@@ -17,6 +17,7 @@ from typing import TypeVar
 from perfgraph.data.records import Sample
 from perfgraph.features.graphs import as_graphs, measured_only
 from perfgraph.models.base import CostModel, ReplayBuffer, measured_runtimes
+from perfgraph.models.neural import NeuralCostModel, require_machines
 
 T = TypeVar("T", bound=Sample)
 
@@ -81,13 +82,15 @@ def adapt(
                 "other machines cannot be replayed to it; adapt it without replay"
             )
         measured_runtimes(replay)
+        require_machines(replay, "replay", model.name)
         replayed = measured_only(as_graphs(replay), "replay")
     for part in (model, *getattr(model, "members_", ())):
         if epochs is not None and hasattr(part, "update_epochs"):
             part.update_epochs = epochs
         if isinstance(getattr(part, "replay_", None), ReplayBuffer):
             part.replay_ = ReplayBuffer(part.replay_.capacity, part.seed)
-            part.replay_.add(replayed)
+            if isinstance(part, NeuralCostModel):  # graphs; only neural models read the machine
+                part.replay_.add(replayed)
     if samples:
         model.update(samples)
     return model

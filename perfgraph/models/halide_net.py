@@ -186,7 +186,7 @@ class HalideCostModel(CostModel):
             ("max_batch_size", max_batch_size),
             ("min_schedules_per_pipeline", min_schedules_per_pipeline),
         ):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{argument} must be a positive integer, got {value!r}")
         if not isinstance(update_epochs, int) or update_epochs < 0:
             raise ValueError(f"update_epochs must be a non-negative integer, got {update_epochs!r}")
