@@ -527,9 +527,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     shots = few_shot_samples(split.train, args.samples, seed=args.seed)
     # A machine-aware model rehearses the other kinds it was trained on, so that it does not forget them.
-    kept = [k for k in model.machine_kinds if k != args.machine and k in store.samples_by_machine_kind()]
+    in_store = store.samples_by_machine_kind()
+    kept = [k for k in model.machine_kinds if k != args.machine and k in in_store]
+    aware = reads_machines(model)
     old = {}
-    for kind in kept if reads_machines(model) else []:
+    for kind in kept if aware else []:
         try:
             old[kind] = _split(store.samples(machine=kind), "test")
         except CliError as error:  # too few pipelines of that kind to split: neither replayed nor scored
@@ -547,7 +549,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         + (f", replaying {len(replay)} samples of {', '.join(old)}" if replay else "")
     )
     if kept and not replay:
-        why = "it does not read the machine" if not reads_machines(model) else "--replay 0"
+        why = "it does not read the machine" if not aware else "--replay 0"
         print(f"(no replay of {', '.join(kept)}: {why}; its predictions for them may drift)")
     for kind, test in scored.items():
         for name, metrics in (("before", before.get(kind)), ("after", after.get(kind))):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from perfgraph.data.records import Sample
-from perfgraph.features.graphs import as_graphs, measured_only
+from perfgraph.features.graphs import as_graphs
 from perfgraph.models.base import CostModel, ReplayBuffer, measured_runtimes
 from perfgraph.models.neural import NeuralCostModel, require_machines
 
@@ -83,7 +83,7 @@ def adapt(
             )
         measured_runtimes(replay)
         require_machines(replay, "replay", model.name)
-        replayed = measured_only(as_graphs(replay), "replay")
+        replayed = as_graphs(replay)
     for part in (model, *getattr(model, "members_", ())):
         if epochs is not None and hasattr(part, "update_epochs"):
             part.update_epochs = epochs
