@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=30)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="train on this share of the training pipelines, drawn per seed, nested (a learning curve)",
+    )
     parser.add_argument("--dropout", type=float, default=0.0, help="every model's dropout (shipped: 0)")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay (shipped: 0)")
     parser.add_argument(
@@ -175,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         "--resume", action="store_true", help="keep the runs already in --json (same settings) and add the missing ones"
     )
     args = parser.parse_args(argv)
+    if not 0.0 < args.train_fraction <= 1.0:
+        parser.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"--models: unknown {unknown}; choose from {','.join(MODELS)}")
@@ -194,11 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     runs = previous_runs(args)
     done = {(run["model"], run["seed"]) for run in runs}
     for seed in args.seeds:  # seed by seed, so that a cut-short run has whole seeds
+        train = training_subset(parts.train, args.train_fraction, seed)
+        if args.train_fraction < 1.0:
+            print(f"seed {seed}: {len(train)} training samples / {len({g.pipeline_name for g in train})} pipelines")
         for name, model in models_for_seed(args, seed):
             if (name, seed) in done:
                 continue
             fit_started = time.perf_counter()
-            model.fit(parts.train, parts.valid)
+            model.fit(train, parts.valid)
             run = {
                 "model": name,
                 "seed": seed,
@@ -235,8 +246,32 @@ def main(argv: list[str] | None = None) -> None:
 #: Settings that must match for ``--resume`` to keep earlier runs.
 _RESUMABLE = (
     *("db", "machine", "split", "conv", "layers", "loss", "hidden", "epochs", "patience", "lr", "batch_size"),
-    *("dropout", "weight_decay"),
+    *("dropout", "weight_decay", "train_fraction"),
 )
+
+
+def training_subset(train: Sequence[Data], fraction: float, seed: int) -> list[Data]:
+    """The graphs of a ``fraction`` of the training pipelines (at least one), drawn with ``seed``.
+
+    The pipelines are shuffled once per seed and the first ``ceil(fraction * n)`` kept, so for one seed a
+    smaller fraction's pipelines are a subset of a larger one's: the points of a learning curve differ
+    only by the data added.
+
+    >>> graphs = [Data(pipeline_name=f"p{i // 2}") for i in range(8)]  # 4 pipelines, 2 samples each
+    >>> half = training_subset(graphs, 0.5, seed=0)
+    >>> len(half), len({g.pipeline_name for g in half})
+    (4, 2)
+    >>> {g.pipeline_name for g in half} <= {g.pipeline_name for g in training_subset(graphs, 0.75, seed=0)}
+    True
+    >>> training_subset(graphs, 1.0, seed=0) == list(graphs)
+    True
+    """
+    if fraction >= 1.0:
+        return list(train)
+    names = sorted({graph.pipeline_name for graph in train})
+    order = np.random.default_rng(seed).permutation(len(names))
+    kept = {names[i] for i in order[: max(1, math.ceil(fraction * len(names)))]}
+    return [graph for graph in train if graph.pipeline_name in kept]
 
 
 def previous_runs(args: argparse.Namespace) -> list[dict]:
@@ -245,7 +280,7 @@ def previous_runs(args: argparse.Namespace) -> list[dict]:
         return []
     record = json.loads(args.json.read_text())
     ours = _settings(args)
-    defaults = {"dropout": 0.0, "weight_decay": 0.0}  # settings older records did not have
+    defaults = {"dropout": 0.0, "weight_decay": 0.0, "train_fraction": 1.0}  # settings older records did not have
     differing = sorted(key for key in _RESUMABLE if record["command"].get(key, defaults.get(key)) != ours[key])
     if differing:
         raise SystemExit(f"--resume: {args.json} was run with other settings: {', '.join(differing)}")
