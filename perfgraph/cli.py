@@ -316,7 +316,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _warn_if_unseen_machine(model, args.model, machine.kind if machine else None)
     with _progress(args.candidates, "featurizing", quiet=args.json) as bar:
         result = predict_candidates(
-            uri, model, n=args.candidates, workers=args.workers, on_candidate=bar.update, machine=machine
+            uri,
+            model,
+            n=args.candidates,
+            workers=args.workers,
+            on_candidate=bar.update,
+            machine=machine,
+            memory_mb=args.memory_mb,
         )
     if args.out:
         result.write_sources(args.out)
@@ -341,7 +347,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         weights = None if args.beam_seed == "shipped" else args.beam_seed
         if weights is not None and not Path(weights).is_file():
             raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
-        graph = analyse_stage_graph(uri)
+        graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)
         seeds = [beam_seed(graph, None if weights is None else str(Path(weights).resolve()))]
     result = tune(
         uri,
@@ -354,6 +360,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         on_progress=say,
         seeds=seeds,
         graph=graph,
+        memory_mb=args.memory_mb,
     )
     if result.best is not None:
         write_schedule_file(result, args.out)
@@ -411,6 +418,18 @@ def _pipeline_uri(spec: str) -> str:
     if not path.is_file():
         raise CliError(f"--pipeline {spec!r}: no such file {str(path)!r}")
     return uri
+
+
+def _add_memory_option(parser: argparse.ArgumentParser, permanence: str = "") -> None:
+    """``--memory-mb N``: every worker process's address-space cap (``collect``, ``predict``, ``schedule``)."""
+    parser.add_argument(
+        "--memory-mb",
+        type=_at_least(MIN_WORKER_MEMORY_MB),
+        metavar="N",
+        help=f"cap each worker's address space at N MiB; a candidate that needs more fails as out_of_memory"
+        f"{permanence} (default: no limit; at least {MIN_WORKER_MEMORY_MB}; a worker reserves 0.3-1.2 GiB: 4096 is "
+        "sensible)",
+    )
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -616,13 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="stop at K candidates even when duplicates leave fewer than K measured schedules",
     )
-    collect.add_argument(
-        "--memory-mb",
-        type=_at_least(MIN_WORKER_MEMORY_MB),
-        metavar="N",
-        help="cap each worker's address space at N MiB; a candidate that needs more fails as out_of_memory, for "
-        f"good (default: no limit; at least {MIN_WORKER_MEMORY_MB}; a worker reserves 0.3-1.2 GiB: 4096 is sensible)",
-    )
+    _add_memory_option(collect, ", for good")
     collect.add_argument(
         "--ray",
         nargs="?",
@@ -719,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="with --pipeline: a folder for every schedule source; with --db: the CSV"
     )
     predict.add_argument("--workers", type=_POSITIVE, default=2, help="autoscheduler processes at once")
+    _add_memory_option(predict)
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=cmd_predict)
 
@@ -760,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schedule.add_argument("--out", type=Path, default=Path("schedule.py"), help="the chosen schedule as Python")
     schedule.add_argument("--workers", type=_POSITIVE, default=2)
+    _add_memory_option(schedule)
     schedule.add_argument("--json", action="store_true")
     schedule.set_defaults(run=cmd_schedule)
 

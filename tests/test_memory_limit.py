@@ -14,8 +14,13 @@ import pytest
 from perfgraph.cli import build_parser
 from perfgraph.data.stats import dataset_stats
 from perfgraph.data.store import Store
+from perfgraph.measure.builder import BuildError
 from perfgraph.measure.collector import INPUT_SEED
 from perfgraph.measure.runner import run_job
+from perfgraph.models.registry import load_model
+from perfgraph.paths import MODELS_DIR
+from perfgraph.search.predict import predict_candidates
+from perfgraph.search.tune import tune
 
 from .conftest import USER_PIPELINES, collect_tiny
 
@@ -81,15 +86,39 @@ def test_a_limit_too_small_to_start_a_worker_is_out_of_memory_not_a_crash(tmp_pa
     assert "memory limit of 200 MiB" in result.failure_message
 
 
-def test_collect_has_no_memory_limit_unless_asked():
-    assert build_parser().parse_args(["collect", "--random", "1"]).memory_mb is None
-    assert build_parser().parse_args(["collect", "--random", "1", "--memory-mb", "4096"]).memory_mb == 4096
+@pytest.mark.slow
+@pytest.mark.parametrize("search", ["predict", "schedule"])
+def test_the_searches_run_their_autoscheduler_workers_under_the_memory_limit(search, tmp_path):
+    """``predict`` and ``schedule`` pass ``--memory-mb`` to the autoscheduler's workers: too small a cap is
+    a :class:`BuildError` naming the pipeline and the limit, not a crash."""
+    model = load_model(MODELS_DIR / "ensemble.pt")
+    with pytest.raises(BuildError, match=r"out_of_memory\).*memory limit of 200 MiB") as raised:
+        if search == "predict":
+            predict_candidates(BLUR, model, n=1, memory_mb=200)
+        else:
+            with Store(tmp_path / "tuning.db") as store:
+                tune(BLUR, model, store, n=1, k=1, memory_mb=200)
+    assert BLUR in str(raised.value)
 
 
+WORKER_COMMANDS = (
+    ["collect", "--random", "1"],
+    ["predict", "--pipeline", "random:1"],
+    ["schedule", "--pipeline", "random:1"],
+)
+
+
+@pytest.mark.parametrize("command", WORKER_COMMANDS, ids=lambda command: command[0])
+def test_no_memory_limit_unless_asked(command):
+    assert build_parser().parse_args(command).memory_mb is None
+    assert build_parser().parse_args([*command, "--memory-mb", "4096"]).memory_mb == 4096
+
+
+@pytest.mark.parametrize("command", WORKER_COMMANDS, ids=lambda command: command[0])
 @pytest.mark.parametrize("value", ["100", "-1", "lots"])
-def test_a_memory_limit_no_worker_can_start_under_is_refused_naming_the_option(value, tmp_path, capsys):
+def test_a_memory_limit_no_worker_can_start_under_is_refused_naming_the_option(command, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
-        build_parser().parse_args(["collect", "--random", "1", "--memory-mb", value, "--db", str(tmp_path / "s.db")])
+        build_parser().parse_args([*command, "--memory-mb", value, "--db", str(tmp_path / "s.db")])
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert "argument --memory-mb" in error and "Traceback" not in error, error

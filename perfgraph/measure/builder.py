@@ -87,14 +87,19 @@ class BuildFailure:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
-def analyse_stage_graph(uri: str, timeouts: Timeouts = DEFAULT_TIMEOUTS, cpus: set[int] | None = None) -> StageGraph:
+def analyse_stage_graph(
+    uri: str, timeouts: Timeouts = DEFAULT_TIMEOUTS, cpus: set[int] | None = None, memory_mb: int | None = None
+) -> StageGraph:
     """The pipeline's stage graph from Adams2019's DAG dump (one cheap autoschedule, no compile, no run).
 
-    Raises :class:`BuildError` naming the URI when the pipeline cannot be built or analysed.
+    ``memory_mb`` caps the worker's address space (MiB; ``None``: no limit), as ``collect --memory-mb``.
+    Raises :class:`BuildError` naming the URI when the pipeline cannot be built or analysed (its reason
+    ``out_of_memory`` when it needed more than ``memory_mb``).
     """
     job = {"kind": "analyze", "uri": uri, "input_seed": 0, "reference_path": None}
     limits = {"start": timeouts.build_s, "autoschedule": timeouts.analyze_s}
-    result = run_job(job, limits, cpus or _builder_cpus(), env={"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"})
+    env = {"HL_DEBUG_AUTOSCHEDULE": "2", "HL_NUM_THREADS": "1"}
+    result = run_job(job, limits, cpus or _builder_cpus(), env=env, memory_mb=memory_mb)
     if not result.ok:
         raise BuildError(f"{uri}: the pipeline could not be analysed ({result.failure_kind}): {result.failure_message}")
     try:
@@ -114,11 +119,14 @@ def build_candidates(
     workers: int = 2,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     on_candidate: Callable[[], None] | None = None,
+    memory_mb: int | None = None,
 ) -> tuple[list[Candidate | None], list[BuildFailure]]:
     """Featurize ``configs`` in ``workers`` worker processes; nothing is compiled or run.
 
     Returns one entry per config, in order (``None`` where it failed), and the failures with their
     reasons. ``on_candidate`` is called once per config that ended (a progress bar's ``update``).
+    ``memory_mb`` caps each worker's address space (MiB; ``None``: no limit): a config whose search needs
+    more fails alone, as ``out_of_memory``, and the others go on in a new worker.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -155,7 +163,9 @@ def build_candidates(
 
             job = {"kind": "featurize", "uri": uri, "configs": [configs[p].to_json() for p in pending]}
             limits = {"start": timeouts.build_s, "autoschedule": timeouts.autoschedule_s}
-            outcome = run_job(job, limits, _builder_cpus(), env={"HL_NUM_THREADS": "1"}, on_event=on_event)
+            outcome = run_job(
+                job, limits, _builder_cpus(), env={"HL_NUM_THREADS": "1"}, on_event=on_event, memory_mb=memory_mb
+            )
             remaining = [p for p in pending if p not in done]
             if outcome.ok or not remaining:
                 return

@@ -141,14 +141,16 @@ def sample_candidates(
     exclude: set[str] | None = None,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     on_candidate: Callable[[], None] | None = None,
+    memory_mb: int | None = None,
 ) -> tuple[list[Candidate], int, list[BuildFailure], int]:
     """Up to ``count`` distinct featurized candidates (none whose features hash is in ``exclude``).
 
     Returns ``(candidates, configs tried, failures, next free seed)``; compiles and runs nothing.
+    ``memory_mb``: each autoscheduler worker's address-space cap in MiB (``None``: no limit).
     """
     if count < 1:
         raise ValueError(f"count (--candidates) must be >= 1, got {count}")
-    graph = graph or analyse_stage_graph(uri, timeouts)
+    graph = graph or analyse_stage_graph(uri, timeouts, memory_mb=memory_mb)
     seen = set(exclude or ())
     distinct: list[Candidate] = []
     failures: list[BuildFailure] = []
@@ -159,7 +161,7 @@ def sample_candidates(
             break  # saturated: this pipeline's search space has no more distinct schedules to give
         wanted = min(count - len(distinct), MAX_DRAW_FACTOR * count - len(found))
         built, failed = build_candidates(
-            uri, search_configs(wanted, first_seed=seed), graph, workers, timeouts, on_candidate
+            uri, search_configs(wanted, first_seed=seed), graph, workers, timeouts, on_candidate, memory_mb
         )
         failures += failed
         seed += wanted
@@ -214,11 +216,13 @@ def predict_candidates(
     first_seed: int = 1,
     on_candidate: Callable[[], None] | None = None,
     machine: MachineInfo | None = None,
+    memory_mb: int | None = None,
 ) -> CandidatePredictions:
     """Sample ``n`` distinct Adams2019 candidates of ``pipeline`` (a workload URI), rank them by ``model``.
 
     Nothing is compiled or benchmarked: only the autoscheduler runs (in worker processes). ``machine``:
-    the machine whose run times a machine-aware model predicts (default: this one).
+    the machine whose run times a machine-aware model predicts (default: this one). ``memory_mb``: each
+    worker's address-space cap in MiB (``None``: no limit); a candidate that needs more is a failure.
 
     >>> from perfgraph.models.registry import load_model                      # doctest: +SKIP
     >>> result = predict_candidates("zoo:conv2d", load_model("models/gnn.pt"), n=8)  # doctest: +SKIP
@@ -227,7 +231,7 @@ def predict_candidates(
     """
     started = time.perf_counter()
     candidates, tried, failures, _ = sample_candidates(
-        pipeline, n, first_seed=first_seed, workers=workers, on_candidate=on_candidate
+        pipeline, n, first_seed=first_seed, workers=workers, on_candidate=on_candidate, memory_mb=memory_mb
     )
     featurize_s = time.perf_counter() - started
     started = time.perf_counter()

@@ -134,6 +134,7 @@ def tune(
     first_round: list[Candidate] | None = None,
     seeds: Sequence[AutoschedulerConfig] = (),
     graph: StageGraph | None = None,
+    memory_mb: int | None = None,
 ) -> TuneResult:
     """Search ``pipeline`` (a workload URI) with ``model``: ``rounds`` x (score ``n``, benchmark top ``k``).
 
@@ -147,7 +148,8 @@ def tune(
     random_dropout=100, weights_path=W)``), so that the search returns at worst that schedule, as
     TVM's tuners keep the default schedule among their measured candidates (a portfolio). A seed that
     cannot be featurized is left out, and said so through ``on_progress``. ``graph``: the pipeline's
-    stage graph when the caller has analysed it already.
+    stage graph when the caller has analysed it already. ``memory_mb`` caps every worker's address space
+    (MiB; ``None``: no limit), the autoscheduler's and the benchmark's, as ``collect --memory-mb``.
     """
     for name, value in (("n (--candidates)", n), ("k (--measure-top)", k), ("rounds", rounds)):
         if value < 1:
@@ -160,10 +162,11 @@ def tune(
         cross_machine=False,
         show_progress=False,
         timing=timing or TimingPolicy(),
+        memory_mb=memory_mb,
     )
     collector = Collector(store, options)
     result = TuneResult(pipeline, model.name, [], 0, 0.0, 0.0, 0.0, 0.0, machine=collector.machine_kind)
-    graph = graph or analyse_stage_graph(pipeline)
+    graph = graph or analyse_stage_graph(pipeline, memory_mb=memory_mb)
     result.featurize_s += time.perf_counter() - started
     seen: set[str] = set()
     seed = 1
@@ -173,7 +176,9 @@ def tune(
         say(f"featurizing {len(seeds)} seed schedule(s) (Adams2019's own search)")
         t0 = time.perf_counter()
         beam_limits = replace(DEFAULT_TIMEOUTS, autoschedule_s=DEFAULT_TIMEOUTS.beam_autoschedule_s)
-        built, failures = build_candidates(pipeline, list(seeds), graph, workers=workers, timeouts=beam_limits)
+        built, failures = build_candidates(
+            pipeline, list(seeds), graph, workers=workers, timeouts=beam_limits, memory_mb=memory_mb
+        )
         seeded = [c for c in built if c is not None]
         for failure in failures:
             say(f"seed schedule left out ({describe_config(failure.config)}): {failure.message}")
@@ -186,7 +191,7 @@ def tune(
             seed = 1 + max(c.config.random_dropout_seed for c in first_round) if first_round else seed
         else:
             candidates, tried, _failures, seed = sample_candidates(
-                pipeline, n, first_seed=seed, workers=workers, graph=graph, exclude=seen
+                pipeline, n, first_seed=seed, workers=workers, graph=graph, exclude=seen, memory_mb=memory_mb
             )
         if round_ == 1 and seeded:
             hashes = {c.features_hash for c in candidates}
