@@ -49,7 +49,6 @@ from perfgraph.features.dataset import StageGraphDataset
 from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel
-from perfgraph.models.sequence import SequenceCostModel
 
 MODELS = ("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges", "no-graph-terms", "gnn-terms")
 DEFAULT_MACHINE = "amd-epyc/znver4-avx2"
@@ -62,9 +61,7 @@ def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, Neur
     """The models of :data:`MODELS`, untrained, with ``seed``; ``args.models`` picks which."""
     shipped = argparse.Namespace(**{**vars(args), "convs": [args.conv], "losses": [args.loss], "no_sequence": False})
     built = dict(candidates(shipped, seed))
-    regularisation = {"dropout": args.dropout, "weight_decay": args.weight_decay}
-    gnn = GNNCostModel(**{**built[f"gnn/{args.conv}"].get_params(), **regularisation})
-    sequence = SequenceCostModel(**{**built["sequence/lstm"].get_params(), **regularisation})
+    gnn, sequence = built[f"gnn/{args.conv}"], built["sequence/lstm"]
     params = gnn.get_params()
     models = {
         "gnn": gnn,

@@ -44,6 +44,8 @@ def candidates(args: argparse.Namespace, seed: int) -> list[tuple[str, NeuralCos
         "patience": args.patience,
         "lr": args.lr,
         "batch_size": args.batch_size,
+        "dropout": args.dropout,
+        "weight_decay": args.weight_decay,
         "seed": seed,
         "device": args.device,
         "progress": False,
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=20)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.0, help="every model's dropout (shipped: 0)")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay (shipped: 0)")
     parser.add_argument(
         "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0], help="comma-separated, e.g. 0,1,2"
     )
