@@ -7,7 +7,7 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import zip_longest
 from pathlib import Path
 
@@ -314,7 +314,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     uri = _pipeline_uri(args.pipeline)
     machine = _stored_machine(open_store(args.db), args.machine, model) if args.machine else None
     _warn_if_unseen_machine(model, args.model, machine.kind if machine else None)
-    with _progress(args.candidates, "featurizing", quiet=args.json) as bar:
+    with _progress(args.candidates, "featurizing", quiet=args.json) as bar, _build_errors_are_cli_errors():
         result = predict_candidates(
             uri,
             model,
@@ -343,25 +343,26 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     _warn_if_unseen_machine(model, args.model)
     say = (lambda _m: None) if args.json else (lambda message: print(message, file=sys.stderr))
     graph, seeds = None, []
-    if args.beam_seed is not None:
-        weights = None if args.beam_seed == "shipped" else args.beam_seed
-        if weights is not None and not Path(weights).is_file():
-            raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
-        graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)
-        seeds = [beam_seed(graph, None if weights is None else str(Path(weights).resolve()))]
-    result = tune(
-        uri,
-        model,
-        Store(args.db),
-        n=args.candidates,
-        k=args.measure_top,
-        rounds=args.rounds,
-        workers=args.workers,
-        on_progress=say,
-        seeds=seeds,
-        graph=graph,
-        memory_mb=args.memory_mb,
-    )
+    with _build_errors_are_cli_errors():
+        if args.beam_seed is not None:
+            weights = None if args.beam_seed == "shipped" else args.beam_seed
+            if weights is not None and not Path(weights).is_file():
+                raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
+            graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)
+            seeds = [beam_seed(graph, None if weights is None else str(Path(weights).resolve()))]
+        result = tune(
+            uri,
+            model,
+            Store(args.db),
+            n=args.candidates,
+            k=args.measure_top,
+            rounds=args.rounds,
+            workers=args.workers,
+            on_progress=say,
+            seeds=seeds,
+            graph=graph,
+            memory_mb=args.memory_mb,
+        )
     if result.best is not None:
         write_schedule_file(result, args.out)
     print(json.dumps(result.to_json()) if args.json else result.to_table())
@@ -369,6 +370,17 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         print(f"perfgraph: error: {uri}: none of the benchmarked candidates could be measured", file=sys.stderr)
         return 2
     return 0
+
+
+@contextlib.contextmanager
+def _build_errors_are_cli_errors() -> Iterator[None]:
+    """A pipeline that cannot be built or analysed (``BuildError``, naming it) is an error, not a traceback."""
+    from perfgraph.measure.builder import BuildError
+
+    try:
+        yield
+    except BuildError as error:
+        raise CliError(str(error)) from None
 
 
 def _stored_machine(store, kind: str, model):  # type: ignore[no-untyped-def]

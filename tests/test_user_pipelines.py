@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perfgraph.cli import main
 from perfgraph.measure.collector import INPUT_SEED
 from perfgraph.measure.inputs import make_buffers, scalar_argument
 from perfgraph.measure.runner import JobResult, run_job
@@ -77,6 +78,19 @@ def test_collect_reports_a_broken_user_pipeline_and_exits_2(tmp_path):
     )
     assert result.returncode == 2
     assert f"{USER_PIPELINES}" in result.stderr and "raises" in result.stderr and "boom in user code" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "schedule"])
+def test_predict_and_schedule_report_a_broken_user_pipeline_and_exit_2(command, tmp_path, capsys):
+    argv = [command, "--pipeline", f"{USER_PIPELINES}:raises", "--candidates", "1"]
+    if command == "schedule":
+        argv += ["--db", str(tmp_path / "tuning.db"), "--out", str(tmp_path / "schedule.py")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{USER_PIPELINES}" in error and "raises" in error and "boom in user code" in error, error
+    assert "Traceback" not in error
+    assert not (tmp_path / "schedule.py").exists()
 
 
 def test_collect_refuses_a_pipeline_argument_without_a_function(tmp_path):
