@@ -175,9 +175,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_halide_weights(args)
     if args.model is not None:
         raise CliError(f"--model is only used with --format weights, not --format {args.format}")
+    if args.machine is not None and args.format != "samples":
+        raise CliError(f"--machine is only used with --format samples; {args.format} writes every machine's rows")
     store = open_store(args.db)
-    written = export_samples(store, args.out) if args.format == "samples" else export_parquet(store, args.out)
-    print(f"wrote {len(written)} {args.format} files to {args.out}")
+    if args.format == "parquet":
+        written = export_parquet(store, args.out)
+        print(f"wrote {len(written)} parquet files to {args.out}")
+        return 0
+    kind = args.machine or store.default_machine_kind()
+    written = export_samples(store, args.out, machine=kind)
+    print(f"wrote {len(written)} .sample files of machine {kind} to {args.out}")
     return 0
 
 
@@ -669,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("samples", "parquet", "weights"), required=True)
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--model", type=Path, help="--format weights: the halide checkpoint to export")
+    export.add_argument(
+        "--machine", help="--format samples: the machine kind whose run times to write (default: the one with most)"
+    )
     export.set_defaults(run=cmd_export)
 
     shards = sub.add_parser("shards", help="export new rows as an immutable shard, or rebuild a store from shards")

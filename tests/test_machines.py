@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from perfgraph.cli import main
+from perfgraph.data.export import export_samples
 from perfgraph.data.stats import dataset_stats
 from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash
 from perfgraph.features.layout import FEATURES_PER_STAGE
@@ -71,6 +73,30 @@ def test_samples_come_from_one_machine_kind_and_the_default_is_the_one_with_most
     assert [(a, b) for *_, a, b in store.repeat_pairs(machine=XEON.kind)] == [(10.0, 10.5)]
     with pytest.raises(StoreError, match="no measurements from machine kind 'nosuch'"):
         store.samples(machine="nosuch")
+
+
+def _sample_runtime(path) -> float:
+    """The float32 run time of a Halide ``.sample`` file: after the featurization, before two int32 ids."""
+    return float(np.frombuffer(path.read_bytes()[-12:-8], np.float32)[0])
+
+
+def test_sample_files_hold_one_machine_kinds_run_times(two_machine_store, tmp_path, capsys):
+    default = export_samples(two_machine_store, tmp_path / "default")
+    assert [_sample_runtime(p) for p in default] == [1.0, 2.0, 3.0]  # one file per schedule, Zen 4's times
+    xeon = export_samples(two_machine_store, tmp_path / "xeon", machine=XEON.kind)
+    assert [_sample_runtime(p) for p in xeon] == [10.0, 11.0]
+    with pytest.raises(StoreError, match="no measurements from machine kind 'nosuch'.*the store has"):
+        export_samples(two_machine_store, tmp_path / "none", machine="nosuch")
+    two_machine_store.close()
+    db = str(two_machine_store.path)
+    assert (
+        main(["export", "--db", db, "--format", "samples", "--machine", XEON.kind, "--out", str(tmp_path / "c")]) == 0
+    )
+    assert f"wrote 2 .sample files of machine {XEON.kind}" in capsys.readouterr().out
+    assert (
+        main(["export", "--db", db, "--format", "parquet", "--machine", XEON.kind, "--out", str(tmp_path / "d")]) == 2
+    )
+    assert "--machine is only used with --format samples" in capsys.readouterr().err
 
 
 def test_stats_break_counts_and_noise_down_by_machine_kind(two_machine_store):

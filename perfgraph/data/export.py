@@ -61,11 +61,16 @@ class ExportError(ValueError):
     """An export that would overwrite or mix with files already there; the message names the folder."""
 
 
-def export_samples(store: Store, out_dir: str | Path, pipeline_ids: set[int] | None = None) -> list[Path]:
-    """Write one ``.sample`` per measured schedule; pipeline ids are the store's (distinct per pipeline).
+def export_samples(
+    store: Store, out_dir: str | Path, pipeline_ids: set[int] | None = None, machine: str | None = None
+) -> list[Path]:
+    """Write one ``.sample`` per schedule measured on one machine kind; pipeline ids are the store's.
 
+    ``machine``: the kind whose run times are written (default: the kind with the most samples), so that
+    a schedule measured on two kinds gives one file, never two CPUs' times mixed in one training set.
     ``out_dir`` must be new or empty: Halide's trainer reads a whole folder, and another store's samples
-    there would carry other pipelines under the same ids.
+    there would carry other pipelines under the same ids. Raises :class:`~perfgraph.data.store.StoreError`
+    naming the known kinds when the store has no measurement of ``machine``.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -76,11 +81,15 @@ def export_samples(store: Store, out_dir: str | Path, pipeline_ids: set[int] | N
             f"{out}: folder not empty ({count} entries); give a new or empty folder, so that these samples "
             "are not mixed with others (pipeline ids are only unique within one store)"
         )
+    kind = machine or store.default_machine_kind()
+    machine_ids = store.known_machine_ids(kind) if kind is not None else []
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rows = store.execute(
         "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s JOIN measurements m "
-        "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 WHERE s.duplicate_of IS NULL ORDER BY s.schedule_id"
+        "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 WHERE s.duplicate_of IS NULL "
+        f"AND m.machine_id IN ({','.join('?' * len(machine_ids))}) ORDER BY s.schedule_id",
+        machine_ids,
     )
     for pipeline_id, schedule_id, blob, runtime_ms in rows:
         if pipeline_ids is not None and pipeline_id not in pipeline_ids:

@@ -454,7 +454,8 @@ class Store:
         """Ids of the machines of one kind (empty when the store has none)."""
         return [machine_id for machine_id, info in self.machines().items() if info.kind == kind]
 
-    def _machine_ids(self, kind: str) -> list[int]:
+    def known_machine_ids(self, kind: str) -> list[int]:
+        """:meth:`machine_ids`, or a :class:`StoreError` naming the kinds the store has when it has none of ``kind``."""
         ids = self.machine_ids(kind)
         if not ids:
             known = ", ".join(self.samples_by_machine_kind()) or "none"
@@ -471,7 +472,7 @@ class Store:
         """
         graphs = {p.pipeline_id: p for p in self.pipelines()}
         kind = machine or self.default_machine_kind()
-        ids = self._machine_ids(kind) if kind is not None else [-1]
+        ids = self.known_machine_ids(kind) if kind is not None else [-1]
         machine_features = self.machines()[ids[0]].feature_vector() if kind is not None else None
         query = (
             "SELECT s.pipeline_id, s.schedule_id, s.featurization, s.schedule_source, m.runtime_ms FROM schedules s "
@@ -518,7 +519,7 @@ class Store:
         kind = machine or self.default_machine_kind()
         if kind is None:
             return []
-        ids = self._machine_ids(kind)
+        ids = self.known_machine_ids(kind)
         inside = ",".join(str(int(i)) for i in ids)
         return [
             tuple(r)
