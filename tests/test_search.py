@@ -136,6 +136,26 @@ def test_update_lowers_the_error_on_the_newly_measured_candidates(tuned):
     assert log_error() < before
 
 
+def test_each_round_updates_the_model_on_that_rounds_measurements_only(tmp_path, monkeypatch):
+    """Earlier rounds' samples are already in the model's replay buffer: passing them again as new would
+    weigh them twice and put copies in the buffer."""
+    model = load_model(MODELS_DIR / "gnn.pt")
+    updates: list[list[float]] = []
+    real_update = model.update
+
+    def recording_update(samples):
+        updates.append([s.runtime_ms for s in samples])
+        return real_update(samples)
+
+    monkeypatch.setattr(model, "update", recording_update)
+    seen_before = model.replay_.seen
+    with Store(tmp_path / "tuning.db") as store:
+        result = tune(BLUR, model, store, n=2, k=1, rounds=3, workers=2, timing=FAST_TIMING)
+    per_round = [[m.measured_ms for m in result.measured if m.round == r and m.measured_ms] for r in (1, 2, 3)]
+    assert updates == per_round[:2]  # after rounds 1 and 2, not after the last
+    assert model.replay_.seen - seen_before == len(per_round[0]) + len(per_round[1])  # each sample added once
+
+
 def test_a_beam_seed_is_benchmarked_whatever_its_rank_and_marked(gnn, tmp_path):
     graph = analyse_stage_graph(BLUR)
     store = Store(tmp_path / "tuning.db")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -170,7 +171,6 @@ def tune(
     result.featurize_s += time.perf_counter() - started
     seen: set[str] = set()
     seed = 1
-    measured_samples = []
     seeded: list[Candidate] = []
     if seeds:
         say(f"featurizing {len(seeds)} seed schedule(s) (Adams2019's own search)")
@@ -190,9 +190,11 @@ def tune(
             candidates, tried = first_round, len(first_round)
             seed = 1 + max(c.config.random_dropout_seed for c in first_round) if first_round else seed
         else:
-            candidates, tried, _failures, seed = sample_candidates(
+            candidates, tried, failures, seed = sample_candidates(
                 pipeline, n, first_seed=seed, workers=workers, graph=graph, exclude=seen, memory_mb=memory_mb
             )
+            for reason, count in Counter(failure.message.splitlines()[0] for failure in failures).items():
+                say(f"round {round_}/{rounds}: {count} candidate(s) left out: {reason}")
         if round_ == 1 and seeded:
             hashes = {c.features_hash for c in candidates}
             candidates = candidates + [c for c in seeded if c.features_hash not in hashes]
@@ -209,6 +211,7 @@ def tune(
         outcomes = collector.measure_configs(pipeline, [r.candidate.config for r in top]) if top else []
         t3 = time.perf_counter()
         seed_hashes = {c.features_hash for c in seeded} if round_ == 1 else set()
+        new_samples = []
         for chosen, outcome in zip(top, outcomes, strict=True):
             is_seed = chosen.candidate.features_hash in seed_hashes
             result.measured.append(
@@ -218,9 +221,9 @@ def tune(
             )
             if outcome.runtime_ms is not None:
                 sample = chosen.candidate.to_sample(machine=collector.machine)
-                measured_samples.append(replace(sample, runtime_ms=outcome.runtime_ms))
-        if update and round_ < rounds and measured_samples:
-            model.update(measured_samples)
+                new_samples.append(replace(sample, runtime_ms=outcome.runtime_ms))
+        if update and round_ < rounds and new_samples:
+            model.update(new_samples)  # this round's; the model replays earlier ones itself
         t4 = time.perf_counter()
         result.scored += len(ranked)
         result.featurize_s += t1 - t0
