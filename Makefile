@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check perfgraph tests benchmarks
 	$(BIN)/pytest -q
 
-# The demo: collect a small dataset of new pipelines end to end, predict it with the shipped GNN,
+# The demo: collect a small dataset of new pipelines end to end, predict it with the shipped ensemble,
 # evaluate the shipped models on the shipped dataset's test split, then use the model: rank
 # never-run schedules of a ResNet block and search it (benchmarking only the predicted best).
 demo: $(STAMP)

@@ -312,7 +312,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.pipeline is None:
         from perfgraph.models.predict import write_predictions_csv
 
-        samples = open_store(args.db).samples(machine=args.machine)
+        samples = _machine_samples(open_store(args.db), args.machine)
         path = write_predictions_csv(model, samples, args.out or Path("predictions.csv"))
         print(f"wrote {len(samples)} predictions of {args.model} to {path}")
         return 0
@@ -759,7 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=cmd_predict)
 
     adapt = sub.add_parser("adapt", help="fine-tune a trained model on a few samples of another machine kind")
-    adapt.add_argument("--model", type=Path, default=MODELS_DIR / "gnn.pt")
+    adapt.add_argument(
+        "--model", type=Path, default=MODELS_DIR / "ensemble.pt", help="checkpoint (default: the shipped ensemble)"
+    )
     adapt.add_argument("--db", type=Path)
     adapt.add_argument("--machine", required=True, help="the new machine kind (perfgraph stats lists them)")
     adapt.add_argument("--samples", type=_POSITIVE, default=128, metavar="N", help="samples of its training pipelines")

@@ -99,8 +99,8 @@ def test_ranked_candidates_carry_the_uncertainty(ensemble):
     from perfgraph.search.predict import CandidatePredictions
 
     table = CandidatePredictions("blur", "ensemble", ranked, 0.0, 0.0, len(candidates)).to_table()
-    assert "± 1 sd" in table
-    assert f"{math.expm1(ranked[0].sd_log):.0%}" in table.splitlines()[2]
+    assert "×/÷ sd" in table
+    assert f"{math.exp(ranked[0].sd_log):.2f}" in table.splitlines()[2]
 
 
 def test_an_ensemble_is_refused_before_fit_and_with_bad_arguments():

@@ -3,8 +3,9 @@
 If the GNN beats this model *trained with the same loss and budget*, the stage graph is what helps,
 not the per-stage features or the training loop, which both models share through
 :class:`~perfgraph.models.neural.NeuralCostModel`. The defaults are not the same: the GNN defaults to
-the ``mse+rank`` loss, this model to ``mse`` (so the shipped ``models/gnn.pt`` and
-``models/sequence.pt`` differ in their loss); ``benchmarks/compare_models.py`` trains both with one
+the ``mse+listnet`` loss (since session 10; the shipped ``models/gnn.pt`` was trained with
+``mse+rank``), this model to ``mse`` (so the shipped ``models/gnn.pt`` and ``models/sequence.pt``
+differ in their loss); ``benchmarks/compare_models.py`` trains both with one
 loss, budget and several seeds.
 """
 
@@ -22,7 +23,7 @@ class SequenceCostModel(NeuralCostModel):
     Architecture: ``hidden`` channels, ``layers`` stacked LSTM layers, ``bidirectional``, ``dropout``
     between LSTM layers. Training: the keywords of :class:`~perfgraph.models.gnn.GNNCostModel`, all with
     :class:`~perfgraph.models.neural.NeuralCostModel`'s defaults, so ``loss`` defaults to ``mse`` here
-    but to ``mse+rank`` for the GNN: pass ``loss`` explicitly to compare the two.
+    but to ``mse+listnet`` for the GNN: pass ``loss`` explicitly to compare the two.
     """
 
     name = "sequence"

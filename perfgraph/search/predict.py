@@ -87,18 +87,20 @@ class CandidatePredictions:
         }
 
     def to_table(self, limit: int = 20) -> str:
+        """Fastest first; a model with an uncertainty adds ``×/÷ sd``, ``exp(sd_log)``: the measured time is
+        expected between ``predicted / factor`` and ``predicted × factor`` about two times in three."""
         uncertain = any(ranked.sd_log is not None for ranked in self.candidates)
         lines = [
             f"{self.pipeline}: {len(self.candidates)} distinct candidates of {self.tried} tried, "
             f"ranked by {self.model} (featurize {self.featurize_s:.1f} s, predict {self.predict_s * 1000:.1f} ms)",
-            f"{'rank':>4}  {'predicted ms':>12}  {'± 1 sd' if uncertain else '':>6}  {'config':<34}  "
+            f"{'rank':>4}  {'predicted ms':>12}  {'×/÷ sd' if uncertain else '':>6}  {'config':<34}  "
             "most expensive stages (predicted share)",
         ]
         for ranked in self.candidates[:limit]:
             config = describe_config(ranked.candidate.config)
             total = sum(ranked.stage_costs_ms.values()) or 1.0
             stages = ", ".join(f"{n} {v / total:.0%}" for n, v in list(ranked.stage_costs_ms.items())[:3])
-            spread = "" if ranked.sd_log is None else f"{math.expm1(ranked.sd_log):.0%}"
+            spread = "" if ranked.sd_log is None else f"{math.exp(ranked.sd_log):.2f}"  # one sd, as a factor
             lines.append(f"{ranked.rank:>4}  {ranked.predicted_ms:>12.4g}  {spread:>6}  {config:<34}  {stages}")
         if len(self.candidates) > limit:
             lines.append(f"... {len(self.candidates) - limit} more (--json lists all)")
