@@ -32,14 +32,14 @@ import dataclasses
 import hashlib
 import json
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from noise_protocols import pick_schedules, remeasure
+from noise_protocols import add_run_arguments, pick_schedules, run_shuffled
 
 from perfgraph.data.store import Store
 from perfgraph.evaluate.noise import noise_ceiling
 from perfgraph.measure.collector import CollectOptions, Collector
+from perfgraph.measure.runner import JobResult
 from perfgraph.measure.timing import TimingPolicy
 
 LOG_10PCT, LOG_20PCT = float(np.log(1.1)), float(np.log(1.2))
@@ -115,10 +115,8 @@ def summarize(store: Store, raw: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default="data/perfgraph.db")
-    parser.add_argument("--schedules", type=int, default=24)
+    add_run_arguments(parser, schedules=24)
     parser.add_argument("--offsets", type=lambda s: [int(x) for x in s.split(",")], default=[1024])
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--schedule-ids",
         type=lambda s: [int(x) for x in s.split(",")],
@@ -127,8 +125,6 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=2, help="measurements per schedule under quiet-v2 and quiet-v3@0"
     )
-    parser.add_argument("--json", help="write the report, with every measurement, to this file")
-    parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
     args = parser.parse_args()
     if args.repeats < 2:
         parser.error(f"--repeats must be at least 2 (agreement needs two measurements), got {args.repeats}")
@@ -154,17 +150,8 @@ def main() -> None:
     random.Random(args.seed + 1).shuffle(jobs)
     measurements: list[dict] = []
     by_condition: dict[tuple[int, str], list[float]] = {}
-    done = [0]
 
-    def run(job: tuple[str, tuple]) -> None:
-        name, (uri, _, schedule_id, _) = job
-        result, measured, same, job_s = remeasure(collectors[name], job[1])
-        done[0] += 1
-        if measured is None:
-            print(
-                f"[{done[0]}/{len(jobs)}] {name} {uri} #{schedule_id}: {result.failure_kind} {result.failure_message}"
-            )
-            return
+    def record(name: str, schedule_id: int, result: JobResult, measured: dict, same: bool, job_s: float) -> str:
         how = measured.get("conditions") or {}
         scheduled = result.events["scheduled"]
         measurements.append(
@@ -179,13 +166,11 @@ def main() -> None:
                 "job_s": job_s,
             }
         )
-        other = "" if same else " (another schedule: not counted)"
-        print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms{other}", flush=True)
         if args.schedule_ids:
             by_condition.setdefault((schedule_id, name), []).append(round(measured["min_ms"], 4))
+        return "" if same else " (another schedule: not counted)"
 
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(run, jobs))
+    run_shuffled(jobs, collectors, record)
     for (schedule_id, name), times in sorted(by_condition.items()):
         print(f"#{schedule_id} {name}: {times} ms")
     raw = {"machine": machine, "offsets": args.offsets, "measurements": measurements}

@@ -30,7 +30,9 @@ import argparse
 import base64
 import json
 import random
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -77,6 +79,45 @@ def remeasure(collector: Collector, row: tuple[str, int, int, dict]) -> tuple[Jo
     return result, measured, same, time.perf_counter() - started
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, schedules: int) -> None:
+    """The options every side-by-side noise benchmark takes: store, schedules, seed, report file, summary."""
+    parser.add_argument("--db", default="data/perfgraph.db")
+    parser.add_argument("--schedules", type=int, default=schedules)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the report, with every measurement, to this file")
+    parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
+
+
+#: Records one measurement: (condition, schedule id, job result, its ``measured`` event, whether the worker
+#: rebuilt the stored schedule, job seconds) -> a note for the job's progress line.
+OnMeasured = Callable[[str, int, JobResult, dict, bool, float], str]
+
+
+def run_shuffled(
+    jobs: list[tuple[str, tuple[str, int, int, dict]]], collectors: dict[str, Collector], on_measured: OnMeasured
+) -> None:
+    """Re-measure ``(condition, row)`` jobs with ``collectors[condition]``, two at a time as ``perfgraph collect
+    --workers 2`` runs them, one progress line per job; a failed job is printed and skipped."""
+    done = [0]
+    lock = threading.Lock()
+
+    def run(job: tuple[str, tuple[str, int, int, dict]]) -> None:
+        name, row = job
+        uri, _, schedule_id, _ = row
+        result, measured, same, job_s = remeasure(collectors[name], row)
+        with lock:
+            done[0] += 1
+            head = f"[{done[0]}/{len(jobs)}] {name}"
+            if measured is None:
+                print(f"{head} {uri} #{schedule_id}: {result.failure_kind} {result.failure_message}", flush=True)
+                return
+            note = on_measured(name, schedule_id, result, measured, same, job_s)
+            print(f"{head} #{schedule_id}: {measured['min_ms']:.4f} ms, job {job_s:.0f} s{note}", flush=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, jobs))
+
+
 def summarize(store: Store, raw: dict) -> dict:
     """Per protocol: agreement of the two measurements of each schedule, job time, and the noise ceiling."""
     samples = store.samples(machine=raw["machine"])
@@ -106,11 +147,7 @@ def summarize(store: Store, raw: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default="data/perfgraph.db")
-    parser.add_argument("--schedules", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="write the report, with every measurement, to this file")
-    parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
+    add_run_arguments(parser, schedules=40)
     args = parser.parse_args()
     store = Store(args.db)
     if args.summarize:
@@ -127,22 +164,13 @@ def main() -> None:
     collectors = {"window-v1": window, "quiet-v2": quiet}
     conditions = ("window-v1", "quiet-v2")
     measured_rows: dict[str, list[tuple[int, float, dict, float, bool]]] = {name: [] for name in conditions}
-    done = [0]
 
-    def run(job: tuple[str, tuple]) -> None:
-        name, (uri, _, schedule_id, _) = job
-        result, measured, same, job_s = remeasure(collectors[name], job[1])
-        done[0] += 1
-        if measured is None:
-            failure = f"{result.failure_kind} {result.failure_message}"
-            print(f"[{done[0]}/{len(jobs)}] {name} {uri} #{schedule_id}: {failure}")
-            return
-        measured_rows[name].append((schedule_id, measured["min_ms"], measured.get("conditions") or {}, job_s, same))
-        how = measured.get("conditions")
-        print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {measured['min_ms']:.4f} ms {how}")
+    def record(name: str, schedule_id: int, _: JobResult, measured: dict, same: bool, job_s: float) -> str:
+        how = measured.get("conditions") or {}
+        measured_rows[name].append((schedule_id, measured["min_ms"], how, job_s, same))
+        return f" {how}"
 
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(run, jobs))
+    run_shuffled(jobs, collectors, record)
     raw = {
         "machine": quiet.machine_kind,
         "measurements": [

@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from noise_layout import agreement
-from noise_protocols import pick_schedules, remeasure
+from noise_protocols import add_run_arguments, pick_schedules, run_shuffled
 
 from perfgraph.data.store import Store
 from perfgraph.measure.collector import CollectOptions, Collector
+from perfgraph.measure.runner import JobResult
 from perfgraph.measure.timing import TimingPolicy
 
 
@@ -65,12 +65,8 @@ def summarize(store: Store, raw: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default="data/perfgraph.db")
-    parser.add_argument("--schedules", type=int, default=24)
+    add_run_arguments(parser, schedules=24)
     parser.add_argument("--wait", type=float, default=5.0, help="the shorter max_wait_s to compare, in seconds")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="write the report, with every measurement, to this file")
-    parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
     args = parser.parse_args()
     store = Store(args.db)
     if args.summarize:
@@ -87,16 +83,8 @@ def main() -> None:
     jobs = [(name, row) for row in chosen for name in policies for _ in range(2)]
     random.Random(args.seed + 1).shuffle(jobs)
     measurements: list[dict] = []
-    done = [0]
 
-    def run(job: tuple[str, tuple]) -> None:
-        name, (uri, _, schedule_id, _) = job
-        result, measured, same, job_s = remeasure(collectors[name], job[1])
-        done[0] += 1
-        if measured is None:
-            failure = f"{result.failure_kind} {result.failure_message}"
-            print(f"[{done[0]}/{len(jobs)}] {name} {uri} #{schedule_id}: {failure}", flush=True)
-            return
+    def record(name: str, schedule_id: int, _: JobResult, measured: dict, same: bool, job_s: float) -> str:
         how = measured.get("conditions") or {}
         measurements.append(
             {
@@ -108,12 +96,9 @@ def main() -> None:
                 "job_s": job_s,
             }
         )
-        other = "" if same else " (another schedule: not counted)"
-        took = f"{measured['min_ms']:.4f} ms, job {job_s:.0f} s"
-        print(f"[{done[0]}/{len(jobs)}] {name} #{schedule_id}: {took}{other}", flush=True)
+        return "" if same else " (another schedule: not counted)"
 
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(run, jobs))
+    run_shuffled(jobs, collectors, record)
     raw = {"machine": machine, "conditions": list(policies), "measurements": measurements}
     report = summarize(store, raw)
     print(json.dumps(report, indent=2))
