@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
                 "best_epoch": min(model.log_, key=lambda entry: entry["valid_loss"])["epoch"],
                 "epoch_seconds": statistics.fmean(entry["seconds"] for entry in model.log_),
                 "seconds": time.perf_counter() - fit_started,
+                "train_samples": len(train),
+                "train_pipelines": len({graph.pipeline_name for graph in train}),
                 "valid": score(model, parts.valid),
                 "test": score(model, parts.test),
             }

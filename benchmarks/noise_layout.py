@@ -174,6 +174,9 @@ def main() -> None:
     for (schedule_id, name), times in sorted(by_condition.items()):
         print(f"#{schedule_id} {name}: {times} ms")
     raw = {"machine": machine, "offsets": args.offsets, "measurements": measurements}
+    if args.json:  # the measurements first: they must survive a failing summary
+        with open(args.json, "w") as out:
+            json.dump({"raw": raw}, out, indent=2)
     report = summarize(store, raw)
     print(json.dumps(report, indent=2))
     if args.json:

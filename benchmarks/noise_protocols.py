@@ -186,6 +186,9 @@ def main() -> None:
             for (sid, ms, how, job_s, same) in measured_rows[name]
         ],
     }
+    if args.json:  # the measurements first: they must survive a failing summary
+        with open(args.json, "w") as out:
+            json.dump({"raw": raw}, out, indent=2)
     report = summarize(store, raw)
     report["raw"] = raw
     print(json.dumps(report, indent=2))

@@ -48,10 +48,12 @@ def summarize(store: Store, raw: dict) -> dict:
     for condition in raw["conditions"]:
         ratios = np.array([np.log(v[1] / v[0]) for (c, _), v in by.items() if c == condition and len(v) >= 2])
         rows = [m for m in kept if m["condition"] == condition]
+        waited = [m["waited_s"] for m in rows if m.get("waited_s") is not None]  # quiet ones; older runs lack it
         report[condition] = {
-            **agreement(ratios, runtimes, pipelines),
-            "mean_job_s": float(np.mean([m["job_s"] for m in rows])),
+            **(agreement(ratios, runtimes, pipelines) if len(ratios) else {"pairs": 0}),
+            "mean_job_s": float(np.mean([m["job_s"] for m in rows])) if rows else None,  # lock waits included
             "not_quiet": sum(1 for m in rows if m["quiet"] is False),
+            "mean_waited_s_of_the_quiet": float(np.mean(waited)) if waited else None,
             "measurements": len(rows),
         }
     default, short = raw["conditions"]
@@ -77,6 +79,8 @@ def main() -> None:
     if not 0 < args.wait < default_wait:
         parser.error(f"--wait must be in (0, {default_wait}) seconds, got {args.wait}")
     policies = {f"wait {default_wait:g} s": TimingPolicy(), f"wait {args.wait:g} s": TimingPolicy(max_wait_s=args.wait)}
+    if len(policies) < 2:
+        parser.error(f"--wait {args.wait} prints as the default wait; give a clearly shorter one")
     collectors = {name: Collector(store, CollectOptions(show_progress=False, timing=p)) for name, p in policies.items()}
     machine = next(iter(collectors.values())).machine_kind
     chosen = pick_schedules(store, machine, args.schedules, args.seed)
@@ -92,6 +96,7 @@ def main() -> None:
                 "schedule_id": schedule_id,
                 "min_ms": measured["min_ms"],
                 "quiet": how.get("quiet"),
+                "waited_s": how.get("waited_s") if how.get("quiet") else None,  # a not-quiet one waited the limit
                 "same_features": same,
                 "job_s": job_s,
             }
@@ -100,6 +105,9 @@ def main() -> None:
 
     run_shuffled(jobs, collectors, record)
     raw = {"machine": machine, "conditions": list(policies), "measurements": measurements}
+    if args.json:  # the measurements first: an hour of them must survive a failing summary
+        with open(args.json, "w") as out:
+            json.dump({"raw": raw}, out, indent=2)
     report = summarize(store, raw)
     print(json.dumps(report, indent=2))
     if args.json:

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     best = min(summary, key=lambda entry: entry["rmse_log"][0])
     print(f"\nlowest mean validation RMSE(log): {best['model']} with loss {best['loss']}")
     if args.json:
-        args.json.write_text(json.dumps({"runs": rows, "summary": summary}, indent=1) + "\n")
+        settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+        args.json.write_text(json.dumps({"command": settings, "runs": rows, "summary": summary}, indent=1) + "\n")
 
 
 def _runs(args: argparse.Namespace) -> Iterator[tuple[int, str, NeuralCostModel]]:

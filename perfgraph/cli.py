@@ -171,12 +171,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from perfgraph.data.export import export_parquet, export_samples
 
+    if args.machine is not None and args.format != "samples":
+        raise CliError(f"--machine is only used with --format samples, not --format {args.format}")
     if args.format == "weights":
         return _export_halide_weights(args)
     if args.model is not None:
         raise CliError(f"--model is only used with --format weights, not --format {args.format}")
-    if args.machine is not None and args.format != "samples":
-        raise CliError(f"--machine is only used with --format samples; {args.format} writes every machine's rows")
     store = open_store(args.db)
     if args.format == "parquet":
         written = export_parquet(store, args.out)
@@ -184,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     kind = args.machine or store.default_machine_kind()
     written = export_samples(store, args.out, machine=kind)
-    print(f"wrote {len(written)} .sample files of machine {kind} to {args.out}")
+    print(f"wrote {len(written)} .sample files{f' of machine {kind}' if kind else ''} to {args.out}")
     return 0
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from perfgraph.cli import main
-from perfgraph.data.export import export_samples
+from perfgraph.data.export import export_samples, parse_sample_bytes
 from perfgraph.data.stats import dataset_stats
 from perfgraph.data.store import MeasurementRecord, Store, StoreError, algorithm_hash
 from perfgraph.features.layout import FEATURES_PER_STAGE
@@ -75,16 +75,17 @@ def test_samples_come_from_one_machine_kind_and_the_default_is_the_one_with_most
         store.samples(machine="nosuch")
 
 
-def _sample_runtime(path) -> float:
-    """The float32 run time of a Halide ``.sample`` file: after the featurization, before two int32 ids."""
-    return float(np.frombuffer(path.read_bytes()[-12:-8], np.float32)[0])
+def _runtimes_by_schedule(paths) -> dict[int, float]:
+    files = [parse_sample_bytes(path.read_bytes()) for path in paths]
+    return {file.schedule_id: file.runtime_ms for file in files}
 
 
 def test_sample_files_hold_one_machine_kinds_run_times(two_machine_store, tmp_path, capsys):
-    default = export_samples(two_machine_store, tmp_path / "default")
-    assert [_sample_runtime(p) for p in default] == [1.0, 2.0, 3.0]  # one file per schedule, Zen 4's times
+    schedules = [s.schedule_id for s in two_machine_store.samples()]
+    default = export_samples(two_machine_store, tmp_path / "default")  # one file per schedule, Zen 4's times
+    assert len(default) == 3 and _runtimes_by_schedule(default) == dict(zip(schedules, [1.0, 2.0, 3.0], strict=True))
     xeon = export_samples(two_machine_store, tmp_path / "xeon", machine=XEON.kind)
-    assert [_sample_runtime(p) for p in xeon] == [10.0, 11.0]
+    assert len(xeon) == 2 and _runtimes_by_schedule(xeon) == dict(zip(schedules[:2], [10.0, 11.0], strict=True))
     with pytest.raises(StoreError, match="no measurements from machine kind 'nosuch'.*the store has"):
         export_samples(two_machine_store, tmp_path / "none", machine="nosuch")
     two_machine_store.close()

@@ -6,23 +6,27 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from perfgraph.cli import build_parser
+import perfgraph.measure.builder as builder
+import perfgraph.search.predict as search_predict
+import perfgraph.search.tune as search_tune
+from perfgraph.cli import build_parser, main
 from perfgraph.data.stats import dataset_stats
 from perfgraph.data.store import Store
 from perfgraph.measure.builder import BuildError
 from perfgraph.measure.collector import INPUT_SEED
+from perfgraph.measure.executor import LocalExecutor
 from perfgraph.measure.runner import run_job
 from perfgraph.models.registry import load_model
 from perfgraph.paths import MODELS_DIR
-from perfgraph.search.predict import predict_candidates
-from perfgraph.search.tune import tune
+from perfgraph.search.predict import CandidatePredictions, predict_candidates
+from perfgraph.search.tune import TuneResult, tune
 
-from .conftest import USER_PIPELINES, collect_tiny
+from .conftest import FAST_TIMING, USER_PIPELINES, collect_tiny
 
 # Well above a normal worker's peak address space here (0.3-0.8 GiB), well below the 0.3 GiB a worker
 # holds before its run plus the 1.5 GiB that ``allocates_too_much_when_measured`` then asks for.
@@ -87,18 +91,56 @@ def test_a_limit_too_small_to_start_a_worker_is_out_of_memory_not_a_crash(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("search", ["predict", "schedule"])
-def test_the_searches_run_their_autoscheduler_workers_under_the_memory_limit(search, tmp_path):
-    """``predict`` and ``schedule`` pass ``--memory-mb`` to the autoscheduler's workers: too small a cap is
-    a :class:`BuildError` naming the pipeline and the limit, not a crash."""
-    model = load_model(MODELS_DIR / "ensemble.pt")
+def test_predict_caps_its_autoscheduler_workers_too_and_too_small_a_cap_is_a_build_error():
     with pytest.raises(BuildError, match=r"out_of_memory\).*memory limit of 200 MiB") as raised:
-        if search == "predict":
-            predict_candidates(BLUR, model, n=1, memory_mb=200)
-        else:
-            with Store(tmp_path / "tuning.db") as store:
-                tune(BLUR, model, store, n=1, k=1, memory_mb=200)
+        predict_candidates(BLUR, load_model(MODELS_DIR / "ensemble.pt"), n=1, memory_mb=200)
     assert BLUR in str(raised.value)
+
+
+@pytest.mark.slow
+def test_every_worker_of_a_search_gets_the_limit(tmp_path, monkeypatch):
+    """The analysis, every featurization and the benchmarks of ``predict`` and ``schedule``."""
+    limits: list[tuple[str, int | None]] = []
+
+    def recording(run: Callable) -> Callable:
+        def run_recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+            job = next(a for a in args if isinstance(a, dict))
+            limits.append((job["kind"], kwargs.get("memory_mb")))
+            return run(*args, **kwargs)
+
+        return run_recorded
+
+    monkeypatch.setattr(builder, "run_job", recording(builder.run_job))
+    monkeypatch.setattr(LocalExecutor, "run", recording(LocalExecutor.run))
+    model = load_model(MODELS_DIR / "ensemble.pt")
+    predict_candidates(BLUR, model, n=2, memory_mb=LIMIT_MB)
+    assert {kind for kind, _ in limits} == {"analyze", "featurize"}
+    assert {limit for _, limit in limits} == {LIMIT_MB}
+    limits.clear()
+    with Store(tmp_path / "tuning.db") as store:
+        result = tune(BLUR, model, store, n=2, k=1, timing=FAST_TIMING, memory_mb=LIMIT_MB)
+    assert result.best is not None  # measured under the limit
+    assert {"analyze", "featurize", "measure"} <= {kind for kind, _ in limits}
+    assert {limit for _, limit in limits} == {LIMIT_MB}
+
+
+def test_the_command_line_passes_the_limit_to_predict_and_schedule(tmp_path, monkeypatch):
+    passed: dict[str, int | None] = {}
+
+    def fake_predict(uri, model, **options):  # type: ignore[no-untyped-def]
+        passed["predict"] = options["memory_mb"]
+        return CandidatePredictions(uri, model.name, [], 0.0, 0.0, 0)
+
+    def fake_tune(uri, model, store, **options):  # type: ignore[no-untyped-def]
+        passed["schedule"] = options["memory_mb"]
+        return TuneResult(uri, model.name, [], 0, 0.0, 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(search_predict, "predict_candidates", fake_predict)
+    monkeypatch.setattr(search_tune, "tune", fake_tune)
+    pipeline = ["--pipeline", f"{USER_PIPELINES}:blur", "--memory-mb", "4096"]
+    main(["predict", *pipeline])
+    main(["schedule", *pipeline, "--db", str(tmp_path / "t.db"), "--out", str(tmp_path / "s.py")])
+    assert passed == {"predict": 4096, "schedule": 4096}
 
 
 WORKER_COMMANDS = (

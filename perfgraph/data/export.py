@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perfgraph.data.store import Store
+from perfgraph.data.store import Store, StoreError
 from perfgraph.features.layout import FEATURES_PER_STAGE
 
 
@@ -82,7 +82,11 @@ def export_samples(
             "are not mixed with others (pipeline ids are only unique within one store)"
         )
     kind = machine or store.default_machine_kind()
-    machine_ids = store.known_machine_ids(kind) if kind is not None else []
+    measured_kinds = store.samples_by_machine_kind()
+    if kind is not None and kind not in measured_kinds:
+        known = ", ".join(measured_kinds) or "none"
+        raise StoreError(f"{store.path}: no measurements from machine kind {kind!r}; the store has: {known}")
+    machine_ids = store.machine_ids(kind) if kind is not None else []
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rows = store.execute(

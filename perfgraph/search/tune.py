@@ -148,9 +148,15 @@ def tune(
     beside its top ``k``: typically Adams2019's own beam search (``AutoschedulerConfig(beam_size=B,
     random_dropout=100, weights_path=W)``), so that the search returns at worst that schedule, as
     TVM's tuners keep the default schedule among their measured candidates (a portfolio). A seed that
-    cannot be featurized is left out, and said so through ``on_progress``. ``graph``: the pipeline's
-    stage graph when the caller has analysed it already. ``memory_mb`` caps every worker's address space
-    (MiB; ``None``: no limit), the autoscheduler's and the benchmark's, as ``collect --memory-mb``.
+    cannot be featurized is left out, and said so through ``on_progress``, as are each round's candidates
+    that could not be featurized (a count per reason). ``graph``: the pipeline's stage graph when the
+    caller has analysed it already.
+
+    With ``update``, after every round but the last the model is ``update``d on that round's successful
+    measurements only: earlier rounds' are in its replay buffer already. A model that cannot learn from
+    them (Halide's network needs two schedules of a pipeline) is left as it is, and said so.
+    ``memory_mb`` caps every worker's address space (MiB; ``None``: no limit), the autoscheduler's and
+    the benchmark's, as ``collect --memory-mb``.
     """
     for name, value in (("n (--candidates)", n), ("k (--measure-top)", k), ("rounds", rounds)):
         if value < 1:
@@ -223,7 +229,10 @@ def tune(
                 sample = chosen.candidate.to_sample(machine=collector.machine)
                 new_samples.append(replace(sample, runtime_ms=outcome.runtime_ms))
         if update and round_ < rounds and new_samples:
-            model.update(new_samples)  # this round's; the model replays earlier ones itself
+            try:
+                model.update(new_samples)  # this round's; the model replays earlier ones itself
+            except ValueError as error:  # e.g. Halide's network, which trains on pipelines with 2+ schedules
+                say(f"round {round_}/{rounds}: the model was not updated: {error}")
         t4 = time.perf_counter()
         result.scored += len(ranked)
         result.featurize_s += t1 - t0
