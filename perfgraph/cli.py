@@ -349,14 +349,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     _warn_if_unseen_machine(model, args.model)
     say = (lambda _m: None) if args.json else (lambda message: print(message, file=sys.stderr))
-    graph, seeds = None, []
+    weights = None if args.beam_seed in (None, "shipped") else args.beam_seed
+    if weights is not None and not Path(weights).is_file():
+        raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
     with _build_errors_are_cli_errors():
-        if args.beam_seed is not None:
-            weights = None if args.beam_seed == "shipped" else args.beam_seed
-            if weights is not None and not Path(weights).is_file():
-                raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
-            graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)
-            seeds = [beam_seed(graph, None if weights is None else str(Path(weights).resolve()))]
+        graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)  # before --db exists: a bad pipeline leaves none
+        weights_path = None if weights is None else str(Path(weights).resolve())
+        seeds = [] if args.beam_seed is None else [beam_seed(graph, weights_path)]
         result = tune(
             uri,
             model,

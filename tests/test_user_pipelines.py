@@ -89,6 +89,7 @@ def test_predict_and_schedule_report_a_broken_user_pipeline_and_exit_2(command, 
     assert main(argv) == 2  # a BuildError escaping main would fail here, as a traceback does on the terminal
     error = capsys.readouterr().err
     assert f"{USER_PIPELINES}" in error and "raises" in error and "boom in user code" in error, error
+    assert not (tmp_path / "tuning.db").exists()  # schedule analyses the pipeline before opening its store
 
 
 def test_collect_refuses_a_pipeline_argument_without_a_function(tmp_path):
