@@ -34,7 +34,7 @@ import json
 import random
 
 import numpy as np
-from noise_protocols import add_run_arguments, pick_schedules, run_shuffled
+from noise_protocols import add_run_arguments, pick_schedules, run_shuffled, summarize_and_save
 
 from perfgraph.data.store import Store
 from perfgraph.evaluate.noise import noise_ceiling
@@ -174,18 +174,8 @@ def main() -> None:
     for (schedule_id, name), times in sorted(by_condition.items()):
         print(f"#{schedule_id} {name}: {times} ms")
     raw = {"machine": machine, "offsets": args.offsets, "measurements": measurements}
-    if args.json:  # the measurements first: they must survive a failing summary
-        with open(args.json, "w") as out:
-            json.dump({"raw": raw}, out, indent=2)
-    report = summarize(store, raw)
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(
-                {**report, "raw": raw, "policies": {k: dataclasses.asdict(v) for k, v in policies.items()}},
-                out,
-                indent=2,
-            )
+    settings = {"policies": {name: dataclasses.asdict(policy) for name, policy in policies.items()}}
+    summarize_and_save(raw, lambda measured: summarize(store, measured), args.json, settings)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +87,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, schedules: int) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the report, with every measurement, to this file")
     parser.add_argument("--summarize", metavar="JSON", help="only print the report of an earlier --json file")
+
+
+def summarize_and_save(
+    raw: dict, summarize: Callable[[dict], dict], path: str | None, extra: dict | None = None
+) -> None:
+    """Print ``summarize(raw)``; with ``path``, write the raw measurements there first, so that they survive
+    a failing summary, then the report with them (and ``extra``)."""
+    if path:
+        Path(path).write_text(json.dumps({"raw": raw, **(extra or {})}, indent=2))
+    report = summarize(raw)
+    print(json.dumps(report, indent=2))
+    if path:
+        Path(path).write_text(json.dumps({**report, "raw": raw, **(extra or {})}, indent=2))
 
 
 #: Records one measurement: (condition, schedule id, job result, its ``measured`` event, whether the worker
@@ -186,15 +200,7 @@ def main() -> None:
             for (sid, ms, how, job_s, same) in measured_rows[name]
         ],
     }
-    if args.json:  # the measurements first: they must survive a failing summary
-        with open(args.json, "w") as out:
-            json.dump({"raw": raw}, out, indent=2)
-    report = summarize(store, raw)
-    report["raw"] = raw
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report, out, indent=2)
+    summarize_and_save(raw, lambda measured: summarize(store, measured), args.json)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import random
 
 import numpy as np
 from noise_layout import agreement
-from noise_protocols import add_run_arguments, pick_schedules, run_shuffled
+from noise_protocols import add_run_arguments, pick_schedules, run_shuffled, summarize_and_save
 
 from perfgraph.data.store import Store
 from perfgraph.measure.collector import CollectOptions, Collector
@@ -105,14 +105,7 @@ def main() -> None:
 
     run_shuffled(jobs, collectors, record)
     raw = {"machine": machine, "conditions": list(policies), "measurements": measurements}
-    if args.json:  # the measurements first: an hour of them must survive a failing summary
-        with open(args.json, "w") as out:
-            json.dump({"raw": raw}, out, indent=2)
-    report = summarize(store, raw)
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({**report, "raw": raw}, out, indent=2)
+    summarize_and_save(raw, lambda measured: summarize(store, measured), args.json)
 
 
 if __name__ == "__main__":
