@@ -24,6 +24,9 @@ ranking metrics (tau, top-1) see the residual only.
 
     taskset -c 0 .venv/bin/python benchmarks/compare_models.py --db data/perfgraph.db --seeds 0,1,2 --json out.json
 
+``--train-fraction F`` trains every model on the same share F of the training pipelines, drawn per seed
+and nested (:func:`training_subset`), validation and test unchanged: the points of a learning curve.
+
 Models are built by :func:`select_gnn.candidates` (the GNN and the LSTM, with the same training
 keywords), the ablations from the GNN's parameters with one of them changed.
 """
