@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     done = {(run["model"], run["seed"]) for run in runs}
     for seed in args.seeds:  # seed by seed, so that a cut-short run has whole seeds
         train = training_subset(parts.train, args.train_fraction, seed)
+        train_pipelines = len({graph.pipeline_name for graph in train})
         if args.train_fraction < 1.0:
-            print(f"seed {seed}: {len(train)} training samples / {len({g.pipeline_name for g in train})} pipelines")
+            print(f"seed {seed}: {len(train)} training samples / {train_pipelines} pipelines")
         for name, model in models_for_seed(args, seed):
             if (name, seed) in done:
                 continue
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
                 "epoch_seconds": statistics.fmean(entry["seconds"] for entry in model.log_),
                 "seconds": time.perf_counter() - fit_started,
                 "train_samples": len(train),
-                "train_pipelines": len({graph.pipeline_name for graph in train}),
+                "train_pipelines": train_pipelines,
                 "valid": score(model, parts.valid),
                 "test": score(model, parts.test),
             }

@@ -7,7 +7,7 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from itertools import zip_longest
 from pathlib import Path
 
@@ -321,7 +321,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     uri = _pipeline_uri(args.pipeline)
     machine = _stored_machine(open_store(args.db), args.machine, model) if args.machine else None
     _warn_if_unseen_machine(model, args.model, machine.kind if machine else None)
-    with _progress(args.candidates, "featurizing", quiet=args.json) as bar, _build_errors_are_cli_errors():
+    with _progress(args.candidates, "featurizing", quiet=args.json) as bar:
         result = predict_candidates(
             uri,
             model,
@@ -352,23 +352,22 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     weights = None if args.beam_seed in (None, "shipped") else args.beam_seed
     if weights is not None and not Path(weights).is_file():
         raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
-    with _build_errors_are_cli_errors():
-        graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)  # before --db exists: a bad pipeline leaves none
-        weights_path = None if weights is None else str(Path(weights).resolve())
-        seeds = [] if args.beam_seed is None else [beam_seed(graph, weights_path)]
-        result = tune(
-            uri,
-            model,
-            Store(args.db),
-            n=args.candidates,
-            k=args.measure_top,
-            rounds=args.rounds,
-            workers=args.workers,
-            on_progress=say,
-            seeds=seeds,
-            graph=graph,
-            memory_mb=args.memory_mb,
-        )
+    graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)  # before --db exists: a bad pipeline leaves none
+    weights_path = None if weights is None else str(Path(weights).resolve())
+    seeds = [] if args.beam_seed is None else [beam_seed(graph, weights_path)]
+    result = tune(
+        uri,
+        model,
+        Store(args.db),
+        n=args.candidates,
+        k=args.measure_top,
+        rounds=args.rounds,
+        workers=args.workers,
+        on_progress=say,
+        seeds=seeds,
+        graph=graph,
+        memory_mb=args.memory_mb,
+    )
     if result.best is not None:
         write_schedule_file(result, args.out)
     print(json.dumps(result.to_json()) if args.json else result.to_table())
@@ -376,17 +375,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         print(f"perfgraph: error: {uri}: none of the benchmarked candidates could be measured", file=sys.stderr)
         return 2
     return 0
-
-
-@contextlib.contextmanager
-def _build_errors_are_cli_errors() -> Iterator[None]:
-    """A pipeline that cannot be built or analysed (``BuildError``, naming it) is an error, not a traceback."""
-    from perfgraph.measure.builder import BuildError
-
-    try:
-        yield
-    except BuildError as error:
-        raise CliError(str(error)) from None
 
 
 def _stored_machine(store, kind: str, model):  # type: ignore[no-untyped-def]
@@ -826,6 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perfgraph.data.export import ExportError
     from perfgraph.data.shards import ShardError
     from perfgraph.data.store import StoreError
+    from perfgraph.measure.builder import BuildError
     from perfgraph.models.base import SchemaMismatchError
     from perfgraph.models.checkpoint import CheckpointError
 
@@ -835,7 +824,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = ", ".join(f"--{key} {value}" for key, value in paths.items())
     try:
         return args.run(args)
-    except (CliError, CheckpointError, SchemaMismatchError, StoreError, ShardError, ExportError) as error:
+    # BuildError: a pipeline that cannot be built or analysed (predict, schedule); its message names it.
+    except (CliError, CheckpointError, SchemaMismatchError, StoreError, ShardError, ExportError, BuildError) as error:
         print(f"perfgraph: error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head & co.
