@@ -12,7 +12,9 @@ the architecture differs:
 * ``schedule-edges``: the same GNN whose convolutions also read the schedule edge features (where
   each producer is computed and stored relative to its consumer: :mod:`perfgraph.schedules.schedule_source`);
 * ``no-graph-terms`` and ``gnn-terms``: ``no-graph`` and ``gnn`` whose head predicts coefficients of
-  Halide's hand-designed cost terms and a free term (:mod:`perfgraph.models.term_readout`).
+  Halide's hand-designed cost terms and a free term (:mod:`perfgraph.models.term_readout`);
+* ``gnn-global``: ``gnn`` with a virtual node: every layer adds the graph's mean stage state to each
+  stage (global context: :class:`~perfgraph.models.stage_gnn.StageGNN`).
 
 Every model is trained once per seed (initial weights and batch order) and scored on the validation
 and the test pipelines with :func:`~perfgraph.evaluate.metrics.evaluate_predictions`; the tables give
@@ -23,6 +25,10 @@ misjudged against each other). Their RMSEs, weighted by sample, add in squares t
 ranking metrics (tau, top-1) see the residual only.
 
     taskset -c 0 .venv/bin/python benchmarks/compare_models.py --db data/perfgraph.db --seeds 0,1,2 --json out.json
+
+``--pool-machines`` trains every model machine-aware on the samples of every machine kind in the store
+(split by pipeline, a pipeline in the same part for every kind) and scores it on ``--machine``'s
+validation and test samples: does another machine's data change which model wins?
 
 ``--train-fraction F`` trains every model on the same share F of the training pipelines, drawn per seed
 and nested (:func:`training_subset`), validation and test unchanged: the points of a learning curve.
@@ -53,7 +59,10 @@ from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel
 
-MODELS = ("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges", "no-graph-terms", "gnn-terms")
+MODELS = (
+    *("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges", "no-graph-terms", "gnn-terms"),
+    "gnn-global",
+)
 DEFAULT_MACHINE = "amd-epyc/znver4-avx2"
 #: Metrics in the tables: (key, header, decimals).
 TABLE_METRICS = (("rmse_log", "RMSE(ln)", 3), ("mape", "MAPE %", 1), ("kendall_tau", "tau", 3), ("top1", "top-1", 3))
@@ -74,7 +83,12 @@ def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, Neur
         "schedule-edges": GNNCostModel(**{**params, "schedule_edges": True}),
         "no-graph-terms": GNNCostModel(**{**params, "layers": 0, "cost_terms": True}),
         "gnn-terms": GNNCostModel(**{**params, "cost_terms": True}),
+        "gnn-global": GNNCostModel(**{**params, "global_context": True}),
     }
+    if args.pool_machines:
+        models = {
+            name: type(model)(**{**model.get_params(), "machine_features": True}) for name, model in models.items()
+        }
     return [(name, models[name]) for name in args.models]
 
 
@@ -142,17 +156,33 @@ def print_table(summary: list[dict], part: str, metrics: tuple, title: str) -> N
         print(f"{entry['model']:<15}{cells}")
 
 
-def load_graphs(db: Path, machine: str) -> list[Data]:
-    """The measured samples of one machine kind, as stage graphs (never mixing CPUs)."""
+def load_graphs(db: Path, machine: str, pool: bool = False) -> list[Data]:
+    """The measured samples of one machine kind, as stage graphs; with ``pool``, of every kind in the store.
+
+    Pooled graphs carry their kind (``machine_kind``) and machine features, for machine-aware models.
+    """
     with Store(db) as store:
-        samples = store.samples(machine=machine)
+        kinds = list(store.samples_by_machine_kind()) if pool else [machine]
+        if machine not in kinds:
+            raise SystemExit(f"{db}: no samples of machine kind {machine!r}; kinds: {', '.join(kinds)}")
+        samples = [sample for kind in kinds for sample in store.samples(machine=kind)]
     return list(StageGraphDataset.from_samples(samples))
+
+
+def of_kind(graphs: Sequence[Data], kind: str) -> list[Data]:
+    """The graphs measured on machine kind ``kind``."""
+    return [graph for graph in graphs if graph.machine_kind == kind]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", type=Path, default=Path("data/perfgraph.db"), help="perfgraph SQLite store")
     parser.add_argument("--machine", default=DEFAULT_MACHINE, help="machine kind whose run times are used")
+    parser.add_argument(
+        "--pool-machines",
+        action="store_true",
+        help="train machine-aware on every machine kind's samples; score on --machine's",
+    )
     parser.add_argument("--split", choices=SPLITS, default="fixed")
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS), help=",".join(MODELS))
     parser.add_argument("--conv", default="gin", help="the GNN's convolution (shipped: gin)")
@@ -189,9 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    graphs = load_graphs(args.db, args.machine)
+    graphs = load_graphs(args.db, args.machine, args.pool_machines)
     parts = split_samples(graphs, args.split)
-    print(f"{args.db} ({args.machine}): {parts.describe()}  [{time.perf_counter() - started:.0f} s]")
+    scored = {part: of_kind(getattr(parts, part), args.machine) for part in ("valid", "test")}
+    pooled = " (all kinds, machine-aware), scored on its own" if args.pool_machines else ""
+    print(f"{args.db} ({args.machine}{pooled}): {parts.describe()}  [{time.perf_counter() - started:.0f} s]")
     print(f"loss {args.loss}, at most {args.epochs} epochs, patience {args.patience}, lr {args.lr}")
     header = (
         f"{'model':<15} {'seed':>4} {'epochs':>6} {'best':>4} {'valid RMSE':>10} {'tau':>6} {'test RMSE':>10} "
@@ -221,8 +253,8 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": time.perf_counter() - fit_started,
                 "train_samples": len(train),
                 "train_pipelines": train_pipelines,
-                "valid": score(model, parts.valid),
-                "test": score(model, parts.test),
+                "valid": score(model, scored["valid"]),
+                "test": score(model, scored["test"]),
             }
             runs.append(run)
             print(
@@ -249,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
 #: Settings that must match for ``--resume`` to keep earlier runs.
 _RESUMABLE = (
     *("db", "machine", "split", "conv", "layers", "loss", "hidden", "epochs", "patience", "lr", "batch_size"),
-    *("dropout", "weight_decay", "train_fraction"),
+    *("dropout", "weight_decay", "train_fraction", "pool_machines"),
 )
 
 
@@ -283,7 +315,8 @@ def previous_runs(args: argparse.Namespace) -> list[dict]:
         return []
     record = json.loads(args.json.read_text())
     ours = _settings(args)
-    defaults = {"dropout": 0.0, "weight_decay": 0.0, "train_fraction": 1.0}  # settings older records did not have
+    # settings older records did not have
+    defaults = {"dropout": 0.0, "weight_decay": 0.0, "train_fraction": 1.0, "pool_machines": False}
     differing = sorted(key for key in _RESUMABLE if record["command"].get(key, defaults.get(key)) != ours[key])
     if differing:
         raise SystemExit(f"--resume: {args.json} was run with other settings: {', '.join(differing)}")

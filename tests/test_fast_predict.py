@@ -36,19 +36,30 @@ def fitted(model_class, real_samples, **params):
 
 
 @pytest.mark.parametrize(
-    ("conv", "schedule_edges", "cost_terms"),
+    ("conv", "schedule_edges", "cost_terms", "global_context"),
     [
-        ("gin", False, False),
-        ("sage", False, False),
-        ("gatv2", False, False),
-        ("gin", True, False),
-        ("gatv2", True, False),
-        ("gin", False, True),
-        ("sage", False, True),
+        ("gin", False, False, False),
+        ("sage", False, False, False),
+        ("gatv2", False, False, False),
+        ("gin", True, False, False),
+        ("gatv2", True, False, False),
+        ("gin", False, True, False),
+        ("sage", False, True, False),
+        ("gin", False, False, True),
+        ("sage", False, False, True),
     ],
 )
-def test_gnn_search_path_equals_the_training_path_on_mixed_pipelines(real_samples, conv, schedule_edges, cost_terms):
-    model = fitted(GNNCostModel, real_samples, conv=conv, schedule_edges=schedule_edges, cost_terms=cost_terms)
+def test_gnn_search_path_equals_the_training_path_on_mixed_pipelines(
+    real_samples, conv, schedule_edges, cost_terms, global_context
+):
+    model = fitted(
+        GNNCostModel,
+        real_samples,
+        conv=conv,
+        schedule_edges=schedule_edges,
+        cost_terms=cost_terms,
+        global_context=global_context,
+    )
     samples = shuffled(real_samples)
     assert len({s.pipeline_id for s in samples}) >= 3
     np.testing.assert_allclose(model.predict(samples), model.predict(as_graphs(samples)), rtol=RTOL)

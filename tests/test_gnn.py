@@ -229,3 +229,32 @@ def test_train_model_writes_checkpoint_log_and_loss_curve(real_samples, tmp_path
     assert len(log["epochs"]) == 3 and log["params"]["seed"] == 1
     assert set(log["split"]["test"]).isdisjoint(log["split"]["train"])
     assert np.array_equal(GNNCostModel.load(out).predict(real_samples), result.model.predict(real_samples))
+
+
+def test_global_context_needs_message_passing_layers():
+    with pytest.raises(ValueError, match="global_context .* needs layers >= 1"):
+        GNNCostModel(global_context=True, layers=0)
+
+
+@pytest.mark.parametrize("global_context", [False, True])
+def test_global_context_lets_a_stage_see_beyond_its_neighbours(global_context):
+    """A chain of 4 stages, one layer: stage 0's cost reads stage 3 only through the virtual node."""
+    from torch_geometric.data import Batch, Data
+
+    from perfgraph.features.graphs import EDGE_ATTR_DIM
+    from perfgraph.features.layout import FEATURES_PER_STAGE
+    from perfgraph.models.stage_gnn import StageGNN
+
+    torch.manual_seed(0)
+    network = StageGNN("gin", hidden=8, layers=1, global_context=global_context).eval()
+    chain = torch.tensor([[1, 2, 3, 0, 1, 2], [0, 1, 2, 1, 2, 3]])
+    x = torch.randn(4, FEATURES_PER_STAGE)
+    far = x.clone()
+    far[3] += 1.0
+    batch = Batch.from_data_list(
+        [Data(x=v, edge_index=chain, edge_attr=torch.zeros(6, EDGE_ATTR_DIM)) for v in (x, far)]
+    )
+    with torch.no_grad():
+        costs = network.node_log_costs(batch).view(2, 4)
+    assert (costs[0, 0] != costs[1, 0]).item() is global_context
+    assert (costs[0, 2] != costs[1, 2]).item()  # a neighbour of stage 3 sees it either way

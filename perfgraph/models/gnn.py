@@ -24,9 +24,11 @@ class GNNCostModel(NeuralCostModel):
     :mod:`~perfgraph.schedules.schedule_source`; without it, only the pipeline's edge features, the same
     for every schedule), ``cost_terms`` (the head predicts coefficients of Halide's hand-designed
     cost terms and a free term instead of each stage's log cost:
-    :mod:`~perfgraph.models.term_readout`). Training: the keywords of :class:`NeuralCostModel`, with its
-    defaults, except ``loss``, which defaults to ``mse+listnet`` here (it beat ``mse+rank`` on every
-    validation metric over 5 seeds: ``benchmarks/compare_models.py``, ``benchmarks/RESULTS.md`` session 10):
+    :mod:`~perfgraph.models.term_readout`), ``global_context`` (every layer adds the graph's mean stage
+    state to each stage: a virtual node, :class:`~perfgraph.models.stage_gnn.StageGNN`). Training: the
+    keywords of :class:`NeuralCostModel`, with its defaults, except ``loss``, which defaults to
+    ``mse+listnet`` here (it beat ``mse+rank`` on every validation metric over 5 seeds:
+    ``benchmarks/compare_models.py``, ``benchmarks/RESULTS.md`` session 10):
     ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), ``features`` (``all``, or ``schedule``
     for the 39 schedule features only: :data:`~perfgraph.models.neural.FEATURE_SETS`), Adam ``lr``
     and ``weight_decay``, at most ``epochs`` epochs with early stopping after ``patience`` epochs
@@ -49,6 +51,7 @@ class GNNCostModel(NeuralCostModel):
         dropout: float = 0.0,
         schedule_edges: bool = False,
         cost_terms: bool = False,
+        global_context: bool = False,
         **training: Any,
     ) -> None:
         if conv not in CONVS:
@@ -72,6 +75,11 @@ class GNNCostModel(NeuralCostModel):
         if not isinstance(cost_terms, bool):
             raise ValueError(f"cost_terms must be True or False, got {cost_terms!r}")
         self.schedule_edges, self.cost_terms = schedule_edges, cost_terms
+        if not isinstance(global_context, bool):
+            raise ValueError(f"global_context must be True or False, got {global_context!r}")
+        if global_context and layers == 0:
+            raise ValueError("global_context is added by every message-passing layer: it needs layers >= 1")
+        self.global_context = global_context
         super().__init__(**{"loss": "mse+listnet", **training})
 
     def build_network(self) -> StageGNN:
@@ -84,4 +92,5 @@ class GNNCostModel(NeuralCostModel):
             self.schedule_edges,
             self.machine_features,
             self.cost_terms,
+            self.global_context,
         )

@@ -6,7 +6,11 @@ depends on its producers and on its consumers), and mapped to a per-stage log co
 run time is the sum of stage costs (:class:`~perfgraph.models.stage_network.StageCostNetwork`).
 
 Every layer is pre-normalised and residual, ``h = h + act(conv(LayerNorm(h)))``, so deeper stacks
-start as the identity and do not over-smooth small graphs. LayerNorm rather than BatchNorm: batches
+start as the identity and do not over-smooth small graphs. With ``global_context`` every layer also
+adds a summary of the whole graph to each stage, ``h = h + act(mlp(mean(LayerNorm(h))))``: a virtual
+node joined to every stage (Gilmer et al., "Neural Message Passing for Quantum Chemistry", ICML 2017;
+the "virtual node" GIN of the OGB baselines, Hu et al., NeurIPS 2020), so that a stage's cost can
+depend on the schedule of stages it has no short path to. LayerNorm rather than BatchNorm: batches
 hold few, very different pipelines, and prediction must not depend on what else is in the batch.
 """
 
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv, TransformerConv
+from torch_geometric.utils import scatter
 
 from perfgraph.features.graphs import EDGE_ATTR_DIM, PIPELINE_EDGE_ATTR_DIM
 from perfgraph.features.pipeline_batch import batched_edge_index
@@ -47,6 +52,11 @@ def make_conv(kind: str, hidden: int, heads: int = 4, edge_dim: int = PIPELINE_E
     return TransformerConv(hidden, hidden // heads, heads=heads, edge_dim=edge_dim)
 
 
+def global_context_mlp(hidden: int) -> nn.Module:
+    """The virtual node's update: a graph's mean stage state (..., hidden) to what every stage adds (..., hidden)."""
+    return nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+
 class StageGNN(StageCostNetwork):
     """``conv`` in :data:`CONVS`; ``hidden`` channels; ``layers`` message-passing rounds (0 = no graph).
 
@@ -56,7 +66,8 @@ class StageGNN(StageCostNetwork):
     network without message passing too); it is off at inference.
     With ``machine_features`` every encoded stage is modulated by its sample's machine
     (:class:`~perfgraph.models.stage_network.MachineFiLM`); with ``cost_terms`` the head mixes
-    Halide's cost terms (:class:`~perfgraph.models.term_readout.TermReadout`).
+    Halide's cost terms (:class:`~perfgraph.models.term_readout.TermReadout`). With ``global_context``
+    every layer adds the graph's mean stage state, through an MLP, to every stage (a virtual node).
     """
 
     def __init__(
@@ -69,6 +80,7 @@ class StageGNN(StageCostNetwork):
         schedule_edges: bool = False,
         machine_features: bool = False,
         cost_terms: bool = False,
+        global_context: bool = False,
     ) -> None:
         super().__init__(hidden, machine_features, cost_terms)
         self.uses_edge_attr = CONVS.get(conv, False)
@@ -76,6 +88,7 @@ class StageGNN(StageCostNetwork):
         self.edge_dim = EDGE_ATTR_DIM if schedule_edges else PIPELINE_EDGE_ATTR_DIM
         self.convs = nn.ModuleList(make_conv(conv, hidden, heads, self.edge_dim) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        self.contexts = nn.ModuleList(global_context_mlp(hidden) for _ in range(layers if global_context else 0))
         self.dropout = nn.Dropout(dropout)
         self.head = cost_head(hidden, hidden, self.head_outputs)
         if conv not in CONVS:  # make_conv raised already unless layers == 0
@@ -83,14 +96,22 @@ class StageGNN(StageCostNetwork):
 
     def node_heads(self, batch: Batch) -> torch.Tensor:
         h = self.dropout(self.encode_stages(batch))
-        return self.refine(h, batch.edge_index, batch.edge_attr[:, : self.edge_dim])
+        return self.refine(h, batch.edge_index, batch.edge_attr[:, : self.edge_dim], batch.batch, batch.num_graphs)
 
-    def refine(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to head outputs (nodes, head_outputs)."""
-        for conv, norm in zip(self.convs, self.norms, strict=True):
+    def refine(
+        self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor, graph: torch.Tensor, num_graphs: int
+    ) -> torch.Tensor:
+        """Message passing and cost head: encoded stages ``h`` (nodes, hidden) to head outputs (nodes, head_outputs).
+
+        ``graph`` (nodes,) is every stage's graph in the batch, of ``num_graphs``: the global context pools by it.
+        """
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             edge_args = (edge_attr,) if self.uses_edge_attr else ()
             z = conv(norm(h), edge_index, *edge_args)
             h = h + self.dropout(nn.functional.gelu(z))
+            if self.contexts:
+                pooled = scatter(h, graph, dim=0, dim_size=num_graphs, reduce="mean")
+                h = h + self.dropout(self.contexts[i](pooled))[graph]
         return self.head(h)
 
     def shared_node_heads(self, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
@@ -102,8 +123,10 @@ class StageGNN(StageCostNetwork):
         convolutions get the flattened batch, its edges offset once, vectorised. Inference only.
         """
         if all(isinstance(conv, GINEConv) for conv in self.convs):
-            for conv, norm in zip(self.convs, self.norms, strict=True):
+            for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
                 h = h + self.dropout(nn.functional.gelu(gine_stage_major(conv, norm(h), edge_index, edge_attr)))
+                if self.contexts:
+                    h = h + self.dropout(self.contexts[i](h.mean(dim=0)))
             return self.head(h)
         s, n, hidden = h.shape
         if edge_attr.dim() == 3:
@@ -111,4 +134,6 @@ class StageGNN(StageCostNetwork):
         elif self.uses_edge_attr:
             edge_attr = edge_attr.repeat(n, 1)
         flat = h.transpose(0, 1).reshape(n * s, hidden)  # graph-major, as a PyG batch
-        return self.refine(flat, batched_edge_index(edge_index, n, s), edge_attr).view(n, s, -1).transpose(0, 1)
+        graph = torch.arange(n, device=h.device).repeat_interleave(s)
+        heads = self.refine(flat, batched_edge_index(edge_index, n, s), edge_attr, graph, n)
+        return heads.view(n, s, -1).transpose(0, 1)
