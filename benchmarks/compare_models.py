@@ -58,6 +58,7 @@ from perfgraph.features.dataset import StageGraphDataset
 from perfgraph.features.splits import SPLITS, split_samples
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel
+from perfgraph.models.training import LR_SCHEDULES
 
 MODELS = (
     *("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges", "no-graph-terms", "gnn-terms"),
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dropout", type=float, default=0.0, help="every model's dropout (shipped: 0)")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay (shipped: 0)")
     parser.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default="constant", help="learning-rate schedule (shipped: constant)"
+    )
+    parser.add_argument(
         "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2], help="comma-separated"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
 #: Settings that must match for ``--resume`` to keep earlier runs.
 _RESUMABLE = (
     *("db", "machine", "split", "conv", "layers", "loss", "hidden", "epochs", "patience", "lr", "batch_size"),
-    *("dropout", "weight_decay", "train_fraction", "pool_machines"),
+    *("dropout", "weight_decay", "lr_schedule", "train_fraction", "pool_machines"),
 )
 
 
@@ -316,7 +320,8 @@ def previous_runs(args: argparse.Namespace) -> list[dict]:
     record = json.loads(args.json.read_text())
     ours = _settings(args)
     # settings older records did not have
-    defaults = {"dropout": 0.0, "weight_decay": 0.0, "train_fraction": 1.0, "pool_machines": False}
+    defaults = {"dropout": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "train_fraction": 1.0}
+    defaults["pool_machines"] = False
     differing = sorted(key for key in _RESUMABLE if record["command"].get(key, defaults.get(key)) != ours[key])
     if differing:
         raise SystemExit(f"--resume: {args.json} was run with other settings: {', '.join(differing)}")

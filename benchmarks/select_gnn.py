@@ -34,6 +34,7 @@ from perfgraph.models.neural import NeuralCostModel
 from perfgraph.models.sequence import SequenceCostModel
 from perfgraph.models.stage_gnn import CONVS
 from perfgraph.models.train import evaluate_model
+from perfgraph.models.training import LR_SCHEDULES
 
 
 def candidates(args: argparse.Namespace, seed: int) -> list[tuple[str, NeuralCostModel]]:
@@ -46,6 +47,7 @@ def candidates(args: argparse.Namespace, seed: int) -> list[tuple[str, NeuralCos
         "batch_size": args.batch_size,
         "dropout": args.dropout,
         "weight_decay": args.weight_decay,
+        "lr_schedule": args.lr_schedule,
         "seed": seed,
         "device": args.device,
         "progress": False,
@@ -81,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.0, help="every model's dropout (shipped: 0)")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="Adam's L2 weight decay (shipped: 0)")
+    parser.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default="constant", help="learning-rate schedule (shipped: constant)"
+    )
     parser.add_argument(
         "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0], help="comma-separated, e.g. 0,1,2"
     )

@@ -258,3 +258,29 @@ def test_global_context_lets_a_stage_see_beyond_its_neighbours(global_context):
         costs = network.node_log_costs(batch).view(2, 4)
     assert (costs[0, 0] != costs[1, 0]).item() is global_context
     assert (costs[0, 2] != costs[1, 2]).item()  # a neighbour of stage 3 sees it either way
+
+
+@pytest.mark.parametrize("lr_schedule", ["constant", "plateau"])
+def test_the_plateau_schedule_halves_the_rate_when_the_loss_stalls(real_samples, lr_schedule):
+    from perfgraph.features.graphs import as_graphs
+    from perfgraph.models.stage_gnn import StageGNN
+    from perfgraph.models.training import PLATEAU_FACTOR, train_network
+
+    def stalled(pred, true, group):  # never improves after the first epoch
+        return pred.sum() * 0.0 + 1.0
+
+    log = train_network(
+        StageGNN("gin", hidden=8, layers=1), as_graphs(real_samples[:8]), [], stalled,
+        epochs=20, lr=1e-2, patience=9, batch_size=4, seed=0, lr_schedule=lr_schedule, progress=False,
+    )  # fmt: skip
+    rates = [entry["lr"] for entry in log]
+    assert len(rates) == 10  # stopped by patience either way
+    if lr_schedule == "constant":
+        assert set(rates) == {1e-2}
+    else:
+        assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(1e-2 * PLATEAU_FACTOR**2)
+
+
+def test_an_unknown_lr_schedule_is_refused():
+    with pytest.raises(ValueError, match="lr_schedule.*cosine"):
+        GNNCostModel(lr_schedule="cosine")

@@ -31,7 +31,7 @@ from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 from perfgraph.models.losses import make_loss
 from perfgraph.models.shared_inference import predict_samples_log_runtimes
 from perfgraph.models.stage_network import StageCostNetwork
-from perfgraph.models.training import DEVICES, predict_log_runtimes, resolve_device, train_network
+from perfgraph.models.training import DEVICES, LR_SCHEDULES, predict_log_runtimes, resolve_device, train_network
 
 #: The stage features a neural model may read (``features``): all 326, or only the 39 schedule
 #: features, an ablation that asks how much the pipeline features (op histograms, access patterns)
@@ -76,6 +76,7 @@ class NeuralCostModel(CostModel):
         patience: int = 30,
         batch_size: int = 64,
         weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
         seed: int = 0,
         device: str = "auto",
         update_epochs: int = 5,
@@ -96,6 +97,8 @@ class NeuralCostModel(CostModel):
             raise ValueError(f"patience must be a non-negative int, got {patience!r}")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if not isinstance(machine_features, bool):
@@ -103,7 +106,7 @@ class NeuralCostModel(CostModel):
         self.loss, self.features, self.lr, self.epochs, self.patience = loss, features, lr, epochs, patience
         self.batch_size, self.weight_decay, self.seed, self.device = batch_size, weight_decay, seed, device
         self.update_epochs, self.update_lr_factor, self.progress = update_epochs, update_lr_factor, progress
-        self.replay, self.machine_features = replay, machine_features
+        self.replay, self.machine_features, self.lr_schedule = replay, machine_features, lr_schedule
         self.replay_ = ReplayBuffer(replay, seed)
         self.network_: StageCostNetwork | None = None
         self.normalizer_: FeatureNormalizer | None = None
@@ -176,6 +179,7 @@ class NeuralCostModel(CostModel):
             seed=self.seed,
             device=resolve_device(self.device),
             weight_decay=self.weight_decay,
+            lr_schedule=self.lr_schedule,
             progress=self.progress,
             desc=f"fit {self.name}",
         )

@@ -30,6 +30,11 @@ from perfgraph.models.early_stopping import EarlyStopping
 from perfgraph.models.stage_network import StageCostNetwork
 
 DEVICES = ("auto", "cpu", "cuda")
+#: Learning-rate schedules of :func:`train_network`: ``constant``, or ``plateau`` (halve the rate
+#: after a third of ``patience`` epochs without improvement: ``torch.optim.lr_scheduler.ReduceLROnPlateau``).
+LR_SCHEDULES = ("constant", "plateau")
+#: ``plateau``: the factor the learning rate is multiplied by when the watched loss stalls.
+PLATEAU_FACTOR = 0.5
 LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -150,6 +155,7 @@ def train_network(
     seed: int,
     device: torch.device | str = "cpu",
     weight_decay: float = 0.0,
+    lr_schedule: str = "constant",
     grad_clip: float = 5.0,
     progress: bool = True,
     desc: str = "training",
@@ -158,7 +164,9 @@ def train_network(
     """Train ``network`` in place and return the per-epoch log; the best weights are restored.
 
     Early stopping watches the validation loss, or the training loss when ``valid_graphs`` is empty
-    (as in fine-tuning); training stops after ``patience`` epochs without improvement.
+    (as in fine-tuning); training stops after ``patience`` epochs without improvement. With
+    ``lr_schedule="plateau"`` the learning rate is also halved whenever that loss has not improved for
+    ``max(1, patience // 3)`` epochs (:data:`LR_SCHEDULES`); each epoch's rate is logged as ``lr``.
 
     In a process group (``torchrun``), every rank calls this with the same arguments: the network
     trains under DistributedDataParallel on this rank's share of the batches, rank 0 alone validates
@@ -166,6 +174,8 @@ def train_network(
     """
     if not train_graphs:
         raise ValueError("train_graphs: cannot train on an empty training set")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     device = torch.device(device)
     network.to(device)
     ranks = current_ranks()
@@ -175,6 +185,11 @@ def train_network(
     validate = ranks.is_main and bool(valid_graphs)  # rank 0 alone validates
     valid_batches = [batch for _, batch in collate_batches(valid_graphs, batch_size, None, device)] if validate else []
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=PLATEAU_FACTOR, patience=max(1, patience // 3))
+        if lr_schedule == "plateau"
+        else None
+    )
     stopper = EarlyStopping(network, patience)
     log: list[dict] = []
     shown = progress and ranks.is_main
@@ -198,6 +213,7 @@ def train_network(
             "valid_loss": None,
             "valid_mape": None,
             "valid_rmse_log": None,
+            "lr": optimizer.param_groups[0]["lr"],
         }
         if validate:
             metrics = evaluate(network, valid_batches, loss)
@@ -209,6 +225,8 @@ def train_network(
         if not math.isfinite(score):
             raise FloatingPointError(f"epoch {epoch}: loss became {score}; lower lr (now {lr})")
         stop = stopper.step(score, network)
+        if scheduler is not None:
+            scheduler.step(score)
         bar.set_postfix(
             train=f"{entry['train_loss']:.4f}",
             valid="-" if entry["valid_loss"] is None else f"{entry['valid_loss']:.4f}",
