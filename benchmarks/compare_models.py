@@ -14,7 +14,9 @@ the architecture differs:
 * ``no-graph-terms`` and ``gnn-terms``: ``no-graph`` and ``gnn`` whose head predicts coefficients of
   Halide's hand-designed cost terms and a free term (:mod:`perfgraph.models.term_readout`);
 * ``gnn-global``: ``gnn`` with a virtual node: every layer adds the graph's mean stage state to each
-  stage (global context: :class:`~perfgraph.models.stage_gnn.StageGNN`).
+  stage (global context: :class:`~perfgraph.models.stage_gnn.StageGNN`);
+* ``gnn-dir``: ``gnn`` with separate weights for a stage's producers and its consumers
+  (:mod:`~perfgraph.models.directed_gine`).
 
 Every model is trained once per seed (initial weights and batch order) and scored on the validation
 and the test pipelines with :func:`~perfgraph.evaluate.metrics.evaluate_predictions`; the tables give
@@ -62,7 +64,7 @@ from perfgraph.models.training import LR_SCHEDULES
 
 MODELS = (
     *("gnn", "sequence", "no-graph", "schedule-only", "schedule-edges", "no-graph-terms", "gnn-terms"),
-    "gnn-global",
+    *("gnn-global", "gnn-dir"),
 )
 DEFAULT_MACHINE = "amd-epyc/znver4-avx2"
 #: Metrics in the tables: (key, header, decimals).
@@ -85,6 +87,7 @@ def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, Neur
         "no-graph-terms": GNNCostModel(**{**params, "layers": 0, "cost_terms": True}),
         "gnn-terms": GNNCostModel(**{**params, "cost_terms": True}),
         "gnn-global": GNNCostModel(**{**params, "global_context": True}),
+        "gnn-dir": GNNCostModel(**{**params, "conv": "gin-dir"}),
     }
     if args.pool_machines:
         models = {

@@ -703,7 +703,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--loss", help="gnn/sequence: mse, relative, rank, listnet, sums like mse+rank; halide: halide, mse_log"
     )
-    train.add_argument("--conv", help="gnn graph convolution: gcn, sage, gatv2, gin, transformer")
+    train.add_argument(
+        "--conv",
+        help="gnn graph convolution: gcn, sage, gatv2, gin, gin-dir (GIN, producers and consumers apart), transformer",
+    )
     train.add_argument("--target", help="xgboost target: throughput (Ansor's) or log_runtime")
     train.add_argument("--size", type=_POSITIVE, help="ensemble: how many members (default 5)")
     train.add_argument(

@@ -47,6 +47,8 @@ def fitted(model_class, real_samples, **params):
         ("sage", False, True, False),
         ("gin", False, False, True),
         ("sage", False, False, True),
+        ("gin-dir", False, False, False),
+        ("gin-dir", True, False, True),
     ],
 )
 def test_gnn_search_path_equals_the_training_path_on_mixed_pipelines(

@@ -284,3 +284,24 @@ def test_the_plateau_schedule_halves_the_rate_when_the_loss_stalls(real_samples,
 def test_an_unknown_lr_schedule_is_refused():
     with pytest.raises(ValueError, match="lr_schedule.*cosine"):
         GNNCostModel(lr_schedule="cosine")
+
+
+def test_the_directed_gin_tells_producers_from_consumers():
+    """With the flag column's own weight zeroed, only the routing by direction can tell the two apart."""
+    from perfgraph.models.directed_gine import DirectedGINE
+
+    torch.manual_seed(0)
+    layer = DirectedGINE(hidden=8, edge_dim=3, direction_column=2)
+    x = torch.randn(3, 8)
+    edge_index = torch.tensor([[0, 1, 1, 2], [1, 2, 0, 1]])  # the chain 0 -> 1 -> 2, both ways
+    flags = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    edge_attr = torch.stack([torch.ones(4), torch.zeros(4), flags], dim=1)
+    flipped = torch.stack([torch.ones(4), torch.zeros(4), 1 - flags], dim=1)
+    with torch.no_grad():
+        for conv in (layer.from_producers, layer.from_consumers):
+            conv.lin.weight[:, 2] = 0.0
+        assert not torch.allclose(layer(x, edge_index, edge_attr), layer(x, edge_index, flipped))
+        layer.from_consumers.load_state_dict(layer.from_producers.state_dict())  # one set of weights
+        assert torch.allclose(layer(x, edge_index, edge_attr), layer(x, edge_index, flipped))
+    with pytest.raises(ValueError, match="direction_column"):
+        DirectedGINE(hidden=8, edge_dim=3, direction_column=3)

@@ -24,11 +24,13 @@ from torch_geometric.utils import scatter
 
 from perfgraph.features.graphs import EDGE_ATTR_DIM, PIPELINE_EDGE_ATTR_DIM
 from perfgraph.features.pipeline_batch import batched_edge_index
+from perfgraph.models.directed_gine import DirectedGINE, gin_mlp
 from perfgraph.models.shared_gine import gine_stage_major
 from perfgraph.models.stage_network import StageCostNetwork, cost_head
 
 #: Convolution types, and whether each reads edge features.
-CONVS: dict[str, bool] = {"gcn": False, "sage": False, "gatv2": True, "gin": True, "transformer": True}
+#: ``gin-dir`` is GIN with separate weights for producers and consumers (:mod:`~perfgraph.models.directed_gine`).
+CONVS: dict[str, bool] = {"gcn": False, "sage": False, "gatv2": True, "gin": True, "gin-dir": True, "transformer": True}
 
 
 def make_conv(kind: str, hidden: int, heads: int = 4, edge_dim: int = PIPELINE_EDGE_ATTR_DIM) -> nn.Module:
@@ -47,8 +49,9 @@ def make_conv(kind: str, hidden: int, heads: int = 4, edge_dim: int = PIPELINE_E
     if kind == "gatv2":
         return GATv2Conv(hidden, hidden // heads, heads=heads, edge_dim=edge_dim)
     if kind == "gin":
-        mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        return GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+        return GINEConv(gin_mlp(hidden), train_eps=True, edge_dim=edge_dim)
+    if kind == "gin-dir":
+        return DirectedGINE(hidden, edge_dim)
     return TransformerConv(hidden, hidden // heads, heads=heads, edge_dim=edge_dim)
 
 
