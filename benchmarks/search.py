@@ -5,15 +5,17 @@ checked; every distinct schedule of a pipeline is benchmarked once and shared by
 chose it), on pipelines that were never in training (the zoo blocks at their default sizes, which are
 in no split, and pipelines of the test split):
 
-1. ``gnn K=8`` / ``gnn K=16``: rank N candidates with the GNN, benchmark the predicted best K, keep the
-   fastest measured (one round);
-2. ``gnn K=8 x3``: three rounds of K=8, the model updated on its measurements between rounds;
+1. ``M K=8`` / ``M K=16``: rank N candidates with the search model ``M`` (``--search-model``, default
+   the shipped default of ``perfgraph schedule``, ``ensemble``), benchmark the predicted best K, keep
+   the fastest measured (one round);
+2. ``M K=8 x3``: three rounds of K=8, the model updated on its measurements between rounds;
 3. ``beam shipped``: Adams2019 beam search with Halide's shipped weights;
 4. ``beam retrained``: the same with our Halide network trained on our data (``models/halide.pt``
    exported with ``perfgraph export --format weights``);
 5. ``random 8`` / ``random 16``: the best of the first 8 / 16 of the same N candidates, no model;
-6. ``halide K=8`` / ``xgboost K=8``: the one-round search driven by the other cost models;
-7. ``gnn K=8 + beam retrained`` / ``gnn K=8 x3 + beam retrained``: the GNN search with Adams2019's own
+6. ``gnn K=8``, ``halide K=8``, ``xgboost K=8``: the one-round search driven by the other shipped cost
+   models (``--models``);
+7. ``M K=8 + beam retrained`` / ``M K=8 x3 + beam retrained``: the model's search with Adams2019's own
    beam search (retrained weights) as a seed, benchmarked beside the model's picks (``perfgraph schedule
    --beam-seed WEIGHTS``, ``tune(seeds=...)``): the faster of the two schedules this run measured, at the
    sum of the two wall times and benchmark counts.
@@ -83,7 +85,10 @@ def with_portfolios(methods: dict) -> dict:
 
 
 def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, models: dict, weights: str) -> dict:
-    """Every method on one pipeline; returns ``{method: {"ms": ..., "wall_s": ..., "benchmarks": ...}}``."""
+    """Every method on one pipeline; returns ``{method: {"ms": ..., "wall_s": ..., "benchmarks": ...}}``.
+
+    Every model of ``models`` gets a one-round K=8 search; ``args.search_model`` also K=16 and ``args.rounds``.
+    """
     store = collector.store
     started = time.perf_counter()
     graph = analyse_stage_graph(uri)
@@ -98,7 +103,8 @@ def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, model
         predict_s[name] = time.perf_counter() - t0
         chosen[name] = [r.candidate for r in ranked]
     pool = {c.features_hash: c for c in candidates}
-    wanted = {h: None for name in models for h in [c.features_hash for c in chosen[name][:16]]}
+    top = {name: 16 if name == args.search_model else 8 for name in models}
+    wanted = {h: None for name in models for h in [c.features_hash for c in chosen[name][: top[name]]]}
     wanted.update({c.features_hash: None for c in candidates[:16]})  # random: the first 16 in seed order
     configs = [pool[h].config for h in wanted]
     t0 = time.perf_counter()
@@ -112,7 +118,7 @@ def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, model
 
     rows: dict[str, dict] = {}
     for name in models:
-        for k in (8, 16) if name == "gnn" else (8,):
+        for k in (8, 16) if name == args.search_model else (8,):
             hashes = [c.features_hash for c in chosen[name][:k]]
             wall = per_candidate_s * tried + predict_s[name] + measure_each_s * k
             rows[f"{name} K={k}"] = {"ms": best_of(hashes), "wall_s": wall, "benchmarks": k}
@@ -124,10 +130,10 @@ def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, model
             "benchmarks": k,
         }
     if args.rounds > 1:
-        model = load_model(MODELS_DIR / "gnn.pt")
+        model = load_model(MODELS_DIR / f"{args.search_model}.pt")  # fresh: tune updates it
         result = tune(uri, model, store, n=args.candidates, k=8, rounds=args.rounds, first_round=candidates)
         best = result.best
-        rows[f"gnn K=8 x{args.rounds}"] = {
+        rows[f"{args.search_model} K=8 x{args.rounds}"] = {
             "ms": best.measured_ms if best else None,
             "wall_s": result.wall_s,
             "benchmarks": len(result.measured),
@@ -155,7 +161,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", type=Path, default=Path("out/search/bench.db"), help="store of every benchmark")
     parser.add_argument("--candidates", type=int, default=256, metavar="N")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the multi-round GNN search (1: skip it)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the multi-round search (1: skip it)")
+    parser.add_argument(
+        "--models",
+        type=lambda text: text.split(","),
+        default=["ensemble", "gnn", "halide", "xgboost"],
+        help="shipped models (models/NAME.pt) whose one-round K=8 search is compared",
+    )
+    parser.add_argument(
+        "--search-model", default="ensemble", help="the one of --models also searched with K=16 and several rounds"
+    )
     parser.add_argument("--beam", type=int, help="Adams2019 beam (default: 32, 8 or 2 by stage count, as collect)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES))
@@ -167,7 +182,9 @@ def main() -> None:
         print_report(saved["pipelines"], saved["machine"], "as saved")
         return
 
-    models = {name: load_model(MODELS_DIR / f"{name}.pt") for name in ("gnn", "halide", "xgboost")}
+    if args.search_model not in args.models:
+        parser.error(f"--search-model {args.search_model!r} must be one of --models {','.join(args.models)}")
+    models = {name: load_model(MODELS_DIR / f"{name}.pt") for name in args.models}
     weights = str((args.db.parent / "halide_retrained.weights").resolve())
     args.db.parent.mkdir(parents=True, exist_ok=True)
     export_checkpoint_weights(MODELS_DIR / "halide.pt", weights)
