@@ -29,8 +29,10 @@ ranking metrics (tau, top-1) see the residual only.
     taskset -c 0 .venv/bin/python benchmarks/compare_models.py --db data/perfgraph.db --seeds 0,1,2 --json out.json
 
 ``--pool-machines`` trains every model machine-aware on the samples of every machine kind in the store
-(split by pipeline, a pipeline in the same part for every kind) and scores it on ``--machine``'s
-validation and test samples: does another machine's data change which model wins?
+(split by pipeline, a pipeline in the same part for every kind; early stopping on every kind's
+validation samples, as ``perfgraph train --machine all`` does) and scores it on ``--machine``'s
+validation and test samples: does another machine's data change which model wins? ``train_samples`` then
+counts every kind's.
 
 ``--train-fraction F`` trains every model on the same share F of the training pipelines, drawn per seed
 and nested (:func:`training_subset`), validation and test unchanged: the points of a learning curve.
@@ -73,27 +75,34 @@ SPLIT_METRICS = (("rmse_log", "RMSE(ln)", 3), ("bias_rmse_log", "bias", 3), ("re
 
 
 def models_for_seed(args: argparse.Namespace, seed: int) -> list[tuple[str, NeuralCostModel]]:
-    """The models of :data:`MODELS`, untrained, with ``seed``; ``args.models`` picks which."""
+    """The models of :data:`MODELS` that ``args.models`` names, untrained, with ``seed``.
+
+    Only those are built, so that a setting one variant refuses (``--layers 0`` for ``gnn-global``)
+    fails only when that variant is asked for. With ``args.pool_machines`` every model is machine-aware.
+    """
     shipped = argparse.Namespace(**{**vars(args), "convs": [args.conv], "losses": [args.loss], "no_sequence": False})
     built = dict(candidates(shipped, seed))
     gnn, sequence = built[f"gnn/{args.conv}"], built["sequence/lstm"]
     params = gnn.get_params()
-    models = {
-        "gnn": gnn,
-        "sequence": sequence,
-        "no-graph": GNNCostModel(**{**params, "layers": 0}),
-        "schedule-only": GNNCostModel(**{**params, "features": "schedule"}),
-        "schedule-edges": GNNCostModel(**{**params, "schedule_edges": True}),
-        "no-graph-terms": GNNCostModel(**{**params, "layers": 0, "cost_terms": True}),
-        "gnn-terms": GNNCostModel(**{**params, "cost_terms": True}),
-        "gnn-global": GNNCostModel(**{**params, "global_context": True}),
-        "gnn-dir": GNNCostModel(**{**params, "conv": "gin-dir"}),
+    variants = {
+        "no-graph": {"layers": 0},
+        "schedule-only": {"features": "schedule"},
+        "schedule-edges": {"schedule_edges": True},
+        "no-graph-terms": {"layers": 0, "cost_terms": True},
+        "gnn-terms": {"cost_terms": True},
+        "gnn-global": {"global_context": True},
+        "gnn-dir": {"conv": "gin-dir"},
     }
-    if args.pool_machines:
-        models = {
-            name: type(model)(**{**model.get_params(), "machine_features": True}) for name, model in models.items()
-        }
-    return [(name, models[name]) for name in args.models]
+    machine = {"machine_features": True} if args.pool_machines else {}
+    models = []
+    for name in args.models:
+        if name in variants:
+            model: NeuralCostModel = GNNCostModel(**{**params, **variants[name], **machine})
+        else:
+            base = gnn if name == "gnn" else sequence
+            model = type(base)(**{**base.get_params(), **machine}) if machine else base
+        models.append((name, model))
+    return models
 
 
 def bias_and_residual(predicted_ms: np.ndarray, measured_ms: np.ndarray, pipeline_ids: np.ndarray) -> dict:
@@ -229,9 +238,14 @@ def main(argv: list[str] | None = None) -> None:
     graphs = load_graphs(args.db, args.machine, args.pool_machines)
     parts = split_samples(graphs, args.split)
     scored = {part: of_kind(getattr(parts, part), args.machine) for part in ("valid", "test")}
+    empty = [part for part, graphs in scored.items() if not graphs]
+    if empty:
+        raise SystemExit(f"{args.db}: no {args.machine} samples in the {' and '.join(empty)} part of the pooled split")
     pooled = " (all kinds, machine-aware), scored on its own" if args.pool_machines else ""
     print(f"{args.db} ({args.machine}{pooled}): {parts.describe()}  [{time.perf_counter() - started:.0f} s]")
-    print(f"loss {args.loss}, at most {args.epochs} epochs, patience {args.patience}, lr {args.lr}")
+    print(
+        f"loss {args.loss}, at most {args.epochs} epochs, patience {args.patience}, lr {args.lr} ({args.lr_schedule})"
+    )
     header = (
         f"{'model':<15} {'seed':>4} {'epochs':>6} {'best':>4} {'valid RMSE':>10} {'tau':>6} {'test RMSE':>10} "
         f"{'tau':>6} {'s/epoch':>7} {'sec':>6}"
@@ -322,9 +336,13 @@ def previous_runs(args: argparse.Namespace) -> list[dict]:
         return []
     record = json.loads(args.json.read_text())
     ours = _settings(args)
-    # settings older records did not have
-    defaults = {"dropout": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "train_fraction": 1.0}
-    defaults["pool_machines"] = False
+    defaults = {  # settings older records did not have
+        "dropout": 0.0,
+        "weight_decay": 0.0,
+        "lr_schedule": "constant",
+        "train_fraction": 1.0,
+        "pool_machines": False,
+    }
     differing = sorted(key for key in _RESUMABLE if record["command"].get(key, defaults.get(key)) != ours[key])
     if differing:
         raise SystemExit(f"--resume: {args.json} was run with other settings: {', '.join(differing)}")

@@ -17,8 +17,8 @@ from perfgraph.models.stage_gnn import CONVS, StageGNN
 class GNNCostModel(NeuralCostModel):
     """Predicts run time as the sum of per-stage costs computed by a GNN over the stage graph.
 
-    Architecture: ``conv`` (one of ``gcn``, ``sage``, ``gatv2``, ``gin``, ``transformer``), ``hidden``
-    channels, ``layers`` residual message-passing layers, ``heads`` attention heads (``gatv2`` and
+    Architecture: ``conv`` (one of ``gcn``, ``sage``, ``gatv2``, ``gin``, ``gin-dir``, ``transformer``),
+    ``hidden`` channels, ``layers`` residual message-passing layers, ``heads`` attention heads (``gatv2`` and
     ``transformer``), ``dropout``, ``schedule_edges`` (the convolutions also read where each producer is
     computed and stored relative to its consumer under the schedule:
     :mod:`~perfgraph.schedules.schedule_source`; without it, only the pipeline's edge features, the same
@@ -31,9 +31,10 @@ class GNNCostModel(NeuralCostModel):
     ``benchmarks/compare_models.py``, ``benchmarks/RESULTS.md`` session 10):
     ``loss`` (see :func:`~perfgraph.models.losses.make_loss`), ``features`` (``all``, or ``schedule``
     for the 39 schedule features only: :data:`~perfgraph.models.neural.FEATURE_SETS`), Adam ``lr``
-    and ``weight_decay``, at most ``epochs`` epochs with early stopping after ``patience`` epochs
-    without validation improvement, ``batch_size`` graphs per step, ``seed``, ``device`` (``auto``,
-    ``cpu``, ``cuda``).
+    and ``weight_decay``, ``lr_schedule`` (``constant`` or ``plateau``, for ``fit``:
+    :data:`~perfgraph.models.training.LR_SCHEDULES`; ``update`` always runs at a constant rate), at most
+    ``epochs`` epochs with early stopping after ``patience`` epochs without validation improvement,
+    ``batch_size`` graphs per step, ``seed``, ``device`` (``auto``, ``cpu``, ``cuda``).
     ``update`` fine-tunes for ``update_epochs`` at ``lr * update_lr_factor`` on the new samples and as many
     replayed earlier ones (at most ``replay`` kept). ``machine_features`` makes the model machine-aware:
     it reads every sample's machine (:attr:`~perfgraph.data.records.Sample.machine_features`), so one

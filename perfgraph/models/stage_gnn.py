@@ -7,10 +7,11 @@ run time is the sum of stage costs (:class:`~perfgraph.models.stage_network.Stag
 
 Every layer is pre-normalised and residual, ``h = h + act(conv(LayerNorm(h)))``, so deeper stacks
 start as the identity and do not over-smooth small graphs. With ``global_context`` every layer also
-adds a summary of the whole graph to each stage, ``h = h + act(mlp(mean(LayerNorm(h))))``: a virtual
-node joined to every stage (Gilmer et al., "Neural Message Passing for Quantum Chemistry", ICML 2017;
-the "virtual node" GIN of the OGB baselines, Hu et al., NeurIPS 2020), so that a stage's cost can
-depend on the schedule of stages it has no short path to. LayerNorm rather than BatchNorm: batches
+adds a summary of the whole graph to each stage, ``h = h + mlp(mean(h))`` (``mlp``: LayerNorm, Linear,
+GELU, Linear), so that a stage's cost can depend on the schedule of stages it has no short path to: a
+simplified, stateless virtual node joined to every stage (after Gilmer et al., "Neural Message Passing
+for Quantum Chemistry", ICML 2017, and the virtual-node GIN of the OGB baselines, Hu et al., NeurIPS
+2020, which keep the virtual node's state from layer to layer). LayerNorm rather than BatchNorm: batches
 hold few, very different pipelines, and prediction must not depend on what else is in the batch.
 """
 
@@ -121,7 +122,7 @@ class StageGNN(StageCostNetwork):
         """Head outputs (S, N, head_outputs) of ``N`` schedules of one pipeline, from the stages ``h`` (S, N, hidden).
 
         ``edge_index`` (2, 2E) is the pipeline's, shared by all ``N``; ``edge_attr`` is either shared too
-        (2E, 10) or, for a network that :attr:`reads_schedule_edges`, every schedule's (2E, N, 17). GIN
+        (2E, 10) or, for a network that :attr:`reads_schedule_edges`, every schedule's (2E, N, 17). ``gin``
         layers run stage-major (:func:`~perfgraph.models.shared_gine.gine_stage_major`); other
         convolutions get the flattened batch, its edges offset once, vectorised. Inference only.
         """

@@ -30,8 +30,9 @@ from perfgraph.models.early_stopping import EarlyStopping
 from perfgraph.models.stage_network import StageCostNetwork
 
 DEVICES = ("auto", "cpu", "cuda")
-#: Learning-rate schedules of :func:`train_network`: ``constant``, or ``plateau`` (halve the rate
-#: after a third of ``patience`` epochs without improvement: ``torch.optim.lr_scheduler.ReduceLROnPlateau``).
+#: Learning-rate schedules of :func:`train_network`: ``constant``, or ``plateau`` (halve the rate once
+#: more than a third of ``patience`` epochs pass without improvement:
+#: ``torch.optim.lr_scheduler.ReduceLROnPlateau``, improvement judged as by the early stopping).
 LR_SCHEDULES = ("constant", "plateau")
 #: ``plateau``: the factor the learning rate is multiplied by when the watched loss stalls.
 PLATEAU_FACTOR = 0.5
@@ -165,8 +166,9 @@ def train_network(
 
     Early stopping watches the validation loss, or the training loss when ``valid_graphs`` is empty
     (as in fine-tuning); training stops after ``patience`` epochs without improvement. With
-    ``lr_schedule="plateau"`` the learning rate is also halved whenever that loss has not improved for
-    ``max(1, patience // 3)`` epochs (:data:`LR_SCHEDULES`); each epoch's rate is logged as ``lr``.
+    ``lr_schedule="plateau"`` the learning rate is also halved whenever that loss has not improved (any
+    decrease counts, as for the early stopping) for more than ``max(1, patience // 3)`` epochs
+    (:data:`LR_SCHEDULES`); each epoch's rate is logged as ``lr``.
 
     In a process group (``torchrun``), every rank calls this with the same arguments: the network
     trains under DistributedDataParallel on this rank's share of the batches, rank 0 alone validates
@@ -186,7 +188,9 @@ def train_network(
     valid_batches = [batch for _, batch in collate_batches(valid_graphs, batch_size, None, device)] if validate else []
     optimizer = torch.optim.Adam(network.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=PLATEAU_FACTOR, patience=max(1, patience // 3))
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=PLATEAU_FACTOR, patience=max(1, patience // 3), threshold=0.0
+        )
         if lr_schedule == "plateau"
         else None
     )
@@ -223,7 +227,7 @@ def train_network(
         log.append(entry)
         score = entry["valid_loss"] if valid_graphs else entry["train_loss"]
         if not math.isfinite(score):
-            raise FloatingPointError(f"epoch {epoch}: loss became {score}; lower lr (now {lr})")
+            raise FloatingPointError(f"epoch {epoch}: loss became {score}; lower lr (now {entry['lr']})")
         stop = stopper.step(score, network)
         if scheduler is not None:
             scheduler.step(score)
