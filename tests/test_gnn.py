@@ -10,15 +10,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch_geometric.data import Batch, Data
 
 from perfgraph.evaluate.metrics import rmse_log
+from perfgraph.features.graphs import EDGE_ATTR_DIM, as_graphs
+from perfgraph.features.layout import FEATURES_PER_STAGE
 from perfgraph.models.base import NotFittedError, SchemaMismatchError
+from perfgraph.models.directed_gine import DirectedGINE
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.losses import listwise_rank_loss, make_loss, pairwise_rank_loss, relative_error_loss
 from perfgraph.models.predict import write_predictions_csv
 from perfgraph.models.sequence import SequenceCostModel
+from perfgraph.models.stage_gnn import StageGNN
 from perfgraph.models.train import train_model
-from perfgraph.models.training import pipeline_batches, plot_loss_curve
+from perfgraph.models.training import PLATEAU_FACTOR, pipeline_batches, plot_loss_curve, train_network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -246,12 +251,6 @@ def test_global_context_needs_message_passing_layers():
 @pytest.mark.parametrize("global_context", [False, True])
 def test_global_context_lets_a_stage_see_beyond_its_neighbours(global_context):
     """A chain of 4 stages, one layer: stage 0's cost reads stage 3 only through the virtual node."""
-    from torch_geometric.data import Batch, Data
-
-    from perfgraph.features.graphs import EDGE_ATTR_DIM
-    from perfgraph.features.layout import FEATURES_PER_STAGE
-    from perfgraph.models.stage_gnn import StageGNN
-
     torch.manual_seed(0)
     network = StageGNN("gin", hidden=8, layers=1, global_context=global_context).eval()
     chain = torch.tensor([[1, 2, 3, 0, 1, 2], [0, 1, 2, 1, 2, 3]])
@@ -269,10 +268,6 @@ def test_global_context_lets_a_stage_see_beyond_its_neighbours(global_context):
 
 @pytest.mark.parametrize("lr_schedule", ["constant", "plateau"])
 def test_the_plateau_schedule_halves_the_rate_when_the_loss_stalls(real_samples, lr_schedule):
-    from perfgraph.features.graphs import as_graphs
-    from perfgraph.models.stage_gnn import StageGNN
-    from perfgraph.models.training import PLATEAU_FACTOR, train_network
-
     def stalled(pred, true, group):  # never improves after the first epoch
         return pred.sum() * 0.0 + 1.0
 
@@ -295,8 +290,6 @@ def test_an_unknown_lr_schedule_is_refused():
 
 def test_the_directed_gin_tells_producers_from_consumers():
     """With the flag column's own weight zeroed, only the routing by direction can tell the two apart."""
-    from perfgraph.models.directed_gine import DirectedGINE
-
     torch.manual_seed(0)
     layer = DirectedGINE(hidden=8, edge_dim=3, direction_column=2)
     x = torch.randn(3, 8)
