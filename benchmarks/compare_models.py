@@ -34,6 +34,12 @@ validation samples, as ``perfgraph train --machine all`` does) and scores it on 
 validation and test samples: does another machine's data change which model wins? ``train_samples`` then
 counts every kind's.
 
+Each run's predictions are kept (in ``--json`` too, with the measured times and pipeline ids), and at the
+end every model's seeds are also scored as one deep ensemble (the geometric mean of their predictions,
+as :class:`~perfgraph.models.ensemble.EnsembleCostModel` combines members), with each pair of models'
+error ratio and its pipeline-bootstrap 95% interval (:func:`~perfgraph.evaluate.bootstrap.error_ratios`):
+the issue's test of whether one model beats another by more than the test set's chance.
+
 ``--train-fraction F`` trains every model on the same share F of the training pipelines, drawn per seed
 and nested (:func:`training_subset`), validation and test unchanged: the points of a learning curve.
 
@@ -57,6 +63,7 @@ from select_gnn import candidates
 from torch_geometric.data import Data
 
 from perfgraph.data.store import Store
+from perfgraph.evaluate.bootstrap import error_ratios
 from perfgraph.evaluate.metrics import evaluate_predictions, log_errors, pipeline_bias_and_residual
 from perfgraph.features.dataset import StageGraphDataset
 from perfgraph.features.splits import SPLITS, split_samples
@@ -121,15 +128,83 @@ def bias_and_residual(predicted_ms: np.ndarray, measured_ms: np.ndarray, pipelin
     }
 
 
-def score(model: NeuralCostModel, graphs: Sequence[Data]) -> dict:
-    """Every metric of :func:`evaluate_predictions` plus the bias / residual split of the log error."""
-    measured = np.exp(np.array([float(g.y) for g in graphs]))
-    pipeline_ids = np.array([int(g.pipeline_id) for g in graphs])
-    predicted = model.predict(graphs)
+def truth(graphs: Sequence[Data]) -> dict[str, np.ndarray]:
+    """The measured run times (ms, shape ``[n]``) and pipeline ids (``[n]``) of ``graphs``, in their order."""
     return {
-        **evaluate_predictions(predicted, measured, pipeline_ids).as_dict(),
-        **bias_and_residual(predicted, measured, pipeline_ids),
+        "measured_ms": np.exp(np.array([float(g.y) for g in graphs])),
+        "pipeline_ids": np.array([int(g.pipeline_id) for g in graphs]),
     }
+
+
+def score(predicted_ms: np.ndarray, labels: dict[str, np.ndarray]) -> dict:
+    """Every metric of :func:`evaluate_predictions` plus the bias / residual split of the log error."""
+    measured, pipeline_ids = labels["measured_ms"], labels["pipeline_ids"]
+    return {
+        **evaluate_predictions(predicted_ms, measured, pipeline_ids).as_dict(),
+        **bias_and_residual(predicted_ms, measured, pipeline_ids),
+    }
+
+
+def seed_ensembles(runs: list[dict], labels: dict[str, dict], part: str) -> dict[str, np.ndarray]:
+    """Per model: the geometric mean over its seeds of the predicted run times on ``part`` (ms, ``[n]``).
+
+    The seeds' networks averaged in log space are a deep ensemble of that many members (the shipped
+    :class:`~perfgraph.models.ensemble.EnsembleCostModel` combines its members the same way). Runs
+    recorded without predictions (older ``--json`` files) are left out.
+
+    >>> runs = [{"model": "a", "predicted_ms": {"test": [1.0, 4.0]}}, {"model": "a", "predicted_ms": {"test": [4, 1]}}]
+    >>> seed_ensembles(runs, {"test": {"measured_ms": np.ones(2)}}, "test")["a"].tolist()
+    [2.0, 2.0]
+    """
+    logs: dict[str, list[np.ndarray]] = {}
+    for run in runs:
+        predicted = run.get("predicted_ms", {}).get(part)
+        if predicted is not None and len(predicted) == len(labels[part]["measured_ms"]):
+            logs.setdefault(run["model"], []).append(np.log(np.asarray(predicted, dtype=np.float64)))
+    return {model: np.exp(np.mean(members, axis=0)) for model, members in logs.items()}
+
+
+def print_ensembles(runs: list[dict], labels: dict[str, dict], n_boot: int = 2000) -> dict:
+    """Score every model's seed ensemble, and every pair's error ratio with a pipeline bootstrap.
+
+    Returns ``{part: {"scores": {model: metrics}, "ratios": {"a vs b": {metric: ratio}}}}``; a ratio
+    above 1 means ``a`` has the lower error (:func:`~perfgraph.evaluate.bootstrap.error_ratios`,
+    resampling pipelines).
+    """
+    record: dict = {}
+    for part in ("valid", "test"):
+        ensembles = seed_ensembles(runs, labels, part)
+        if not ensembles:
+            continue
+        scores = {model: score(predicted, labels[part]) for model, predicted in ensembles.items()}
+        print(f"\n{part}: each model's seeds as one ensemble (geometric mean of the seeds' predictions)")
+        header = f"{'model':<15}" + "".join(f"{name:>10}" for _, name, _ in (*TABLE_METRICS, *SPLIT_METRICS[1:]))
+        print(header)
+        print("-" * len(header))
+        for model, metrics in scores.items():
+            cells = "".join(
+                "-" if metrics[key] is None else f"{metrics[key]:>10.{digits}f}"
+                for key, _, digits in (*TABLE_METRICS, *SPLIT_METRICS[1:])
+            )
+            print(f"{model:<15}{cells}")
+        ratios = {}
+        names = list(ensembles)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                pair = error_ratios(
+                    ensembles[first],
+                    ensembles[second],
+                    labels[part]["measured_ms"],
+                    labels[part]["pipeline_ids"],
+                    n_boot=n_boot,
+                )
+                ratios[f"{first} vs {second}"] = {metric: estimate.as_dict() for metric, estimate in pair.items()}
+                cells = ", ".join(
+                    f"{metric} {e.ratio:.2f}x [{e.ci_low:.2f}, {e.ci_high:.2f}]" for metric, e in pair.items()
+                )
+                print(f"  {first} vs {second}: {cells} (95% CI over pipelines; > 1: {first} has the lower error)")
+        record[part] = {"scores": scores, "ratios": ratios}
+    return record
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -238,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     graphs = load_graphs(args.db, args.machine, args.pool_machines)
     parts = split_samples(graphs, args.split)
     scored = {part: of_kind(getattr(parts, part), args.machine) for part in ("valid", "test")}
+    labels = {part: truth(graphs) for part, graphs in scored.items()}
     empty = [part for part, graphs in scored.items() if not graphs]
     if empty:
         raise SystemExit(f"{args.db}: no {args.machine} samples in the {' and '.join(empty)} part of the pooled split")
@@ -264,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             fit_started = time.perf_counter()
             model.fit(train, parts.valid)
+            predicted = {part: model.predict(graphs) for part, graphs in scored.items()}
             run = {
                 "model": name,
                 "seed": seed,
@@ -274,8 +351,9 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": time.perf_counter() - fit_started,
                 "train_samples": len(train),
                 "train_pipelines": train_pipelines,
-                "valid": score(model, scored["valid"]),
-                "test": score(model, scored["test"]),
+                "valid": score(predicted["valid"], labels["valid"]),
+                "test": score(predicted["test"], labels["test"]),
+                "predicted_ms": {part: values.tolist() for part, values in predicted.items()},
             }
             runs.append(run)
             print(
@@ -285,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             if args.json:
-                _write_json(args, runs)
+                _write_json(args, runs, labels)
     summary = summarize(runs)
     seeds = ",".join(map(str, args.seeds))
     print_table(summary, "valid", TABLE_METRICS, f"validation, mean ± sd over seeds {seeds}")
@@ -294,9 +372,10 @@ def main(argv: list[str] | None = None) -> None:
     for part in ("valid", "test"):
         best = min(summary, key=lambda entry: entry[part]["rmse_log"][0])
         print(f"lowest mean {part} RMSE(ln): {best['model']}")
+    ensembles = print_ensembles(runs, labels)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
-        _write_json(args, runs)
+        _write_json(args, runs, labels, ensembles)
 
 
 #: Settings that must match for ``--resume`` to keep earlier runs.
@@ -353,11 +432,13 @@ def _settings(args: argparse.Namespace) -> dict:
     return {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
 
 
-def _write_json(args: argparse.Namespace, runs: list[dict]) -> None:
+def _write_json(args: argparse.Namespace, runs: list[dict], labels: dict, ensembles: dict | None = None) -> None:
     record = {
         "command": _settings(args),
         "runs": runs,
         "summary": summarize(runs),
+        "labels": {part: {key: values.tolist() for key, values in arrays.items()} for part, arrays in labels.items()},
+        "seed_ensembles": ensembles or {},
     }
     args.json.write_text(json.dumps(record, indent=1) + "\n")
 
