@@ -32,7 +32,7 @@ def open_store(db: Path | None, must_exist: bool = True):  # type: ignore[no-unt
     return Store(path)
 
 
-def _workload_uris(args: argparse.Namespace) -> list[str]:
+def _workload_uris(args: argparse.Namespace, allow_none: bool = False) -> list[str]:
     from perfgraph.workloads.base import WorkloadError, zoo_uri
     from perfgraph.workloads.user import user_uri
     from perfgraph.workloads.zoo import ZOO, zoo_variants
@@ -58,7 +58,7 @@ def _workload_uris(args: argparse.Namespace) -> list[str]:
         if not path.is_file():
             raise CliError(f"--pipeline {spec!r}: no such file {str(path)!r}")
         uris.append(uri)
-    if not uris:
+    if not uris and not allow_none:
         raise CliError(
             "nothing to collect: give --random N, --dlrandom N, --zoo NAME ... or --pipeline FILE.py:FUNCTION"
         )
@@ -74,12 +74,18 @@ def _round_robin(uris: list[str], per_entry: int) -> list[str]:
 def cmd_collect(args: argparse.Namespace) -> int:
     from perfgraph.measure.collector import Collector
 
-    uris = _workload_uris(args)
+    uris = _workload_uris(args, allow_none=args.upgrade_labels)
     store = open_store(args.db, must_exist=False)
     with contextlib.ExitStack() as stack:
         executor = None if args.ray is None else _on_ray_cluster(stack, args.ray)
         workers = args.workers or (executor.cpus if executor is not None else 2)
-        summary = Collector(store, _collect_options(args, workers), executor).collect(uris)
+        collector = Collector(store, _collect_options(args, workers, uris), executor)
+        if not uris:  # --upgrade-labels alone: every stored pipeline with stale labels on this machine kind
+            uris = collector.stale_label_pipelines()
+            print(
+                f"{args.db}: {len(uris)} pipelines have labels to upgrade on {collector.machine_kind}", file=sys.stderr
+            )
+        summary = collector.collect(uris)
     # A user pipeline that yields no sample is the user's problem to fix: say why, naming it. (Not after a
     # stop, which may have come before its candidates ran.)
     unusable = [] if summary.stopped else _user_pipelines_without_samples(store, uris)
@@ -89,7 +95,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         s = summary.to_json()
         print(
             f"collected {s['measured']} samples ({s['duplicates']} duplicate schedules skipped, "
-            f"{s['remeasured']} re-measured) for {s['pipelines']} pipelines in {s['elapsed_s']:.0f} s "
+            f"{s['remeasured']} re-measured, {s['upgraded']} labels upgraded) for {s['pipelines']} pipelines "
+            f"in {s['elapsed_s']:.0f} s "
             f"({s['samples_per_min']:.1f} samples/min); failures: {s['failures'] or 'none'}"
         )
     if summary.stopped:
@@ -112,7 +119,8 @@ def _on_ray_cluster(stack: contextlib.ExitStack, address: str):  # type: ignore[
         raise CliError(f"--ray {address}: {error}") from None
 
 
-def _collect_options(args: argparse.Namespace, workers: int):  # type: ignore[no-untyped-def]
+def _collect_options(args: argparse.Namespace, workers: int, uris: list[str]):  # type: ignore[no-untyped-def]
+    """The collector's options; ``--upgrade-labels`` without workloads (``uris`` empty) does nothing else."""
     from perfgraph.measure.collector import CollectOptions
 
     return CollectOptions(
@@ -120,6 +128,8 @@ def _collect_options(args: argparse.Namespace, workers: int):  # type: ignore[no
         workers=workers,
         compile_on_idle_benchmark_cpus=args.compile_on_idle_benchmark_cpus,
         remeasure_fraction=args.remeasure_fraction,
+        upgrade_labels=args.upgrade_labels,
+        upgrade_only=args.upgrade_labels and not uris,
         top_up=args.top_up,
         max_beam_size=args.max_beam,
         memory_mb=args.memory_mb,
@@ -500,10 +510,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # The shipped Halide-trainer figure was measured on the shipped dataset only.
     extra = _halide_trainer_row(args.halide_trainer) if args.db is None and args.machine is None else {}
     if all_pairs:
+        from perfgraph.data.store import MEASUREMENT_PROTOCOLS
         from perfgraph.evaluate.noise import NOISE_CEILING, noise_ceiling
 
+        # Each label's noise is drawn from the re-measurements of the protocol it was taken under.
+        label_protocols = store.label_protocols(machine=args.machine)
+        by_protocol = {
+            protocol: [math.log(b / a) for *_, a, b in store.repeat_pairs(machine=args.machine, protocol=protocol)]
+            for protocol in MEASUREMENT_PROTOCOLS
+        }
         ceiling = noise_ceiling(
-            [s.runtime_ms for s in test], [s.pipeline_id for s in test], [math.log(b / a) for *_, a, b in all_pairs]
+            [s.runtime_ms for s in test],
+            [s.pipeline_id for s in test],
+            [math.log(b / a) for *_, a, b in all_pairs],
+            protocols=[label_protocols[s.schedule_id] for s in test],
+            ratios_by_protocol=by_protocol,
         )
         extra = {**(extra or {}), NOISE_CEILING: ceiling.as_dict()}
     report, predictions = evaluate_models(
@@ -634,6 +655,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_fraction,
         default=0.05,
         help="share of schedules measured a second time, for the noise floor",
+    )
+    collect.add_argument(
+        "--upgrade-labels",
+        action="store_true",
+        help="re-measure the schedules whose labels on this machine kind were taken under an older timing protocol "
+        "(window-v1, quiet-v2): the new measurement becomes the label, the old one is kept. Without workloads: "
+        "only that, for every stored pipeline with such labels, the oldest protocol's first",
     )
     collect.add_argument(
         "--no-top-up",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perfgraph.data.store import Store, StoreError
+from perfgraph.data.store import Store, StoreError, label_measurements_sql
 from perfgraph.features.layout import FEATURES_PER_STAGE
 
 
@@ -90,9 +90,9 @@ def export_samples(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     rows = store.execute(
-        "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s JOIN measurements m "
-        "ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 WHERE s.duplicate_of IS NULL "
-        f"AND m.machine_id IN ({','.join('?' * len(machine_ids))}) ORDER BY s.schedule_id",
+        "SELECT s.pipeline_id, s.schedule_id, s.featurization, m.runtime_ms FROM schedules s "
+        f"JOIN {label_measurements_sql(len(machine_ids))} m ON m.schedule_id = s.schedule_id "
+        "WHERE s.duplicate_of IS NULL ORDER BY s.schedule_id",
         machine_ids,
     )
     for pipeline_id, schedule_id, blob, runtime_ms in rows:

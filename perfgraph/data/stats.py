@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import statistics
@@ -72,8 +73,9 @@ class DatasetStats:
             for protocol, p in k.get("protocols", {}).items():
                 apart = f", {p['share_over_10pct']:.0%} > 10% apart" if p["share_over_10pct"] is not None else ""
                 noisy = f" ({p['not_quiet'] / p['measurements']:.0%} found no quiet core)" if p.get("not_quiet") else ""
+                labels = f", {p['labels']} labels" if p.get("labels") is not None else ""
                 lines.append(
-                    f"    timing {protocol:<10} {p['measurements']:>7} measurements{noisy}, "
+                    f"    timing {protocol:<10} {p['measurements']:>7} measurements{noisy}{labels}, "
                     f"{p['repeat_pairs']} re-measured{apart}"
                 )
         return "\n".join(lines)
@@ -113,8 +115,9 @@ def dataset_stats(store: Store) -> DatasetStats:
 
 def _by_machine_kind(store: Store) -> dict[str, dict]:
     """Counts, run-time range, noise (median CV, median |ln| gap of re-measurements) per machine kind,
-    and per timing protocol the measurements, how many of them found no quiet core (``not_quiet``: kept,
-    marked ``quiet: false``; ``None`` under ``window-v1``) and the share of re-measurements more than 10 % apart."""
+    and per timing protocol the measurements, the labels taken under it (``labels``), how many of them
+    found no quiet core (``not_quiet``: kept, marked ``quiet: false``; ``None`` under ``window-v1``) and
+    the share of re-measurements more than 10 % apart."""
     out = {}
     for kind in store.samples_by_machine_kind():
         ids = ",".join(str(i) for i in store.machine_ids(kind))
@@ -125,6 +128,7 @@ def _by_machine_kind(store: Store) -> dict[str, dict]:
         query = f"SELECT cv FROM measurements WHERE is_repeat = 0 AND machine_id IN ({ids})"
         cvs = [r[0] for r in store.execute(query)]
         gaps = [abs(math.log(b / a)) for _, _, a, b in store.repeat_pairs(machine=kind)]
+        labels = collections.Counter(store.label_protocols(machine=kind).values())
         protocols = {}
         for protocol, count, not_quiet in store.execute(
             "SELECT protocol, COUNT(*), SUM(json_extract(conditions, '$.quiet') = 0) FROM measurements "
@@ -134,6 +138,7 @@ def _by_machine_kind(store: Store) -> dict[str, dict]:
             apart = [abs(math.log(b / a)) > math.log(1.1) for _, _, a, b in pairs]
             protocols[protocol] = {
                 "measurements": count,
+                "labels": labels[protocol],  # samples whose label was taken under this protocol
                 "not_quiet": not_quiet,  # None where the protocol does not judge the core (window-v1)
                 "repeat_pairs": len(pairs),
                 "share_over_10pct": sum(apart) / len(apart) if apart else None,

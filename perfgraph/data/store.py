@@ -35,6 +35,23 @@ FIXED_LAYOUT_PROTOCOL = "quiet-v3"
 MEASUREMENT_PROTOCOLS = (WINDOW_PROTOCOL, QUIET_PROTOCOL, FIXED_LAYOUT_PROTOCOL)
 
 
+def label_measurements_sql(n_machine_ids: int) -> str:
+    """SQL for the table ``(schedule_id, runtime_ms, protocol)`` of every schedule's *label* on one kind.
+
+    Bind ``n_machine_ids`` machine ids (the kind's). A schedule's label is its first measurement on the
+    kind, unless it was re-measured under a newer timing protocol (later in :data:`MEASUREMENT_PROTOCOLS`:
+    ``perfgraph collect --upgrade-labels``): then the first measurement under the newest protocol.
+    A re-measurement under the same protocol (for the noise floor) never replaces the label.
+    """
+    newest_first = " ".join(f"WHEN '{protocol}' THEN {rank}" for rank, protocol in enumerate(MEASUREMENT_PROTOCOLS))
+    return (
+        "(SELECT schedule_id, runtime_ms, protocol FROM (SELECT schedule_id, runtime_ms, protocol, ROW_NUMBER() "
+        f"OVER (PARTITION BY schedule_id ORDER BY CASE protocol {newest_first} ELSE -1 END DESC, is_repeat, "
+        f"measurement_id) AS label_rank FROM measurements WHERE machine_id IN ({','.join('?' * n_machine_ids)})) "
+        "WHERE label_rank = 1)"
+    )
+
+
 class StoreError(RuntimeError):
     """The store cannot be used as asked; the message names the file and the conflict."""
 
@@ -463,7 +480,7 @@ class Store:
         return ids
 
     def samples(self, measured_only: bool = True, machine: str | None = None) -> list[Sample]:
-        """Every measured schedule (first measurement, not re-measurements) as a :class:`Sample`.
+        """Every measured schedule, with its label (:func:`label_measurements_sql`), as a :class:`Sample`.
 
         Run times come from one machine kind only (``machine``; default: the kind with the most
         samples), so that measurements of different CPUs are never mixed. With ``measured_only=False``,
@@ -476,9 +493,8 @@ class Store:
         machine_features = self.machines()[ids[0]].feature_vector() if kind is not None else None
         query = (
             "SELECT s.pipeline_id, s.schedule_id, s.featurization, s.schedule_source, m.runtime_ms FROM schedules s "
-            f"{'JOIN' if measured_only else 'LEFT JOIN'} measurements m "
-            f"ON m.schedule_id = s.schedule_id AND m.is_repeat = 0 AND m.machine_id IN ({','.join('?' * len(ids))}) "
-            "WHERE s.duplicate_of IS NULL ORDER BY s.pipeline_id, s.schedule_id"
+            f"{'JOIN' if measured_only else 'LEFT JOIN'} {label_measurements_sql(len(ids))} m "
+            "ON m.schedule_id = s.schedule_id WHERE s.duplicate_of IS NULL ORDER BY s.pipeline_id, s.schedule_id"
         )
         samples = []
         for pipeline_id, schedule_id, blob, source, runtime_ms in self._db.execute(query, ids):
@@ -512,7 +528,8 @@ class Store:
         """``(pipeline_id, schedule_id, first_ms, repeat_ms)`` for schedules measured twice, independently.
 
         Both measurements come from one machine kind (``machine``; default: the kind with the most
-        samples) and, with ``protocol``, were both taken under that timing protocol. ``repeated_from`` /
+        samples) and were taken under one timing protocol (``protocol``, if given): a re-measurement under
+        a newer protocol (an upgraded label) is not a pair. ``repeated_from`` /
         ``repeated_before`` (times as stored in ``measured_at``) keep the pairs whose re-measurement was
         taken in that window, to compare collection settings over time.
         """
@@ -526,6 +543,7 @@ class Store:
             for r in self._db.execute(
                 "SELECT s.pipeline_id, s.schedule_id, a.runtime_ms, b.runtime_ms FROM measurements a "
                 "JOIN measurements b ON a.schedule_id = b.schedule_id AND a.is_repeat = 0 AND b.is_repeat = 1 "
+                "AND a.protocol = b.protocol "
                 f"AND a.machine_id IN ({inside}) AND b.machine_id IN ({inside}) "
                 "JOIN schedules s ON s.schedule_id = a.schedule_id "
                 "WHERE (?1 IS NULL OR b.measured_at >= ?1) AND (?2 IS NULL OR b.measured_at < ?2) "
@@ -534,6 +552,61 @@ class Store:
                 (repeated_from, repeated_before, protocol),
             )
         ]
+
+    def label_protocols(self, machine: str | None = None, pipeline_id: int | None = None) -> dict[int, str]:
+        """Schedule id -> the timing protocol its label was taken under on one kind (of one pipeline).
+
+        The kind is ``machine`` (default: the kind with the most samples), as in :meth:`samples`; the
+        label as :func:`label_measurements_sql` chooses it.
+        """
+        kind = machine or self.default_machine_kind()
+        if kind is None:
+            return {}
+        ids = self.known_machine_ids(kind)
+        return dict(
+            self._db.execute(
+                f"SELECT l.schedule_id, l.protocol FROM {label_measurements_sql(len(ids))} l "
+                "JOIN schedules s ON s.schedule_id = l.schedule_id WHERE ? IS NULL OR s.pipeline_id = ?",
+                (*ids, pipeline_id, pipeline_id),
+            )
+        )
+
+    def stale_labels(self, pipeline_id: int, machine: str, protocol: str) -> list[int]:
+        """Schedules of a pipeline whose every measurement on kind ``machine`` predates timing ``protocol``.
+
+        Those are the labels ``perfgraph collect --upgrade-labels`` re-measures: only schedules that can be
+        rebuilt (not those whose Adams2019 weights were random, drawn from the clock). A schedule measured
+        under two protocols already (an upgrade was tried, whatever protocol its worker reached) is not
+        stale, so that a machine that cannot reach ``protocol`` does not re-measure it on every resume.
+        """
+        return [schedule_id for _, schedule_id, _ in self._stale_labels(machine, protocol, pipeline_id)]
+
+    def stale_label_pipelines(self, machine: str, protocol: str) -> list[str]:
+        """URIs of the pipelines with :meth:`stale_labels`, those with the oldest protocol's labels first."""
+        oldest: dict[int, int] = {}
+        for pipeline_id, _, stale_protocol in self._stale_labels(machine, protocol):
+            rank = MEASUREMENT_PROTOCOLS.index(stale_protocol)
+            oldest[pipeline_id] = min(rank, oldest.get(pipeline_id, rank))
+        uris = {p.pipeline_id: p.uri for p in self.pipelines() if p.pipeline_id in oldest}
+        return [uris[pipeline_id] for pipeline_id in sorted(oldest, key=lambda i: (oldest[i], i))]
+
+    def _stale_labels(self, machine: str, protocol: str, pipeline_id: int | None = None) -> list[tuple[int, int, str]]:
+        """``(pipeline_id, schedule_id, protocol)`` of every stale label (:meth:`stale_labels`)."""
+        ids = self.machine_ids(machine)
+        if not ids or protocol not in MEASUREMENT_PROTOCOLS:
+            return []
+        older = MEASUREMENT_PROTOCOLS[: MEASUREMENT_PROTOCOLS.index(protocol)]
+        if not older:
+            return []
+        return self._db.execute(
+            "SELECT s.pipeline_id, m.schedule_id, MAX(m.protocol) FROM measurements m "
+            f"JOIN schedules s ON s.schedule_id = m.schedule_id WHERE m.machine_id IN ({','.join('?' * len(ids))}) "
+            "AND (? IS NULL OR s.pipeline_id = ?) AND NOT COALESCE(json_extract(s.config, '$.random_weights'), 0) "
+            "GROUP BY m.schedule_id HAVING COUNT(DISTINCT m.protocol) = 1 "
+            f"AND MAX(m.protocol) IN ({','.join('?' * len(older))}) AND SUM(m.is_repeat = 0) > 0 "
+            "ORDER BY m.schedule_id",
+            (*ids, pipeline_id, pipeline_id, *older),
+        ).fetchall()
 
     def measured_on(self, pipeline_id: int, machine: str) -> set[int]:
         """Schedule ids of a pipeline that have a first measurement on machine kind ``machine``."""

@@ -24,7 +24,7 @@ so with independent log-normal noise a model that knew the noise-free time would
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -131,10 +131,18 @@ def noise_floor_from_repeats(repeats_ms: Sequence[ArrayLike]) -> NoiseFloor:
 
 
 NOISE_CEILING = "noise ceiling (all re-measured)"
+#: A timing protocol with fewer re-measured pairs than this borrows the pooled pairs' noise.
+MIN_PROTOCOL_PAIRS = 30
 
 
 def noise_ceiling(
-    measured_ms: ArrayLike, pipeline_ids: ArrayLike, log_ratios: ArrayLike, draws: int = 20, seed: int = 0
+    measured_ms: ArrayLike,
+    pipeline_ids: ArrayLike,
+    log_ratios: ArrayLike,
+    draws: int = 20,
+    seed: int = 0,
+    protocols: Sequence[str] | None = None,
+    ratios_by_protocol: Mapping[str, ArrayLike] | None = None,
 ) -> ModelScores:
     """Scores of a "model" that re-measures every schedule once, with the store's empirical noise.
 
@@ -145,23 +153,50 @@ def noise_ceiling(
     covers every test schedule: its Kendall tau is the within-pipeline ranking that no model can beat
     on these labels (the labels-and-data issue's "noise ceiling").
 
+    Labels taken under different timing protocols are not equally noisy. With ``protocols`` (one per
+    sample: the protocol its label was measured under) and ``ratios_by_protocol`` (the log ratios of
+    pairs measured twice under each protocol), each sample's noise is drawn from its own protocol's
+    pairs; a protocol with fewer than :data:`MIN_PROTOCOL_PAIRS` pairs (or none) uses the pooled
+    ``log_ratios``. ``ValueError`` if ``log_ratios`` is empty or ``protocols`` has the wrong length.
+
     >>> scores = noise_ceiling([1.0, 2.0, 4.0, 8.0], [0, 0, 0, 0], [0.0])
     >>> scores.kendall_tau, scores.rmse_log  # noise-free labels: a perfect ceiling
     (1.0, 0.0)
+    >>> quiet = {"quiet-v3": [0.0] * MIN_PROTOCOL_PAIRS}  # a protocol whose re-measurements agree exactly
+    >>> noise_ceiling([1.0, 2.0], [0, 0], [0.5], protocols=["quiet-v3"] * 2, ratios_by_protocol=quiet).rmse_log
+    0.0
     """
     measured = as_runtimes(measured_ms, "measured_ms")
     ids = np.asarray(pipeline_ids)
-    ratios = np.asarray(log_ratios, dtype=np.float64)
-    if ratios.size == 0:
+    pooled = _symmetric(log_ratios)
+    if pooled.size == 0:
         raise ValueError("log_ratios is empty: the store has no independent re-measurements")
-    symmetric = np.concatenate([ratios, -ratios])
+    sources = [pooled]  # per sample, the index of the noise it draws from
+    source_of = np.zeros(measured.size, dtype=np.int64)
+    if protocols is not None:
+        if len(protocols) != measured.size:
+            raise ValueError(f"protocols has {len(protocols)} entries but measured_ms has {measured.size}")
+        for protocol, ratios in (ratios_by_protocol or {}).items():
+            ratios = np.asarray(ratios, dtype=np.float64)
+            if ratios.size >= MIN_PROTOCOL_PAIRS:
+                source_of[np.asarray(protocols) == protocol] = len(sources)
+                sources.append(_symmetric(ratios))
     rng = np.random.default_rng(seed)
-    runs = [
-        evaluate_predictions(measured * np.exp(rng.choice(symmetric, measured.size)), measured, ids)
-        for _ in range(draws)
-    ]
+    runs = []
+    for _ in range(draws):
+        noise = np.empty(measured.size)
+        for index, ratios in enumerate(sources):
+            chosen = source_of == index
+            noise[chosen] = rng.choice(ratios, int(chosen.sum()))
+        runs.append(evaluate_predictions(measured * np.exp(noise), measured, ids))
     averaged = {}
     for f in fields(ModelScores):
         values = [getattr(run, f.name) for run in runs]
         averaged[f.name] = None if any(v is None for v in values) else float(np.mean(values))
     return ModelScores(**averaged)
+
+
+def _symmetric(log_ratios: ArrayLike) -> np.ndarray:
+    """The log ratios and their negatives: which of two measurements came first is arbitrary."""
+    ratios = np.asarray(log_ratios, dtype=np.float64).ravel()
+    return np.concatenate([ratios, -ratios])

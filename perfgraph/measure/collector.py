@@ -74,6 +74,12 @@ class CollectOptions:
     # On a machine kind the store has not measured a pipeline on, its stored deterministic schedules
     # are measured here too: the same schedules on two CPUs (machine-transfer data).
     cross_machine: bool = True
+    # Re-measure, under ``timing``'s protocol, the stored schedules whose labels on this machine kind were
+    # all taken under an older one (window-v1, quiet-v2): the new measurement becomes the label
+    # (:func:`~perfgraph.data.store.label_measurements_sql`), the old one is kept.
+    upgrade_labels: bool = False
+    # With upgrade_labels: nothing else (no new candidates, top-ups or cross-machine measurements).
+    upgrade_only: bool = False
     # Each worker's address-space limit in MiB (RLIMIT_AS); None: no limit. A candidate that needs more
     # fails as ``out_of_memory``, for good: None by default, so that no machine's limit drops schedules
     # silently. A normal worker reserves 0.3-1.2 GiB (README, "A memory limit per worker").
@@ -88,6 +94,7 @@ class CollectSummary:
     duplicates: int = 0
     remeasured: int = 0
     cross_machine: int = 0  # stored schedules measured for the first time on this machine kind
+    upgraded: int = 0  # labels re-measured under the current timing protocol (upgrade_labels)
     compiled_on_benchmark_cpus: int = 0  # candidates compiled on the idle benchmark cores
     failures: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -107,6 +114,7 @@ class CollectSummary:
             "duplicates": self.duplicates,
             "remeasured": self.remeasured,
             "cross_machine": self.cross_machine,
+            "upgraded": self.upgraded,
             "compiled_on_benchmark_cpus": self.compiled_on_benchmark_cpus,
             "failures": self.failures,
             "elapsed_s": round(self.elapsed_s, 1),
@@ -139,6 +147,7 @@ class _Candidate:
     config: AutoschedulerConfig
     repeat_of: int | None = None  # schedule id, for an independent re-measurement
     first_on_machine: bool = False  # with repeat_of: that schedule's first measurement on this machine kind
+    upgrade: bool = False  # with repeat_of: its label re-measured under the current timing protocol
 
 
 class Collector:
@@ -162,6 +171,7 @@ class Collector:
         self.machine_kind = machine.kind
         self._machine_ids: dict[str, int] = {machine.fingerprint: self.machine_id}  # fingerprint -> store id
         self._cross_queued: set[int] = set()  # schedule ids queued for their first measurement on this machine
+        self._upgrade_queued: set[int] = set()  # schedule ids queued for a label upgrade
         self.refs_dir = Path(str(store.path.resolve()) + ".refs")
         self._claims = threading.Condition()
         self._claimed: dict[int, dict[str, int | None]] = {}  # pipeline id -> hash -> schedule id (None: in flight)
@@ -288,12 +298,16 @@ class Collector:
                 signal.signal(signum, handler)
 
     def _estimated_jobs(self, uri: str) -> int:
+        if self.options.upgrade_only:
+            return 0
         return max(self.options.schedules_per_pipeline - len(self.store.done_candidates(uri)), 0)
 
     def _pending_candidates(self, uri: str) -> list[_Candidate]:
         """The pipeline's candidates still to run: the first K, or else a top-up round (see CollectOptions)."""
         pipeline = self.store.pipeline_by_uri(uri)
         assert pipeline is not None
+        if self.options.upgrade_only:
+            return self._label_upgrades(pipeline)
         done = self.store.done_candidates(uri)
         wanted = self.options.schedules_per_pipeline
         # The slow beam search goes last in each pipeline, so random samples arrive early.
@@ -308,7 +322,8 @@ class Collector:
         with self._claims:
             self._claimed[pipeline.pipeline_id] = dict(self.store.measured_hashes(pipeline.pipeline_id))
             self._algorithm[pipeline.pipeline_id] = pipeline.algorithm_hash
-        return [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in indices] + self._cross_machine(pipeline)
+        fresh = [_Candidate(uri, pipeline.pipeline_id, i, plan[i]) for i in indices]
+        return fresh + self._cross_machine(pipeline) + self._label_upgrades(pipeline)
 
     def _cross_machine(self, pipeline: PipelineRecord) -> list[_Candidate]:
         """Stored schedules of the pipeline measured on other machine kinds only: measure them here too.
@@ -333,6 +348,32 @@ class Collector:
                     pipeline.uri, pipeline.pipeline_id, index, config, repeat_of=schedule_id, first_on_machine=True
                 )
             )
+        return wanted
+
+    def stale_label_pipelines(self) -> list[str]:
+        """URIs of the stored pipelines whose labels on this machine kind predate the timing policy's protocol."""
+        return self.store.stale_label_pipelines(self.machine_kind, self.options.timing.protocol)
+
+    def _label_upgrades(self, pipeline: PipelineRecord) -> list[_Candidate]:
+        """With ``upgrade_labels``: the pipeline's deterministic schedules whose labels here are stale.
+
+        Stale: every measurement on this machine kind predates the timing policy's protocol
+        (:meth:`~perfgraph.data.store.Store.stale_labels`). Schedules with random weights cannot be
+        rebuilt; one whose upgrade failed here is not tried again.
+        """
+        if not self.options.upgrade_labels:
+            return []
+        stale = set(self.store.stale_labels(pipeline.pipeline_id, self.machine_kind, self.options.timing.protocol))
+        failed_here = self.store.failed_candidates(pipeline.uri, self.machine_kind)
+        wanted = []
+        for schedule_id, index, config in self.store.measured_schedules(pipeline.pipeline_id):
+            if schedule_id not in stale or schedule_id in self._upgrade_queued or index in failed_here:
+                continue
+            config = AutoschedulerConfig.from_json(config)
+            if config.random_weights:
+                continue
+            self._upgrade_queued.add(schedule_id)
+            wanted.append(_Candidate(pipeline.uri, pipeline.pipeline_id, index, config, schedule_id, upgrade=True))
         return wanted
 
     def _wants_repeat(self, candidate: _Candidate) -> bool:
@@ -473,6 +514,8 @@ class Collector:
             )
             if candidate.first_on_machine:
                 return self._record_cross_machine(candidate, result, bool(same))
+            if candidate.upgrade:
+                return self._record_upgrade(candidate, result, bool(same))
             if result.ok and measured and same:
                 self.store.add_repeat_measurement(candidate.repeat_of, machine_id, _measurement(measured))
                 self.summary.remeasured += 1
@@ -558,6 +601,25 @@ class Collector:
         self.summary.cross_machine += 1
         self.summary.measured += 1
         return candidate.repeat_of
+
+    def _record_upgrade(self, candidate: _Candidate, result: JobResult, same_schedule: bool) -> None:
+        """A stale label re-measured under the current protocol (it becomes the label), or why not."""
+        assert candidate.repeat_of is not None
+        if result.failure_kind == INTERRUPTED:
+            self._upgrade_queued.discard(candidate.repeat_of)
+            return None
+        config = candidate.config.to_json()
+        machine_id = self._machine_of(result)
+        if not result.ok:
+            kind, phase = result.failure_kind or "crash", result.failure_phase
+            self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message, machine_id)
+        elif not same_schedule:
+            message = "Adams2019 gave another schedule than the stored one: its label cannot be re-measured"
+            self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message, machine_id)
+        else:
+            self.store.add_repeat_measurement(candidate.repeat_of, machine_id, _measurement(result.events["measured"]))
+            self.summary.upgraded += 1
+        return None
 
     def _fail(
         self, uri: str, index: int, config: dict | None, kind: str, phase: str, message: str, machine_id: int
