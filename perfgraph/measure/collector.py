@@ -418,7 +418,10 @@ class Collector:
                     if job.repeat_of is None and not _has_candidates(job.uri, work, running.values()):
                         bar.total += len(queue_pending(job.uri))  # a top-up round, when one is due
                     rate = 60 * self.summary.measured / max(time.monotonic() - started, 1e-9)
-                    bar.set_postfix(failures=sum(self.summary.failures.values()), per_min=f"{rate:.1f}")
+                    postfix = {"failures": sum(self.summary.failures.values()), "per_min": f"{rate:.1f}"}
+                    if self.options.upgrade_labels:
+                        postfix["upgraded"] = self.summary.upgraded
+                    bar.set_postfix(postfix)
                     bar.update()
 
     def _analyse(self, analysis: _Analysis) -> JobResult:
