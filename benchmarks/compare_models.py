@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(header)
     print("-" * len(header))
-    runs = previous_runs(args)
+    runs = previous_runs(args, labels)
     done = {(run["model"], run["seed"]) for run in runs}
     for seed in args.seeds:  # seed by seed, so that a cut-short run has whole seeds
         train = training_subset(parts.train, args.train_fraction, seed)
@@ -409,8 +409,9 @@ def training_subset(train: Sequence[Data], fraction: float, seed: int) -> list[D
     return [graph for graph in train if graph.pipeline_name in kept]
 
 
-def previous_runs(args: argparse.Namespace) -> list[dict]:
-    """With ``--resume``, every run already in ``--json`` (refused if its settings differ); else none."""
+def previous_runs(args: argparse.Namespace, labels: dict | None = None) -> list[dict]:
+    """With ``--resume``, every run already in ``--json`` (refused if its settings or, where recorded, the
+    validation and test labels differ: a store whose labels were upgraded since); else none."""
     if not (args.resume and args.json and args.json.is_file()):
         return []
     record = json.loads(args.json.read_text())
@@ -425,6 +426,11 @@ def previous_runs(args: argparse.Namespace) -> list[dict]:
     differing = sorted(key for key in _RESUMABLE if record["command"].get(key, defaults.get(key)) != ours[key])
     if differing:
         raise SystemExit(f"--resume: {args.json} was run with other settings: {', '.join(differing)}")
+    recorded = record.get("labels")
+    if recorded and labels is not None:
+        ours = {part: {key: values.tolist() for key, values in arrays.items()} for part, arrays in labels.items()}
+        if recorded != ours:
+            raise SystemExit(f"--resume: {args.json} was scored on other labels (the store changed since)")
     return record["runs"]
 
 

@@ -83,7 +83,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         if not uris:  # --upgrade-labels alone: every stored pipeline with stale labels on this machine kind
             uris = collector.stale_label_pipelines()
             print(
-                f"{args.db}: {len(uris)} pipelines have labels to upgrade on {collector.machine_kind}", file=sys.stderr
+                f"{store.path}: {len(uris)} pipelines have labels to upgrade on {collector.machine_kind}",
+                file=sys.stderr,
             )
         summary = collector.collect(uris)
     # A user pipeline that yields no sample is the user's problem to fix: say why, naming it. (Not after a

@@ -82,8 +82,10 @@ def test_parquet_export_has_one_row_per_measurement(tiny_db, tmp_path):
         samples_path, pipelines_path, _ = export_parquet(store, tmp_path)
         measurements = store.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
         stages = {p.pipeline_id: p.num_stages for p in store.pipelines()}
+        labels = {s.schedule_id: s.runtime_ms for s in store.samples()}
     table = pq.read_table(samples_path).to_pylist()
     assert len(table) == measurements
+    assert {row["schedule_id"]: row["runtime_ms"] for row in table if row["is_label"]} == labels
     assert all(len(row["featurization"]) == 326 * stages[row["pipeline_id"]] for row in table)
     assert pq.read_table(pipelines_path).num_rows == len(stages)
 

@@ -105,7 +105,8 @@ def export_samples(
 
 
 def export_parquet(store: Store, out_dir: str | Path) -> list[Path]:
-    """``samples.parquet`` (one row per measurement, featurization as a float32 list), ``pipelines.parquet``,
+    """``samples.parquet`` (one row per measurement, featurization as a float32 list; ``protocol`` its
+    timing protocol, ``is_label`` whether it is its schedule's label on its machine kind), ``pipelines.parquet``,
     ``failures.parquet``."""
     import pyarrow as pa  # here, so that the command line can catch ExportError without loading pyarrow
     import pyarrow.parquet as pq
@@ -114,10 +115,14 @@ def export_parquet(store: Store, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     samples = store.execute(
         "SELECT s.pipeline_id, p.uri, p.family, s.schedule_id, s.candidate_index, s.config, m.runtime_ms, "
-        "m.median_ms, m.cv, m.repeats_ms, m.is_repeat, m.machine_id, s.featurization FROM schedules s "
-        "JOIN pipelines p USING (pipeline_id) JOIN measurements m ON m.schedule_id = s.schedule_id "
+        "m.median_ms, m.cv, m.repeats_ms, m.is_repeat, m.machine_id, m.protocol, s.featurization, m.measurement_id "
+        "FROM schedules s JOIN pipelines p USING (pipeline_id) JOIN measurements m ON m.schedule_id = s.schedule_id "
         "ORDER BY m.measurement_id"
     ).fetchall()
+    labels = set()  # measurement ids of every kind's labels (label_measurements_sql)
+    for kind in store.samples_by_machine_kind():
+        ids = store.machine_ids(kind)
+        labels |= {r[0] for r in store.execute(f"SELECT measurement_id FROM {label_measurements_sql(len(ids))}", ids)}
     columns = [
         "pipeline_id",
         "uri",
@@ -131,13 +136,15 @@ def export_parquet(store: Store, out_dir: str | Path) -> list[Path]:
         "repeats_ms",
         "is_repeat",
         "machine_id",
+        "protocol",
         "featurization",
     ]
     table = {c: [r[i] for r in samples] for i, c in enumerate(columns)}
+    table["is_label"] = [r[-1] in labels for r in samples]  # the run time Store.samples trains on
     table["repeats_ms"] = [json.loads(v) for v in table["repeats_ms"]]
     table["featurization"] = [np.frombuffer(zlib.decompress(b), np.float32).tolist() for b in table["featurization"]]
     paths = [out / "samples.parquet", out / "pipelines.parquet", out / "failures.parquet"]
-    pq.write_table(pa.table(table) if samples else pa.table({c: [] for c in columns}), paths[0])
+    pq.write_table(pa.table(table) if samples else pa.table({c: [] for c in [*columns, "is_label"]}), paths[0])
     pipelines = store.execute("SELECT pipeline_id, uri, identity, family, num_stages, graph FROM pipelines").fetchall()
     pq.write_table(
         pa.table(

@@ -36,19 +36,21 @@ MEASUREMENT_PROTOCOLS = (WINDOW_PROTOCOL, QUIET_PROTOCOL, FIXED_LAYOUT_PROTOCOL)
 
 
 def label_measurements_sql(n_machine_ids: int) -> str:
-    """SQL for the table ``(schedule_id, runtime_ms, protocol)`` of every schedule's *label* on one kind.
+    """SQL for the table ``(schedule_id, runtime_ms, protocol, measurement_id)`` of each schedule's label on one kind.
 
     Bind ``n_machine_ids`` machine ids (the kind's). A schedule's label is its first measurement on the
-    kind, unless it was re-measured under a newer timing protocol (later in :data:`MEASUREMENT_PROTOCOLS`:
-    ``perfgraph collect --upgrade-labels``): then the first measurement under the newest protocol.
-    A re-measurement under the same protocol (for the noise floor) never replaces the label.
+    kind, unless it was measured again under a newer timing protocol (later in :data:`MEASUREMENT_PROTOCOLS`;
+    ``perfgraph collect --upgrade-labels`` does that on purpose, but any re-measurement counts): then the
+    earliest measurement under the newest protocol. A re-measurement under the same protocol (for the
+    noise floor) never replaces the label.
     """
     newest_first = " ".join(f"WHEN '{protocol}' THEN {rank}" for rank, protocol in enumerate(MEASUREMENT_PROTOCOLS))
     return (
-        "(SELECT schedule_id, runtime_ms, protocol FROM (SELECT schedule_id, runtime_ms, protocol, ROW_NUMBER() "
+        "(SELECT schedule_id, runtime_ms, protocol, measurement_id FROM (SELECT schedule_id, runtime_ms, protocol, "
+        "measurement_id, ROW_NUMBER() "
         f"OVER (PARTITION BY schedule_id ORDER BY CASE protocol {newest_first} ELSE -1 END DESC, is_repeat, "
-        f"measurement_id) AS label_rank FROM measurements WHERE machine_id IN ({','.join('?' * n_machine_ids)})) "
-        "WHERE label_rank = 1)"
+        "measured_at, measurement_id) AS label_rank FROM measurements "
+        f"WHERE machine_id IN ({','.join('?' * n_machine_ids)})) WHERE label_rank = 1)"
     )
 
 
@@ -430,11 +432,10 @@ class Store:
             return None, None, None, reason
         schedule_id, measured_id, source = row
         ids = self.machine_ids(machine)
-        runtime = self._db.execute(
-            f"SELECT MIN(runtime_ms) FROM measurements WHERE schedule_id = ? AND is_repeat = 0 "
-            f"AND machine_id IN ({','.join('?' * len(ids)) or 'NULL'})",
-            (measured_id, *ids),
-        ).fetchone()[0]
+        row = self._db.execute(
+            f"SELECT runtime_ms FROM {label_measurements_sql(len(ids))} WHERE schedule_id = ?", (*ids, measured_id)
+        ).fetchone()
+        runtime = None if row is None else row[0]
         return schedule_id, runtime, source, None
 
     def measured_hashes(self, pipeline_id: int) -> dict[str, int]:
@@ -572,26 +573,33 @@ class Store:
         )
 
     def stale_labels(self, pipeline_id: int, machine: str, protocol: str) -> list[int]:
-        """Schedules of a pipeline whose every measurement on kind ``machine`` predates timing ``protocol``.
+        """Schedules of a pipeline whose label on kind ``machine`` was taken under a protocol older than ``protocol``.
 
         Those are the labels ``perfgraph collect --upgrade-labels`` re-measures: only schedules that can be
-        rebuilt (not those whose Adams2019 weights were random, drawn from the clock). A schedule measured
-        under two protocols already (an upgrade was tried, whatever protocol its worker reached) is not
-        stale, so that a machine that cannot reach ``protocol`` does not re-measure it on every resume.
+        rebuilt (not those whose Adams2019 weights were random, drawn from the clock). The collector
+        records an upgrade that fails, or whose worker could not reach ``protocol``, as a failure of the
+        candidate, so that it is not tried again (:meth:`failed_candidates`).
         """
-        return [schedule_id for _, schedule_id, _ in self._stale_labels(machine, protocol, pipeline_id)]
+        return [row[1] for row in self._stale_labels(machine, protocol, pipeline_id)]
 
     def stale_label_pipelines(self, machine: str, protocol: str) -> list[str]:
-        """URIs of the pipelines with :meth:`stale_labels`, those with the oldest protocol's labels first."""
-        oldest: dict[int, int] = {}
-        for pipeline_id, _, stale_protocol in self._stale_labels(machine, protocol):
-            rank = MEASUREMENT_PROTOCOLS.index(stale_protocol)
-            oldest[pipeline_id] = min(rank, oldest.get(pipeline_id, rank))
-        uris = {p.pipeline_id: p.uri for p in self.pipelines() if p.pipeline_id in oldest}
+        """URIs of the pipelines with :meth:`stale_labels` not failed on ``machine``, the oldest labels' first."""
+        stale: dict[int, list[tuple[int, int]]] = {}  # pipeline id -> (candidate index, protocol rank)
+        for pipeline_id, _, label_protocol, index in self._stale_labels(machine, protocol):
+            stale.setdefault(pipeline_id, []).append((index, MEASUREMENT_PROTOCOLS.index(label_protocol)))
+        uris = {p.pipeline_id: p.uri for p in self.pipelines() if p.pipeline_id in stale}
+        oldest = {}
+        for pipeline_id, labels in stale.items():
+            failed = self.failed_candidates(uris[pipeline_id], machine)
+            ranks = [rank for index, rank in labels if index not in failed]
+            if ranks:
+                oldest[pipeline_id] = min(ranks)
         return [uris[pipeline_id] for pipeline_id in sorted(oldest, key=lambda i: (oldest[i], i))]
 
-    def _stale_labels(self, machine: str, protocol: str, pipeline_id: int | None = None) -> list[tuple[int, int, str]]:
-        """``(pipeline_id, schedule_id, protocol)`` of every stale label (:meth:`stale_labels`)."""
+    def _stale_labels(
+        self, machine: str, protocol: str, pipeline_id: int | None = None
+    ) -> list[tuple[int, int, str, int]]:
+        """``(pipeline_id, schedule_id, label protocol, candidate_index)`` of every stale label."""
         ids = self.machine_ids(machine)
         if not ids or protocol not in MEASUREMENT_PROTOCOLS:
             return []
@@ -599,12 +607,11 @@ class Store:
         if not older:
             return []
         return self._db.execute(
-            "SELECT s.pipeline_id, m.schedule_id, MAX(m.protocol) FROM measurements m "
-            f"JOIN schedules s ON s.schedule_id = m.schedule_id WHERE m.machine_id IN ({','.join('?' * len(ids))}) "
-            "AND (? IS NULL OR s.pipeline_id = ?) AND NOT COALESCE(json_extract(s.config, '$.random_weights'), 0) "
-            "GROUP BY m.schedule_id HAVING COUNT(DISTINCT m.protocol) = 1 "
-            f"AND MAX(m.protocol) IN ({','.join('?' * len(older))}) AND SUM(m.is_repeat = 0) > 0 "
-            "ORDER BY m.schedule_id",
+            "SELECT s.pipeline_id, l.schedule_id, l.protocol, s.candidate_index "
+            f"FROM {label_measurements_sql(len(ids))} l JOIN schedules s ON s.schedule_id = l.schedule_id "
+            "WHERE (? IS NULL OR s.pipeline_id = ?) "
+            "AND NOT COALESCE(json_extract(s.config, '$.random_weights'), 0) "
+            f"AND l.protocol IN ({','.join('?' * len(older))}) ORDER BY l.schedule_id",
             (*ids, pipeline_id, pipeline_id, *older),
         ).fetchall()
 

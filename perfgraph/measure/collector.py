@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from perfgraph.data.store import (
+    MEASUREMENT_PROTOCOLS,
     MeasurementRecord,
     PipelineRecord,
     Store,
@@ -606,7 +607,12 @@ class Collector:
         return candidate.repeat_of
 
     def _record_upgrade(self, candidate: _Candidate, result: JobResult, same_schedule: bool) -> None:
-        """A stale label re-measured under the current protocol (it becomes the label), or why not."""
+        """A stale label re-measured under the current protocol (it becomes the label), or why not.
+
+        Anything but a new label is recorded as a failure of the candidate on this machine kind, so
+        that it is not tried again: a failed job, a schedule Adams2019 no longer reproduces, a worker
+        that could not reach a newer protocol (its measurement is kept as a re-measurement).
+        """
         assert candidate.repeat_of is not None
         if result.failure_kind == INTERRUPTED:
             self._upgrade_queued.discard(candidate.repeat_of)
@@ -616,12 +622,25 @@ class Collector:
         if not result.ok:
             kind, phase = result.failure_kind or "crash", result.failure_phase
             self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message, machine_id)
-        elif not same_schedule:
+            return None
+        if not same_schedule:
             message = "Adams2019 gave another schedule than the stored one: its label cannot be re-measured"
             self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message, machine_id)
-        else:
-            self.store.add_repeat_measurement(candidate.repeat_of, machine_id, _measurement(result.events["measured"]))
+            return None
+        measurement = _measurement(result.events["measured"])
+        kind = self.store.machines()[machine_id].kind
+        if kind != self.machine_kind:  # a node of another kind (a mixed Ray cluster): that kind's measurement
+            again = candidate.repeat_of in self.store.measured_on(candidate.pipeline_id, kind)
+            self.store.add_measurement(candidate.repeat_of, machine_id, measurement, is_repeat=again)
+            return None
+        label = self.store.label_protocols(kind, candidate.pipeline_id)[candidate.repeat_of]
+        self.store.add_repeat_measurement(candidate.repeat_of, machine_id, measurement)
+        if MEASUREMENT_PROTOCOLS.index(measurement.protocol) > MEASUREMENT_PROTOCOLS.index(label):
             self.summary.upgraded += 1
+            return None
+        self.summary.remeasured += 1
+        message = f"the worker measured under {measurement.protocol}, not newer than the label's {label}"
+        self._fail(candidate.uri, candidate.index, config, "protocol_not_reached", "run", message, machine_id)
         return None
 
     def _fail(
