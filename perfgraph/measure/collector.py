@@ -581,23 +581,12 @@ class Collector:
         A job that ran on a node of another kind (a mixed Ray cluster) is that kind's first measurement
         of the schedule, or a re-measurement when the kind already has one.
         """
-        assert candidate.repeat_of is not None
-        if result.failure_kind == INTERRUPTED:
-            self._cross_queued.discard(candidate.repeat_of)
+        rebuilt = self._rebuilt_measurement(candidate, result, same_schedule, self._cross_queued)
+        if rebuilt is None:
             return None
-        config = candidate.config.to_json()
-        machine_id = self._machine_of(result)
-        if not result.ok:
-            kind, phase = result.failure_kind or "crash", result.failure_phase
-            self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message, machine_id)
-            return None
-        if not same_schedule:
-            message = "Adams2019 gave another schedule on this machine than the stored one (target differs?)"
-            self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message, machine_id)
-            return None
+        machine_id, measurement = rebuilt
         kind = self.store.machines()[machine_id].kind
         again = kind != self.machine_kind and candidate.repeat_of in self.store.measured_on(candidate.pipeline_id, kind)
-        measurement = _measurement(result.events["measured"])
         self.store.add_measurement(candidate.repeat_of, machine_id, measurement, is_repeat=again)
         if again:
             self.summary.remeasured += 1
@@ -613,21 +602,10 @@ class Collector:
         that it is not tried again: a failed job, a schedule Adams2019 no longer reproduces, a worker
         that could not reach a newer protocol (its measurement is kept as a re-measurement).
         """
-        assert candidate.repeat_of is not None
-        if result.failure_kind == INTERRUPTED:
-            self._upgrade_queued.discard(candidate.repeat_of)
+        rebuilt = self._rebuilt_measurement(candidate, result, same_schedule, self._upgrade_queued)
+        if rebuilt is None:
             return None
-        config = candidate.config.to_json()
-        machine_id = self._machine_of(result)
-        if not result.ok:
-            kind, phase = result.failure_kind or "crash", result.failure_phase
-            self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message, machine_id)
-            return None
-        if not same_schedule:
-            message = "Adams2019 gave another schedule than the stored one: its label cannot be re-measured"
-            self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message, machine_id)
-            return None
-        measurement = _measurement(result.events["measured"])
+        machine_id, measurement = rebuilt
         kind = self.store.machines()[machine_id].kind
         if kind != self.machine_kind:  # a node of another kind (a mixed Ray cluster): that kind's measurement
             again = candidate.repeat_of in self.store.measured_on(candidate.pipeline_id, kind)
@@ -640,8 +618,33 @@ class Collector:
             return None
         self.summary.remeasured += 1
         message = f"the worker measured under {measurement.protocol}, not newer than the label's {label}"
+        config = candidate.config.to_json()
         self._fail(candidate.uri, candidate.index, config, "protocol_not_reached", "run", message, machine_id)
         return None
+
+    def _rebuilt_measurement(
+        self, candidate: _Candidate, result: JobResult, same_schedule: bool, queued: set[int]
+    ) -> tuple[int, MeasurementRecord] | None:
+        """``(machine id, measurement)`` of a stored schedule rebuilt and measured again, or ``None``.
+
+        ``None`` when the job was interrupted (the schedule leaves ``queued``, to run again on resume),
+        failed, or Adams2019 gave another schedule (both recorded as failures of the candidate).
+        """
+        assert candidate.repeat_of is not None
+        if result.failure_kind == INTERRUPTED:
+            queued.discard(candidate.repeat_of)
+            return None
+        config = candidate.config.to_json()
+        machine_id = self._machine_of(result)
+        if not result.ok:
+            kind, phase = result.failure_kind or "crash", result.failure_phase
+            self._fail(candidate.uri, candidate.index, config, kind, phase, result.failure_message, machine_id)
+            return None
+        if not same_schedule:
+            message = "Adams2019 gave another schedule on this machine than the stored one (target differs?)"
+            self._fail(candidate.uri, candidate.index, config, "not_reproduced", "autoschedule", message, machine_id)
+            return None
+        return machine_id, _measurement(result.events["measured"])
 
     def _fail(
         self, uri: str, index: int, config: dict | None, kind: str, phase: str, message: str, machine_id: int
