@@ -39,6 +39,8 @@ end every model's seeds are also scored as one deep ensemble (the geometric mean
 as :class:`~perfgraph.models.ensemble.EnsembleCostModel` combines members), with each pair of models'
 error ratio and its pipeline-bootstrap 95% interval (:func:`~perfgraph.evaluate.bootstrap.error_ratios`):
 the issue's test of whether one model beats another by more than the test set's chance.
+``--summarize out.json [--models a,b] [--seeds 0,1,2]`` prints those tables again for a subset of the
+recorded runs, training nothing.
 
 ``--train-fraction F`` trains every model on the same share F of the training pipelines, drawn per seed
 and nested (:func:`training_subset`), validation and test unchanged: the points of a learning curve.
@@ -244,6 +246,32 @@ def print_table(summary: list[dict], part: str, metrics: tuple, title: str) -> N
         print(f"{entry['model']:<15}{cells}")
 
 
+def report(runs: list[dict], labels: dict[str, dict]) -> dict:
+    """Print the per-seed tables (mean ± sd) and the seed ensembles of ``runs``; returns the ensembles' record."""
+    summary = summarize(runs)
+    seeds = ",".join(map(str, sorted({run["seed"] for run in runs})))
+    print_table(summary, "valid", TABLE_METRICS, f"validation, mean ± sd over seeds {seeds}")
+    print_table(summary, "test", TABLE_METRICS, f"test, mean ± sd over seeds {seeds}")
+    print_table(summary, "test", SPLIT_METRICS, "test log error: per-pipeline bias and within-pipeline residual")
+    for part in ("valid", "test"):
+        best = min(summary, key=lambda entry: entry[part]["rmse_log"][0])
+        print(f"lowest mean {part} RMSE(ln): {best['model']}")
+    return print_ensembles(runs, labels)
+
+
+def summarize_file(path: Path, models: Sequence[str], seeds: Sequence[int] | None) -> None:
+    """Print :func:`report` for the runs of a ``--json`` record that ``models`` and ``seeds`` (None: all) name."""
+    record = json.loads(path.read_text())
+    runs = [run for run in record["runs"] if run["model"] in models and (seeds is None or run["seed"] in seeds)]
+    if not runs:
+        raise SystemExit(f"{path}: no runs of models {','.join(models)} and seeds {seeds or 'any'}")
+    labels = {
+        part: {key: np.asarray(values) for key, values in arrays.items()} for part, arrays in record["labels"].items()
+    }
+    print(f"{path}: {len(runs)} runs ({record['command']['db']}, scored on {record['command']['machine']})")
+    report(runs, labels)
+
+
 def load_graphs(db: Path, machine: str, pool: bool = False) -> list[Data]:
     """The measured samples of one machine kind, as stage graphs; with ``pool``, of every kind in the store.
 
@@ -293,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         "--lr-schedule", choices=LR_SCHEDULES, default="constant", help="learning-rate schedule (shipped: constant)"
     )
     parser.add_argument(
-        "--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2], help="comma-separated"
+        "--seeds", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated (default 0,1,2)"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (core 1 is for benchmarks)")
@@ -301,7 +329,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the runs already in --json (same settings) and add the missing ones"
     )
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        metavar="JSON",
+        help="train nothing: print the tables of a --json record's runs (of --models, and --seeds if given)",
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        summarize_file(args.summarize, args.models, args.seeds)
+        return
+    args.seeds = args.seeds or [0, 1, 2]
     if not 0.0 < args.train_fraction <= 1.0:
         parser.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     unknown = sorted(set(args.models) - set(MODELS))
@@ -364,15 +402,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             if args.json:
                 _write_json(args, runs, labels)
-    summary = summarize(runs)
-    seeds = ",".join(map(str, args.seeds))
-    print_table(summary, "valid", TABLE_METRICS, f"validation, mean ± sd over seeds {seeds}")
-    print_table(summary, "test", TABLE_METRICS, f"test, mean ± sd over seeds {seeds}")
-    print_table(summary, "test", SPLIT_METRICS, "test log error: per-pipeline bias and within-pipeline residual")
-    for part in ("valid", "test"):
-        best = min(summary, key=lambda entry: entry[part]["rmse_log"][0])
-        print(f"lowest mean {part} RMSE(ln): {best['model']}")
-    ensembles = print_ensembles(runs, labels)
+    ensembles = report(runs, labels)
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         _write_json(args, runs, labels, ensembles)
