@@ -75,8 +75,8 @@ class CollectOptions:
     # On a machine kind the store has not measured a pipeline on, its stored deterministic schedules
     # are measured here too: the same schedules on two CPUs (machine-transfer data).
     cross_machine: bool = True
-    # Re-measure, under ``timing``'s protocol, the stored schedules whose labels on this machine kind were
-    # all taken under an older one (window-v1, quiet-v2): the new measurement becomes the label
+    # Re-measure, under ``timing``'s protocol, the stored schedules whose label on this machine kind was
+    # taken under an older one (window-v1, quiet-v2): the new measurement becomes the label
     # (:func:`~perfgraph.data.store.label_measurements_sql`), the old one is kept.
     upgrade_labels: bool = False
     # With upgrade_labels: nothing else (no new candidates, top-ups or cross-machine measurements).
@@ -358,9 +358,9 @@ class Collector:
     def _label_upgrades(self, pipeline: PipelineRecord) -> list[_Candidate]:
         """With ``upgrade_labels``: the pipeline's deterministic schedules whose labels here are stale.
 
-        Stale: every measurement on this machine kind predates the timing policy's protocol
+        Stale: its label on this machine kind predates the timing policy's protocol
         (:meth:`~perfgraph.data.store.Store.stale_labels`). Schedules with random weights cannot be
-        rebuilt; one whose upgrade failed here is not tried again.
+        rebuilt; one whose upgrade failed here (or reached no newer protocol) is not tried again.
         """
         if not self.options.upgrade_labels:
             return []
