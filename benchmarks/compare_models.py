@@ -185,7 +185,7 @@ def print_ensembles(runs: list[dict], labels: dict[str, dict], n_boot: int = 200
         print("-" * len(header))
         for model, metrics in scores.items():
             cells = "".join(
-                "-" if metrics[key] is None else f"{metrics[key]:>10.{digits}f}"
+                f"{'-':>10}" if metrics[key] is None else f"{metrics[key]:>10.{digits}f}"
                 for key, _, digits in (*TABLE_METRICS, *SPLIT_METRICS[1:])
             )
             print(f"{model:<15}{cells}")
@@ -262,6 +262,8 @@ def report(runs: list[dict], labels: dict[str, dict]) -> dict:
 def summarize_file(path: Path, models: Sequence[str], seeds: Sequence[int] | None) -> None:
     """Print :func:`report` for the runs of a ``--json`` record that ``models`` and ``seeds`` (None: all) name."""
     record = json.loads(path.read_text())
+    if "labels" not in record:
+        raise SystemExit(f"{path}: recorded without predictions and labels (before session 14): nothing to summarize")
     runs = [run for run in record["runs"] if run["model"] in models and (seeds is None or run["seed"] in seeds)]
     if not runs:
         raise SystemExit(f"{path}: no runs of models {','.join(models)} and seeds {seeds or 'any'}")
