@@ -35,14 +35,15 @@ FIXED_LAYOUT_PROTOCOL = "quiet-v3"
 MEASUREMENT_PROTOCOLS = (WINDOW_PROTOCOL, QUIET_PROTOCOL, FIXED_LAYOUT_PROTOCOL)
 
 
-def label_measurements_sql(n_machine_ids: int) -> str:
+def label_measurements_sql(n_machine_ids: int, one_schedule: bool = False) -> str:
     """SQL for the table ``(schedule_id, runtime_ms, protocol, measurement_id)`` of each schedule's label on one kind.
 
-    Bind ``n_machine_ids`` machine ids (the kind's). A schedule's label is its first measurement on the
-    kind, unless it was measured again under a newer timing protocol (later in :data:`MEASUREMENT_PROTOCOLS`;
-    ``perfgraph collect --upgrade-labels`` does that on purpose, but any re-measurement counts): then the
-    earliest measurement under the newest protocol. A re-measurement under the same protocol (for the
-    noise floor) never replaces the label.
+    Bind ``n_machine_ids`` machine ids (the kind's), then, with ``one_schedule``, a schedule id (the
+    table then holds that schedule's label only, without reading every measurement). A schedule's label
+    is its first measurement on the kind, unless it was measured again under a newer timing protocol
+    (later in :data:`MEASUREMENT_PROTOCOLS`; ``perfgraph collect --upgrade-labels`` does that on purpose,
+    but any re-measurement counts): then the earliest measurement under the newest protocol. A
+    re-measurement under the same protocol (for the noise floor) never replaces the label.
     """
     newest_first = " ".join(f"WHEN '{protocol}' THEN {rank}" for rank, protocol in enumerate(MEASUREMENT_PROTOCOLS))
     return (
@@ -50,7 +51,8 @@ def label_measurements_sql(n_machine_ids: int) -> str:
         "measurement_id, ROW_NUMBER() "
         f"OVER (PARTITION BY schedule_id ORDER BY CASE protocol {newest_first} ELSE -1 END DESC, is_repeat, "
         "measured_at, measurement_id) AS label_rank FROM measurements "
-        f"WHERE machine_id IN ({','.join('?' * n_machine_ids)})) WHERE label_rank = 1)"
+        f"WHERE machine_id IN ({','.join('?' * n_machine_ids)}){' AND schedule_id = ?' if one_schedule else ''}) "
+        "WHERE label_rank = 1)"
     )
 
 
@@ -433,7 +435,7 @@ class Store:
         schedule_id, measured_id, source = row
         ids = self.machine_ids(machine)
         row = self._db.execute(
-            f"SELECT runtime_ms FROM {label_measurements_sql(len(ids))} WHERE schedule_id = ?", (*ids, measured_id)
+            f"SELECT runtime_ms FROM {label_measurements_sql(len(ids), one_schedule=True)}", (*ids, measured_id)
         ).fetchone()
         runtime = None if row is None else row[0]
         return schedule_id, runtime, source, None
