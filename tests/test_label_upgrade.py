@@ -160,6 +160,8 @@ def test_a_re_measurement_under_the_same_protocol_never_replaces_the_label(upgra
 def test_stats_count_the_labels_of_each_protocol(upgraded, capsys):
     assert main(["stats", "--db", str(upgraded["db"]), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
+    # Two upgrades of every rebuildable schedule (to quiet-v2, then quiet-v3), no noise re-measurement.
+    assert stats["upgraded_labels"] == 2 * len(upgraded["deterministic"]) and stats["repeat_measurements"] == 0
     protocols = stats["by_machine_kind"][upgraded["kind"]]["protocols"]
     assert protocols["quiet-v3"]["labels"] == len(upgraded["deterministic"])
     assert protocols["quiet-v2"]["labels"] == 0  # measured, but no longer anybody's label

@@ -21,7 +21,8 @@ class DatasetStats:
     failures: int
     failures_by_kind: dict[str, int]
     duplicates: int
-    repeat_measurements: int
+    repeat_measurements: int  # independent re-measurements under their first measurement's protocol
+    upgraded_labels: int  # re-measurements under a newer protocol than the first: the label now
     min_schedules_per_pipeline: int
     median_schedules_per_pipeline: float
     pipelines_with_at_least: dict[int, int]  # N -> pipelines with at least N measured schedules
@@ -52,7 +53,8 @@ class DatasetStats:
             f"failures             {self.failures} ({failures})",
             f"run time             {runtime}",
             f"median CV of repeats {self.median_cv:.3%}" if self.median_cv is not None else "median CV of repeats -",
-            f"re-measured          {self.repeat_measurements}",
+            f"re-measured          {self.repeat_measurements}"
+            + (f" (and {self.upgraded_labels} labels upgraded to a newer protocol)" if self.upgraded_labels else ""),
             f"families             {families}",
         ]
         for machine in self.machines:
@@ -92,6 +94,11 @@ def dataset_stats(store: Store) -> DatasetStats:
         )
     ]
     cvs = [r[0] for r in q("SELECT cv FROM measurements WHERE is_repeat = 0")]
+    repeats, upgraded = q(
+        "SELECT COALESCE(SUM(b.protocol = a.protocol), 0), COALESCE(SUM(b.protocol != a.protocol), 0) "
+        "FROM measurements b JOIN measurements a ON a.schedule_id = b.schedule_id AND a.machine_id = b.machine_id "
+        "AND a.is_repeat = 0 WHERE b.is_repeat = 1"
+    ).fetchone()
     low, high = q("SELECT MIN(runtime_ms), MAX(runtime_ms) FROM measurements WHERE is_repeat = 0").fetchone()
     counts = store.counts()
     return DatasetStats(
@@ -100,7 +107,8 @@ def dataset_stats(store: Store) -> DatasetStats:
         failures=counts["failures"],
         failures_by_kind=dict(q("SELECT kind, COUNT(*) FROM failures GROUP BY kind").fetchall()),
         duplicates=q("SELECT COUNT(*) FROM schedules WHERE duplicate_of IS NOT NULL").fetchone()[0],
-        repeat_measurements=q("SELECT COUNT(*) FROM measurements WHERE is_repeat = 1").fetchone()[0],
+        repeat_measurements=repeats,
+        upgraded_labels=upgraded,
         min_schedules_per_pipeline=min(per_pipeline, default=0),
         median_schedules_per_pipeline=statistics.median(per_pipeline) if per_pipeline else 0,
         pipelines_with_at_least={n: sum(count >= n for count in per_pipeline) for n in SCHEDULE_THRESHOLDS},
