@@ -359,8 +359,9 @@ class Collector:
         """With ``upgrade_labels``: the pipeline's deterministic schedules whose labels here are stale.
 
         Stale: its label on this machine kind predates the timing policy's protocol
-        (:meth:`~perfgraph.data.store.Store.stale_labels`). Schedules with random weights cannot be
-        rebuilt; one whose upgrade failed here (or reached no newer protocol) is not tried again.
+        (:meth:`~perfgraph.data.store.Store.stale_labels`, which leaves out the schedules with random
+        weights: they cannot be rebuilt); one whose upgrade failed here (or reached no newer protocol) is
+        not tried again.
         """
         if not self.options.upgrade_labels:
             return []
@@ -370,10 +371,8 @@ class Collector:
         for schedule_id, index, config in self.store.measured_schedules(pipeline.pipeline_id):
             if schedule_id not in stale or schedule_id in self._upgrade_queued or index in failed_here:
                 continue
-            config = AutoschedulerConfig.from_json(config)
-            if config.random_weights:
-                continue
             self._upgrade_queued.add(schedule_id)
+            config = AutoschedulerConfig.from_json(config)
             wanted.append(_Candidate(pipeline.uri, pipeline.pipeline_id, index, config, schedule_id, upgrade=True))
         return wanted
 
