@@ -107,7 +107,7 @@ def test_shards_rebuild_the_same_dataset_and_are_never_rewritten(tiny_db, tmp_pa
     # Every measurement keeps its timing protocol and the conditions it ran in (calibration, steal time).
     parsed = [(protocol, json.loads(how)) for protocol, how in conditions]
     assert [(protocol, json.loads(how)) for protocol, how in rebuilt.execute(how).fetchall()] == parsed
-    assert {protocol for protocol, _ in parsed} <= {"quiet-v2", "quiet-v3"}  # quiet-v2 where ASLR cannot be disabled
+    assert {protocol for protocol, _ in parsed} <= {"quiet-v2", "quiet-v4"}  # quiet-v2 where ASLR cannot be disabled
     assert all({"calibration_ms", "steal_ms", "quiet", "fixed_layout"} <= how.keys() for _, how in parsed)
     assert rebuilt.counts() == Store(copy).counts()
 
@@ -124,7 +124,7 @@ def test_stats_json_has_the_documented_keys(tiny_db):
     assert stats["pipelines"] == 3 and stats["samples"] >= 3
     (kind,) = stats["by_machine_kind"]  # measurements break down by timing protocol
     protocols = stats["by_machine_kind"][kind]["protocols"]
-    assert set(protocols) <= {"quiet-v2", "quiet-v3"}
+    assert set(protocols) <= {"quiet-v2", "quiet-v4"}
     assert sum(protocol["measurements"] for protocol in protocols.values()) >= stats["samples"]
     with Store(tiny_db) as store:
         marked = store.execute("SELECT conditions FROM measurements").fetchall()

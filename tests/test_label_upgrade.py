@@ -62,7 +62,7 @@ def _sandbox_without_personality():
 
 @pytest.fixture(scope="module")
 def upgraded(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A store measured under window-v1, upgraded to quiet-v2, then once to quiet-v3 and once in a sandbox."""
+    """A store measured under window-v1, upgraded to quiet-v2, then once to quiet-v4 and once in a sandbox."""
     folder = tmp_path_factory.mktemp("upgrade")
     db = folder / "old.db"
     with collect_tiny(db, [BLUR], schedules=4, top_up=False, remeasure_fraction=0.0, timing=OLD_TIMING) as store:
@@ -75,7 +75,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         }
         to_v2 = _upgrade(store, QUIET_V2)
         store.execute("VACUUM INTO ?", (str(folder / "v2.db"),))
-        to_v3 = _upgrade(store, FAST_TIMING)
+        to_v4 = _upgrade(store, FAST_TIMING)
         again = _upgrade(store, FAST_TIMING)
     with Store(folder / "v2.db") as store, _sandbox_without_personality():
         sandboxed = _upgrade(store, FAST_TIMING)
@@ -86,7 +86,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "before": before,
         "deterministic": deterministic,
         "to_v2": to_v2,
-        "to_v3": to_v3,
+        "to_v4": to_v4,
         "again": again,
         "sandboxed": sandboxed,
         "sandboxed_again": sandboxed_again,
@@ -100,7 +100,7 @@ def _new_measurements(step: dict, protocol: str) -> dict[int, float]:
 def test_stale_labels_are_re_measured_under_each_newer_protocol(upgraded):
     deterministic, before = upgraded["deterministic"], upgraded["before"]
     assert deterministic and set(before) - deterministic  # rebuildable schedules, and one with random weights
-    for step, protocol in (("to_v2", "quiet-v2"), ("to_v3", "quiet-v3")):
+    for step, protocol in (("to_v2", "quiet-v2"), ("to_v4", "quiet-v4")):
         result = upgraded[step]
         assert result["stale_uris"] == [BLUR]
         assert result["summary"].upgraded == len(deterministic), step
@@ -115,19 +115,19 @@ def test_stale_labels_are_re_measured_under_each_newer_protocol(upgraded):
             else:
                 assert result["protocols"][sid] == WINDOW_PROTOCOL and result["labels"][sid] == before_ms
     # Nothing is lost: every schedule's window-v1 first measurement is still there.
-    firsts = {sid: ms for sid, p, ms, is_repeat in upgraded["to_v3"]["measurements"] if not is_repeat}
+    firsts = {sid: ms for sid, p, ms, is_repeat in upgraded["to_v4"]["measurements"] if not is_repeat}
     assert firsts == before
 
 
 def test_an_upgrade_is_no_noise_pair_and_an_upgraded_label_is_left_alone(upgraded):
-    assert upgraded["to_v3"]["pairs"] == []  # measurements under two protocols are not a re-measurement pair
-    assert upgraded["to_v3"]["stale_after"] == []
+    assert upgraded["to_v4"]["pairs"] == []  # measurements under two protocols are not a re-measurement pair
+    assert upgraded["to_v4"]["stale_after"] == []
     assert upgraded["again"]["stale_uris"] == [] and upgraded["again"]["summary"].upgraded == 0
 
 
 def test_a_worker_that_cannot_reach_the_protocol_keeps_its_measurement_and_is_not_tried_again(upgraded):
     sandboxed, deterministic = upgraded["sandboxed"], upgraded["deterministic"]
-    assert sandboxed["stale_uris"] == [BLUR]  # quiet-v2 labels, target quiet-v3
+    assert sandboxed["stale_uris"] == [BLUR]  # quiet-v2 labels, target quiet-v4
     assert sandboxed["summary"].upgraded == 0 and sandboxed["summary"].remeasured == len(deterministic)
     assert set(sandboxed["failures"].values()) == {"protocol_not_reached"}
     assert len(sandboxed["failures"]) == len(deterministic)
@@ -139,7 +139,7 @@ def test_a_worker_that_cannot_reach_the_protocol_keeps_its_measurement_and_is_no
 def test_a_re_measurement_under_the_same_protocol_never_replaces_the_label(upgraded, tmp_path):
     db = tmp_path / "copy.db"
     db.write_bytes(Path(upgraded["db"]).read_bytes())
-    labels, protocols = upgraded["to_v3"]["labels"], upgraded["to_v3"]["protocols"]
+    labels, protocols = upgraded["to_v4"]["labels"], upgraded["to_v4"]["protocols"]
     with Store(db) as store:
         machine_id = store.machine_ids(upgraded["kind"])[0]
         kept_old = [sid for sid, protocol in protocols.items() if protocol == WINDOW_PROTOCOL]
@@ -160,10 +160,10 @@ def test_a_re_measurement_under_the_same_protocol_never_replaces_the_label(upgra
 def test_stats_count_the_labels_of_each_protocol(upgraded, capsys):
     assert main(["stats", "--db", str(upgraded["db"]), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    # Two upgrades of every rebuildable schedule (to quiet-v2, then quiet-v3), no noise re-measurement.
+    # Two upgrades of every rebuildable schedule (to quiet-v2, then quiet-v4), no noise re-measurement.
     assert stats["upgraded_labels"] == 2 * len(upgraded["deterministic"]) and stats["repeat_measurements"] == 0
     protocols = stats["by_machine_kind"][upgraded["kind"]]["protocols"]
-    assert protocols["quiet-v3"]["labels"] == len(upgraded["deterministic"])
+    assert protocols["quiet-v4"]["labels"] == len(upgraded["deterministic"])
     assert protocols["quiet-v2"]["labels"] == 0  # measured, but no longer anybody's label
     assert protocols[WINDOW_PROTOCOL]["labels"] == len(upgraded["before"]) - len(upgraded["deterministic"])
 

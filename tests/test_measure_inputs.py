@@ -1,12 +1,16 @@
-"""Run buffers: estimate-sized inputs, widened (data kept) when a schedule reads outside the estimates."""
+"""Run buffers: estimate-sized inputs, widened (data kept) when a schedule reads outside the estimates,
+every buffer's data aligned as Halide's allocator aligns it."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import halide as hl
 import numpy as np
 import pytest
 
-from perfgraph.measure.inputs import call_widening_inputs, make_buffers, widen_input
+from perfgraph.measure.inputs import BUFFER_ALIGNMENT, call_widening_inputs, make_buffers, widen_input
 from perfgraph.workloads.base import build_pipeline
 
 WIDTH, CHANNELS = 6, 32
@@ -42,6 +46,8 @@ def _run_widening(split_factor: int):  # type: ignore[no-untyped-def]
         lambda: compiled(*[buffers.inputs[a.name] for a in arguments], *buffers.outputs), buffers
     )
     assert widenings <= 4
+    for buffer in [*buffers.inputs.values(), *buffers.outputs]:  # widened ones too
+        assert np.asarray(buffer).ctypes.data % BUFFER_ALIGNMENT == 0
     return buffers, estimated, widenings
 
 
@@ -89,3 +95,23 @@ def test_other_errors_are_not_widened(message):
     built = build_pipeline("file:test.py:shifted", lambda: _shifted_split_pipeline(8))
     buffers = make_buffers(built, input_seed=3)
     assert not widen_input(buffers, hl.HalideError(message))
+
+
+def test_a_pipeline_whose_code_loads_its_output_with_aligned_vector_instructions_runs_and_is_right(tmp_path):
+    """Mullapudi2016 schedules a global average pool so that Halide loads the output with ``vmovaps``:
+    on NumPy's 16-byte-aligned memory that faulted (SIGSEGV) in about half the processes. It runs in a
+    worker's way (its own process, as the reference a collector saves) and matches NumPy's mean."""
+    uri = "zoo:global_avg_pool?c=64&h=8&w=8"
+    script = (
+        "import sys; from pathlib import Path; from perfgraph.measure.worker import save_reference; "
+        "from perfgraph.schedules.autoscheduler import benchmark_target; "
+        "save_reference(sys.argv[1], 5, Path(sys.argv[2]), benchmark_target())"
+    )
+    for attempt in range(3):  # each process its own heap layout
+        path = tmp_path / f"reference{attempt}.npz"
+        done = subprocess.run([sys.executable, "-c", script, uri, str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    built = build_pipeline(uri)
+    image = np.array(make_buffers(built, 5).inputs[built.input_buffers[0].name])
+    expected = image.reshape(image.shape[0], -1).mean(axis=1)  # numpy (c, h, w): a mean per channel
+    np.testing.assert_allclose(np.load(path)["arr_0"], expected, rtol=1e-4)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from perfgraph.data.store import Store
+from perfgraph.measure.inputs import BUFFER_ALIGNMENT
 from perfgraph.measure.runner import LAYOUT_PAD_BYTES, fixed_layout_environment
 from perfgraph.measure.timing import Calibration, TimingPolicy, benchmark
 
@@ -78,7 +79,8 @@ def test_the_fastest_calibration_is_shared_across_processes_through_its_file(tmp
 
 
 def test_the_policy_names_its_protocol_and_refuses_a_layout_offset_outside_a_page():
-    assert TimingPolicy().protocol == "quiet-v3"
+    assert TimingPolicy().protocol == "quiet-v4"
+    assert TimingPolicy(aligned_buffers=False).protocol == "quiet-v3"
     assert TimingPolicy(fixed_layout=False).protocol == "quiet-v2"
     assert TimingPolicy(quiet=False).protocol == "window-v1"
     for bad in (-1, 4096, 1.5, True):
@@ -117,5 +119,6 @@ def test_collected_measurements_say_whether_their_layout_was_fixed(tiny_db):
     assert rows
     for protocol, conditions in rows:
         fixed = json.loads(conditions)["fixed_layout"]
-        assert protocol == ("quiet-v3" if fixed else "quiet-v2")
+        assert protocol == ("quiet-v4" if fixed else "quiet-v2")
         assert ("layout_offset" in json.loads(conditions)) == fixed
+        assert json.loads(conditions)["buffer_alignment"] == BUFFER_ALIGNMENT

@@ -7,6 +7,11 @@ convolution over 32 channels split by 37 reads ``scale[-5]``). Halide's own benc
 (RunGen, ``estimate_then_auto``) sizes such inputs by bounds inference; :func:`widen_input` does the
 same from the error the pipeline raises, keeping the estimated region's data and zero-filling the rest,
 so that the output, and the check against the reference, are unchanged.
+
+Every buffer's data is NumPy memory aligned to :data:`BUFFER_ALIGNMENT` bytes, as Halide's own allocator
+aligns the buffers it allocates: code Halide generates may load an output buffer with aligned vector
+instructions, which fault on the 16-byte alignment ``malloc`` gives NumPy (``perfgraph.measure.timing``,
+protocol ``quiet-v4``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import numpy as np
 from perfgraph.workloads.base import BuiltPipeline, ScalarSpec, WorkloadError, random_input
 
 MAX_INPUT_WIDENINGS = 16  # Halide reports one violated input bound per call
+#: Bytes buffer data is aligned to: Halide's runtime allocator, ``halide_malloc``, aligns to 128 on x86
+#: (Halide ``src/runtime/alignment_128.cpp``), a multiple of every vector width it targets.
+BUFFER_ALIGNMENT = 128
 T = TypeVar("T")
 
 # Halide's runtime check, e.g. "Input buffer w is accessed at -5, which is before the min (0) in dimension 0".
@@ -37,16 +45,43 @@ class RunBuffers:
 
     inputs: dict[str, Any]
     outputs: list[hl.Buffer]
+    alignment: int | None = BUFFER_ALIGNMENT  # bytes; None: where NumPy puts the data
 
 
-def make_buffers(built: BuiltPipeline, input_seed: int) -> RunBuffers:
+def aligned_zeros(shape: tuple[int, ...], dtype: Any, alignment: int | None = BUFFER_ALIGNMENT) -> np.ndarray:
+    """A C-ordered array of zeros whose data starts at a multiple of ``alignment`` bytes (None: anywhere).
+
+    Raises ``MemoryError`` when it cannot be allocated.
+
+    >>> array = aligned_zeros((3, 5), np.float32)
+    >>> array.ctypes.data % BUFFER_ALIGNMENT, array.shape, array.flags.c_contiguous, float(array.sum())
+    (0, (3, 5), True, 0.0)
+    """
+    dtype = np.dtype(dtype)
+    if alignment is None:
+        return np.zeros(shape, dtype=dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _aligned_copy(array: np.ndarray, alignment: int | None) -> np.ndarray:
+    copy = aligned_zeros(array.shape, array.dtype, alignment)
+    copy[...] = array
+    return copy
+
+
+def make_buffers(built: BuiltPipeline, input_seed: int, alignment: int | None = BUFFER_ALIGNMENT) -> RunBuffers:
     """Inputs with deterministic random data over their estimates, and outputs of the estimated size.
 
-    Raises ``MemoryError`` when a buffer cannot be allocated (under a worker's memory limit).
+    Every buffer's data starts at a multiple of ``alignment`` bytes (``None``: where NumPy puts it, as
+    before protocol ``quiet-v4``). Raises ``MemoryError`` when a buffer cannot be allocated (under a
+    worker's memory limit).
     """
     inputs: dict[str, Any] = {}
     for index, spec in enumerate(built.input_buffers):
-        buffer = hl.Buffer(random_input(spec, seed=input_seed * 1009 + index))
+        buffer = hl.Buffer(_aligned_copy(random_input(spec, seed=input_seed * 1009 + index), alignment))
         if any(spec.mins):
             buffer.set_min(list(spec.mins))
         inputs[spec.name] = buffer
@@ -59,11 +94,11 @@ def make_buffers(built: BuiltPipeline, input_seed: int) -> RunBuffers:
     for spec in built.output_buffers:
         # Allocated by NumPy, not by hl.Buffer(type, extents), which does not check its allocation: an
         # output too big for the worker's memory limit is then a MemoryError (out_of_memory), not a crash.
-        buffer = hl.Buffer(np.zeros(tuple(reversed(spec.extents)), dtype=spec.dtype))
+        buffer = hl.Buffer(aligned_zeros(tuple(reversed(spec.extents)), spec.dtype, alignment))
         if any(spec.mins):
             buffer.set_min(list(spec.mins))
         outputs.append(buffer)
-    return RunBuffers(inputs, outputs)
+    return RunBuffers(inputs, outputs, alignment)
 
 
 def scalar_argument(spec: ScalarSpec) -> int | float | bool:
@@ -115,7 +150,7 @@ def widen_input(buffers: RunBuffers, error: Exception) -> bool:
         extents[dim] = at - mins[dim] + 1
         shift = 0
     data = np.array(old, copy=True)  # numpy order: Halide's dimension d is axis -1 - d
-    widened = np.zeros(tuple(reversed(extents)), dtype=data.dtype)
+    widened = aligned_zeros(tuple(reversed(extents)), data.dtype, buffers.alignment)
     region = [slice(0, n) for n in data.shape]
     axis = data.ndim - 1 - dim
     region[axis] = slice(shift, shift + data.shape[axis])

@@ -1,6 +1,6 @@
 """Benchmark timing: warm-up, then repeats until a minimum count and duration, with summary statistics.
 
-Three measurement protocols (recorded with every measurement, ``MeasurementRecord.protocol``):
+Four measurement protocols (recorded with every measurement, ``MeasurementRecord.protocol``):
 
 * ``window-v1`` — the minimum of the repeats of one window of ``min_duration_s`` (0.5 s). Every
   measurement before 2026-11-30 was taken so.
@@ -13,7 +13,7 @@ Three measurement protocols (recorded with every measurement, ``MeasurementRecor
   reproduce. The calibration kernel sees the same periods (log-slowdown correlation 0.97 with a
   matmul benchmark over 360 quarter-second windows), so the quiet protocol waits them out, up to
   ``max_wait_s``; a measurement that found no quiet period is kept, marked ``quiet: false``.
-* ``quiet-v3`` (the default, since session 10) — ``quiet-v2`` in a worker whose address space is laid
+* ``quiet-v3`` (the default in sessions 10-14) — ``quiet-v2`` in a worker whose address space is laid
   out the same way every time (``fixed_layout``): started without address-space layout randomisation
   (Linux ``personality(ADDR_NO_RANDOMIZE)``, as ``setarch -R`` does), with ``PYTHONHASHSEED=0`` and
   its environment padded to a fixed page offset, since the environment's size moves the initial stack
@@ -23,6 +23,15 @@ Three measurement protocols (recorded with every measurement, ``MeasurementRecor
   quiet protocol cannot see: every burst of one process is equally fast or slow. The runner
   (:func:`~perfgraph.measure.runner.run_job`) starts the worker so; a worker whose layout could not
   be fixed (a sandbox that forbids ``personality``) records ``quiet-v2`` and ``fixed_layout: false``.
+* ``quiet-v4`` (the default, since session 15) — ``quiet-v3`` with every input and output buffer's data
+  aligned to :data:`~perfgraph.measure.inputs.BUFFER_ALIGNMENT` (128) bytes, as Halide's own allocator
+  (``halide_malloc``) aligns the buffers it allocates. Before, buffers were NumPy arrays, whose data
+  ``malloc`` aligns to 16 bytes only: where a buffer started within a cache line then depended on the
+  process's heap layout, and code that Halide generates with aligned vector loads (``vmovaps``) from an
+  output buffer crashed with SIGSEGV when it landed off a 32- or 64-byte boundary (four stored
+  ``global_avg_pool`` schedules, and the Mullapudi2016 reference of that pipeline; ``benchmarks/RESULTS.md``,
+  session 15). Buffers are aligned whenever ``TimingPolicy.aligned_buffers`` is set (the default);
+  the measurement records ``quiet-v4`` when the layout is fixed too, ``quiet-v2`` when it could not be.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perfgraph.data.store import FIXED_LAYOUT_PROTOCOL, QUIET_PROTOCOL, WINDOW_PROTOCOL
+from perfgraph.data.store import ALIGNED_PROTOCOL, FIXED_LAYOUT_PROTOCOL, QUIET_PROTOCOL, WINDOW_PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class TimingPolicy:
     quiet: bool = True  # the quiet-v2 protocol; False: window-v1
     fixed_layout: bool = True  # quiet-v3: the worker runs without address-space randomisation
     layout_offset: int = 0  # with fixed_layout: which layout (bytes the initial stack moves, 0-4095)
+    aligned_buffers: bool = True  # quiet-v4: buffers' data aligned as Halide's allocator aligns it
     burst_s: float = 0.1  # repeats between two calibration runs
     quiet_tolerance: float = 0.10  # a calibration run this much above the fastest marks the burst slow
     max_wait_s: float = 30.0  # seconds of slow bursts after which the measurement keeps them all
@@ -71,9 +81,21 @@ class TimingPolicy:
     @property
     def protocol(self) -> str:
         """The protocol a measurement under this policy records when its worker's layout is fixed as asked."""
+        return self.recorded_protocol(self.fixed_layout)
+
+    def recorded_protocol(self, layout_fixed: bool) -> str:
+        """The protocol a measurement under this policy records, given whether its worker's layout was fixed.
+
+        >>> TimingPolicy().recorded_protocol(True), TimingPolicy().recorded_protocol(False)
+        ('quiet-v4', 'quiet-v2')
+        >>> TimingPolicy(aligned_buffers=False).recorded_protocol(True)
+        'quiet-v3'
+        """
         if not self.quiet:
             return WINDOW_PROTOCOL
-        return FIXED_LAYOUT_PROTOCOL if self.fixed_layout else QUIET_PROTOCOL
+        if not (self.fixed_layout and layout_fixed):
+            return QUIET_PROTOCOL
+        return ALIGNED_PROTOCOL if self.aligned_buffers else FIXED_LAYOUT_PROTOCOL
 
 
 @dataclass(frozen=True)

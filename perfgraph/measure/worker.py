@@ -230,8 +230,7 @@ def measure(job: dict) -> None:
     """Autoschedule one candidate, compile it, benchmark it on the benchmark cores, check its output."""
     import halide as hl
 
-    from perfgraph.data.store import FIXED_LAYOUT_PROTOCOL, QUIET_PROTOCOL
-    from perfgraph.measure.inputs import call_widening_inputs, make_buffers
+    from perfgraph.measure.inputs import BUFFER_ALIGNMENT, call_widening_inputs, make_buffers
     from perfgraph.measure.timing import Calibration, TimingPolicy, benchmark
     from perfgraph.schedules.autoscheduler import AutoschedulerConfig, benchmark_target, load_adams2019
     from perfgraph.workloads.base import build_pipeline
@@ -267,14 +266,14 @@ def measure(job: dict) -> None:
         emit("phase", phase="compile")
         started = time.perf_counter()
         callable_, names = _compile(built, target)
-        buffers = make_buffers(built, job["input_seed"])
+        policy = TimingPolicy(**job["timing"])
+        buffers = make_buffers(built, job["input_seed"], BUFFER_ALIGNMENT if policy.aligned_buffers else None)
         compile_s = time.perf_counter() - started
         if not on_benchmark_cpus:
             emit("phase", phase="wait")
             fcntl.flock(lock, fcntl.LOCK_EX)
             os.sched_setaffinity(0, set(job["benchmark_cpus"]))
         emit("phase", phase="run")
-        policy = TimingPolicy(**job["timing"])
         fixed_layout = policy.fixed_layout and layout_is_fixed()
         calibration = Calibration(Path(job["lock_path"]).with_suffix(".calibration.json"))
         steal_before = steal_ms(job["benchmark_cpus"])
@@ -302,8 +301,9 @@ def measure(job: dict) -> None:
         cv=timing.cv,
         compile_s=compile_s,
         compiled_on_benchmark_cpus=on_benchmark_cpus,
-        protocol=FIXED_LAYOUT_PROTOCOL if timing.protocol == QUIET_PROTOCOL and fixed_layout else timing.protocol,
+        protocol=policy.recorded_protocol(fixed_layout),
         conditions={**timing.conditions(), "steal_ms": steal, "fixed_layout": fixed_layout}
+        | {"buffer_alignment": buffers.alignment}
         | ({"layout_offset": policy.layout_offset} if fixed_layout else {}),
     )
 
