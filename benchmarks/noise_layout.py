@@ -15,6 +15,10 @@ the collector never re-measures them), and a measurement counts only when the wo
 the stored schedule's features; how many did not, and how many schedules that did still came with
 several schedule sources (loop order, unrolling: what the features do not see), is printed.
 
+With ``--aligned``, every quiet-v3 arm is repeated under ``quiet-v4`` (the same, with every buffer
+aligned to 128 bytes as Halide's allocator aligns it; the quiet-v3 arms keep NumPy's alignment), and
+the report adds quiet-v4's agreement and the aligned against the unaligned run time of each schedule.
+
 Prints, per comparison, the share of schedules whose two measurements differ by more than 10 % and
 20 %, the median |ln| gap, and the noise ceiling those log ratios give (every sample of this machine
 kind re-measured with them: :func:`perfgraph.evaluate.noise.noise_ceiling`, within-pipeline Kendall
@@ -22,6 +26,7 @@ tau). Nothing is written to the store.
 
     python benchmarks/noise_layout.py --db data/perfgraph.db --schedules 24 [--offsets 1024[,2048...]] [--json OUT]
     python benchmarks/noise_layout.py --db data/perfgraph.db --schedule-ids 16587,16593 --repeats 4 --json OUT
+    python benchmarks/noise_layout.py --db data/perfgraph.db --schedules 24 --offsets 1024 --aligned --json OUT
     python benchmarks/noise_layout.py --db data/perfgraph.db --summarize OUT   # the report again
 """
 
@@ -43,6 +48,7 @@ from perfgraph.measure.runner import JobResult
 from perfgraph.measure.timing import TimingPolicy
 
 LOG_10PCT, LOG_20PCT = float(np.log(1.1)), float(np.log(1.2))
+FIXED = ("quiet-v3", "quiet-v4")  # the fixed-layout arms: NumPy's buffer alignment, and 128 bytes
 
 
 def agreement(ratios: np.ndarray, runtimes: np.ndarray, pipelines: np.ndarray) -> dict:
@@ -58,7 +64,7 @@ def agreement(ratios: np.ndarray, runtimes: np.ndarray, pipelines: np.ndarray) -
 
 
 def summarize(store: Store, raw: dict) -> dict:
-    """Re-measurement agreement under quiet-v2 and quiet-v3, and quiet-v3 across layouts."""
+    """Re-measurement agreement under quiet-v2 and each fixed-layout arm, and that arm across layouts."""
     samples = store.samples(machine=raw["machine"])
     runtimes = np.array([s.runtime_ms for s in samples])
     pipelines = np.array([s.pipeline_id for s in samples])
@@ -72,7 +78,7 @@ def summarize(store: Store, raw: dict) -> dict:
         for m in raw["measurements"]
         if m.get("same_features", True)
         and m["schedule_id"] not in random_weights
-        and (m["fixed"] or not m["condition"].startswith("quiet-v3"))  # a quiet-v3 arm whose layout was not fixed
+        and (m["fixed"] or not m["condition"].startswith(FIXED))  # a fixed-layout arm whose layout was not fixed
     ]
     sources: dict[int, set[str]] = {}
     for m in kept:
@@ -84,32 +90,50 @@ def summarize(store: Store, raw: dict) -> dict:
         return np.array([np.log(v[1] / v[0]) for (c, _), v in by.items() if c == condition and len(v) >= 2])
 
     schedules = sorted({sid for _, sid in by})
-    across = []  # each other layout against the first measurement at layout 0
-    for sid in schedules:
-        base = by.get(("quiet-v3@0", sid))
-        if not base:
+    report: dict = {"quiet-v2 re-measured": agreement(pair_ratios("quiet-v2"), runtimes, pipelines)}
+    for arm in FIXED:
+        if not any(c.startswith(arm) for c, _ in by):
             continue
-        across += [
-            np.log(v[0] / base[0])
-            for (c, s), v in by.items()
-            if s == sid and c.startswith("quiet-v3@") and c != "quiet-v3@0"
-        ]
-    spread = []  # max/min over every fixed layout of a schedule
-    for sid in schedules:
-        times = [v[0] for (c, s), v in by.items() if s == sid and c.startswith("quiet-v3@")]
-        if len(times) >= 2:
-            spread.append(float(np.log(max(times) / min(times))))
+        across = []  # each other layout against the first measurement at layout 0
+        spread = []  # max/min over every fixed layout of a schedule
+        for sid in schedules:
+            layouts = [v[0] for (c, s), v in sorted(by.items()) if s == sid and c.startswith(f"{arm}@")]
+            base = by.get((f"{arm}@0", sid))
+            if base:
+                across += [
+                    np.log(v[0] / base[0])
+                    for (c, s), v in by.items()
+                    if s == sid and c.startswith(f"{arm}@") and c != f"{arm}@0"
+                ]
+            if len(layouts) >= 2:
+                spread.append(float(np.log(max(layouts) / min(layouts))))
+        report[f"{arm} re-measured (same layout)"] = agreement(pair_ratios(f"{arm}@0"), runtimes, pipelines)
+        report[f"{arm} another layout"] = agreement(np.array(across), runtimes, pipelines)
+        report[f"{arm} median ln(max/min) over the layouts of a schedule"] = (
+            float(np.median(spread)) if spread else None
+        )
+    aligned = [  # the first aligned against the first unaligned measurement, layout 0
+        float(np.log(by[("quiet-v4@0", sid)][0] / by[("quiet-v3@0", sid)][0]))
+        for sid in schedules
+        if ("quiet-v4@0", sid) in by and ("quiet-v3@0", sid) in by
+    ]
+    if aligned:
+        gaps = np.abs(aligned)
+        report["aligned / unaligned"] = {
+            "schedules": len(aligned),
+            "median_ln_ratio": float(np.median(aligned)),
+            "share_over_10pct": float(np.mean(gaps > LOG_10PCT)),
+            "share_faster_aligned_by_10pct": float(np.mean(np.array(aligned) < -LOG_10PCT)),
+            "share_slower_aligned_by_10pct": float(np.mean(np.array(aligned) > LOG_10PCT)),
+        }
     return {
         "machine": raw["machine"],
         "schedules": len(schedules),
-        "quiet-v2 re-measured": agreement(pair_ratios("quiet-v2"), runtimes, pipelines),
-        "quiet-v3 re-measured (same layout)": agreement(pair_ratios("quiet-v3@0"), runtimes, pipelines),
-        "quiet-v3 another layout": agreement(np.array(across), runtimes, pipelines),
-        "median ln(max/min) over the layouts of a schedule": float(np.median(spread)) if spread else None,
+        **report,
         "mean_job_s": float(np.mean([m["job_s"] for m in raw["measurements"]])),
         "measurements_left_out": len(raw["measurements"]) - len(kept),  # random weights, or another schedule
         "schedules_with_several_sources": sum(1 for found in sources.values() if len(found) > 1),
-        "not_fixed": sum(1 for m in raw["measurements"] if m["condition"].startswith("quiet-v3") and not m["fixed"]),
+        "not_fixed": sum(1 for m in raw["measurements"] if m["condition"].startswith(FIXED) and not m["fixed"]),
     }
 
 
@@ -123,8 +147,9 @@ def main() -> None:
         help="these stored schedules, not a random pick",
     )
     parser.add_argument(
-        "--repeats", type=int, default=2, help="measurements per schedule under quiet-v2 and quiet-v3@0"
+        "--repeats", type=int, default=2, help="measurements per schedule under quiet-v2 and each arm at layout 0"
     )
+    parser.add_argument("--aligned", action="store_true", help="repeat every quiet-v3 arm under quiet-v4")
     args = parser.parse_args()
     if args.repeats < 2:
         parser.error(f"--repeats must be at least 2 (agreement needs two measurements), got {args.repeats}")
@@ -133,9 +158,10 @@ def main() -> None:
         with open(args.summarize) as saved:
             print(json.dumps(summarize(store, json.load(saved)["raw"]), indent=2))
         return
-    policies = {"quiet-v2": TimingPolicy(fixed_layout=False)}
-    for offset in [0, *args.offsets]:
-        policies[f"quiet-v3@{offset}"] = TimingPolicy(layout_offset=offset)
+    policies = {"quiet-v2": TimingPolicy(fixed_layout=False, aligned_buffers=False)}
+    for arm in FIXED if args.aligned else FIXED[:1]:
+        for offset in [0, *args.offsets]:
+            policies[f"{arm}@{offset}"] = TimingPolicy(layout_offset=offset, aligned_buffers=arm == "quiet-v4")
     collectors = {name: Collector(store, CollectOptions(show_progress=False, timing=p)) for name, p in policies.items()}
     machine = collectors["quiet-v2"].machine_kind
     if args.schedule_ids:
@@ -145,7 +171,7 @@ def main() -> None:
         chosen = [(uri, pid, sid, json.loads(config)) for uri, pid, sid, config in rows]
     else:
         chosen = pick_schedules(store, machine, args.schedules, args.seed)
-    twice = ("quiet-v2", "quiet-v3@0")
+    twice = ("quiet-v2", "quiet-v3@0", "quiet-v4@0")
     jobs = [(name, row) for row in chosen for name in policies for _ in range(args.repeats if name in twice else 1)]
     random.Random(args.seed + 1).shuffle(jobs)
     measurements: list[dict] = []
