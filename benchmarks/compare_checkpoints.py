@@ -1,0 +1,86 @@
+"""Compare trained checkpoints on the validation and test pipelines of each machine kind, with bootstrap ratios.
+
+``compare_models.py`` trains its models itself; this scores checkpoints that already exist (the
+shipped ensemble against a candidate trained by ``perfgraph train``), so that the rule "keep the shipped
+default at whatever wins on validation" can be applied to the checkpoints that would ship. For every
+machine kind of the store (or ``--machine``) it prints each checkpoint's scores on that kind's
+validation and test samples (split as ``perfgraph train`` splits them), the per-pipeline bias and
+within-pipeline residual of the log error, and every pair's error ratio with its pipeline-bootstrap
+95% interval (:func:`compare_models.print_ensembles`; a ratio above 1: the first has the lower error).
+A deep ensemble also gets its members' scores, mean ± sd, as the seeds of one configuration.
+
+    python benchmarks/compare_checkpoints.py --db data/perfgraph.db models/ensemble.pt /tmp/ens_dir.pt
+
+Both checkpoints should have been trained on the same store (or the older one on a subset of it):
+a pipeline added to the store after a checkpoint was trained lands in the part its hash says, so the
+older checkpoint never saw a newer validation or test pipeline, but it saw fewer training ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from compare_models import TABLE_METRICS, print_ensembles, print_table, score, summarize, truth
+
+from perfgraph.data.store import Store
+from perfgraph.features.dataset import StageGraphDataset
+from perfgraph.features.splits import SPLITS, split_samples
+from perfgraph.models.ensemble import EnsembleCostModel
+from perfgraph.models.registry import load_model
+
+
+def checkpoint_runs(path: Path, parts: dict[str, list]) -> list[dict]:
+    """One run record per checkpoint (and per member of an ensemble) with its predictions on each part.
+
+    Records have the shape :mod:`compare_models` reads: ``model``, ``seed``, ``predicted_ms`` per part
+    and the part's scores. Members are named ``<checkpoint> member`` and numbered as seeds.
+    """
+    model = load_model(path)
+    members = model.members_ if isinstance(model, EnsembleCostModel) else []
+    runs = []
+    for seed, (name, predictor) in enumerate([(path.name, model), *((f"{path.name} member", m) for m in members)]):
+        predicted = {part: np.asarray(predictor.predict(graphs), dtype=np.float64) for part, graphs in parts.items()}
+        runs.append(
+            {
+                "model": name,
+                "seed": seed,
+                "epochs": 0,
+                "predicted_ms": {part: values.tolist() for part, values in predicted.items()},
+                **{part: score(values, truth(parts[part])) for part, values in predicted.items()},
+            }
+        )
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints to compare (two or more)")
+    parser.add_argument("--db", type=Path, default=Path("data/perfgraph.db"))
+    parser.add_argument("--machine", action="append", help="machine kind (repeatable; default: every kind)")
+    parser.add_argument("--split", choices=SPLITS, default="fixed")
+    args = parser.parse_args(argv)
+    with Store(args.db) as store:
+        kinds = args.machine or list(store.samples_by_machine_kind())
+        samples = {kind: store.samples(machine=kind) for kind in kinds}
+    for kind, kind_samples in samples.items():
+        split = split_samples(kind_samples, args.split)
+        parts = {
+            "valid": list(StageGraphDataset.from_samples(split.valid)),
+            "test": list(StageGraphDataset.from_samples(split.test)),
+        }
+        print(
+            f"\n=== {kind}: valid {len(parts['valid'])} samples of {len({s.pipeline_id for s in split.valid})} "
+            f"pipelines, test {len(parts['test'])} of {len({s.pipeline_id for s in split.test})}"
+        )
+        runs = [run for path in args.checkpoints for run in checkpoint_runs(path, parts)]
+        summary = summarize(runs)
+        print_table(summary, "valid", TABLE_METRICS, "validation (members: mean ± sd)")
+        print_table(summary, "test", TABLE_METRICS, "test (members: mean ± sd)")
+        whole = [run for run in runs if not run["model"].endswith(" member")]
+        print_ensembles(whole, {part: truth(graphs) for part, graphs in parts.items()})
+
+
+if __name__ == "__main__":
+    main()
