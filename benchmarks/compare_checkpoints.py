@@ -13,7 +13,10 @@ A deep ensemble also gets its members' scores, mean ± sd, as the seeds of one c
 
 Both checkpoints should have been trained on the same store (or the older one on a subset of it):
 a pipeline added to the store after a checkpoint was trained lands in the part its hash says, so the
-older checkpoint never saw a newer validation or test pipeline, but it saw fewer training ones.
+older checkpoint never saw a newer validation or test pipeline, but it saw fewer training ones. (That
+holds for the default ``--split fixed``; ``--split family`` picks validation pipelines among those
+present, so a checkpoint trained on several kinds may have trained on what one kind's split calls
+validation.) A machine kind with too few pipelines to split is skipped, named.
 """
 
 from __future__ import annotations
@@ -26,25 +29,37 @@ from compare_models import TABLE_METRICS, print_ensembles, print_table, score, s
 
 from perfgraph.data.store import Store
 from perfgraph.features.dataset import StageGraphDataset
-from perfgraph.features.splits import SPLITS, split_samples
+from perfgraph.features.splits import SPLITS, SplitError, split_samples
 from perfgraph.models.ensemble import EnsembleCostModel
 from perfgraph.models.registry import load_model
 
 
-def checkpoint_runs(path: Path, parts: dict[str, list]) -> list[dict]:
+def checkpoint_names(paths: list[Path]) -> list[str]:
+    """A distinct name per checkpoint: its file name, or its path where two file names are the same.
+
+    >>> checkpoint_names([Path("models/ensemble.pt"), Path("/tmp/ens_dir.pt")])
+    ['ensemble.pt', 'ens_dir.pt']
+    >>> checkpoint_names([Path("models/ensemble.pt"), Path("/tmp/ensemble.pt")])
+    ['models/ensemble.pt', '/tmp/ensemble.pt']
+    """
+    names = [path.name for path in paths]
+    return [str(path) if names.count(path.name) > 1 else path.name for path in paths]
+
+
+def checkpoint_runs(path: Path, name: str, parts: dict[str, list]) -> list[dict]:
     """One run record per checkpoint (and per member of an ensemble) with its predictions on each part.
 
-    Records have the shape :mod:`compare_models` reads: ``model``, ``seed``, ``predicted_ms`` per part
-    and the part's scores. Members are named ``<checkpoint> member`` and numbered as seeds.
+    Records have the shape :mod:`compare_models` reads: ``model`` (``name``), ``seed``, ``predicted_ms``
+    per part and the part's scores. Members are named ``<name> member`` and numbered as seeds.
     """
     model = load_model(path)
     members = model.members_ if isinstance(model, EnsembleCostModel) else []
     runs = []
-    for seed, (name, predictor) in enumerate([(path.name, model), *((f"{path.name} member", m) for m in members)]):
+    for seed, (run_name, predictor) in enumerate([(name, model), *((f"{name} member", m) for m in members)]):
         predicted = {part: np.asarray(predictor.predict(graphs), dtype=np.float64) for part, graphs in parts.items()}
         runs.append(
             {
-                "model": name,
+                "model": run_name,
                 "seed": seed,
                 "epochs": 0,
                 "predicted_ms": {part: values.tolist() for part, values in predicted.items()},
@@ -61,11 +76,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--machine", action="append", help="machine kind (repeatable; default: every kind)")
     parser.add_argument("--split", choices=SPLITS, default="fixed")
     args = parser.parse_args(argv)
+    if len(set(map(Path.resolve, args.checkpoints))) < 2:
+        parser.error("give two or more different checkpoints to compare")
+    names = checkpoint_names(args.checkpoints)
     with Store(args.db) as store:
         kinds = args.machine or list(store.samples_by_machine_kind())
         samples = {kind: store.samples(machine=kind) for kind in kinds}
     for kind, kind_samples in samples.items():
-        split = split_samples(kind_samples, args.split)
+        try:
+            split = split_samples(kind_samples, args.split)
+        except SplitError as error:
+            print(f"\n=== {kind}: skipped ({error})")
+            continue
         parts = {
             "valid": list(StageGraphDataset.from_samples(split.valid)),
             "test": list(StageGraphDataset.from_samples(split.test)),
@@ -74,7 +96,11 @@ def main(argv: list[str] | None = None) -> None:
             f"\n=== {kind}: valid {len(parts['valid'])} samples of {len({s.pipeline_id for s in split.valid})} "
             f"pipelines, test {len(parts['test'])} of {len({s.pipeline_id for s in split.test})}"
         )
-        runs = [run for path in args.checkpoints for run in checkpoint_runs(path, parts)]
+        runs = [
+            run
+            for path, name in zip(args.checkpoints, names, strict=True)
+            for run in checkpoint_runs(path, name, parts)
+        ]
         summary = summarize(runs)
         print_table(summary, "valid", TABLE_METRICS, "validation (members: mean ± sd)")
         print_table(summary, "test", TABLE_METRICS, "test (members: mean ± sd)")

@@ -170,8 +170,16 @@ def main() -> None:
         print(json.dumps(summarize(store, raw), indent=2))
         return
     # Both with a randomised layout, as in session 7 (quiet-v3 fixes the layout: benchmarks/noise_layout.py).
-    quiet = Collector(store, CollectOptions(show_progress=False, timing=TimingPolicy(quiet=True, fixed_layout=False)))
-    window = Collector(store, CollectOptions(show_progress=False, timing=TimingPolicy(quiet=False, fixed_layout=False)))
+    quiet = Collector(
+        store,
+        CollectOptions(show_progress=False, timing=TimingPolicy(quiet=True, fixed_layout=False, aligned_buffers=False)),
+    )
+    window = Collector(
+        store,
+        CollectOptions(
+            show_progress=False, timing=TimingPolicy(quiet=False, fixed_layout=False, aligned_buffers=False)
+        ),
+    )
     chosen = pick_schedules(store, quiet.machine_kind, args.schedules, args.seed)
     jobs = [(name, row) for row in chosen for name in ("window-v1", "quiet-v2") for _ in range(2)]
     random.Random(args.seed + 1).shuffle(jobs)

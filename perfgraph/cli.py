@@ -661,8 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--upgrade-labels",
         action="store_true",
         help="re-measure the schedules whose labels on this machine kind were taken under an older timing protocol "
-        "(window-v1, quiet-v2): the new measurement becomes the label, the old one is kept. Without workloads: "
-        "only that, for every stored pipeline with such labels, the oldest protocol's first",
+        "(window-v1, quiet-v2, quiet-v3): the new measurement becomes the label, the old one is kept. Without "
+        "workloads: only that, for every stored pipeline with such labels, the oldest protocol's first",
     )
     collect.add_argument(
         "--no-top-up",

@@ -26,6 +26,7 @@ from .conftest import FAST_TIMING, USER_PIPELINES, collect_tiny
 BLUR = f"file:{USER_PIPELINES}:blur"
 OLD_TIMING = dataclasses.replace(FAST_TIMING, quiet=False)  # window-v1, as sessions 1-7 measured
 QUIET_V2 = dataclasses.replace(FAST_TIMING, fixed_layout=False)
+QUIET_V3 = dataclasses.replace(FAST_TIMING, aligned_buffers=False)  # fixed layout, NumPy's buffer alignment
 
 
 def _upgrade(store: Store, timing: TimingPolicy) -> dict:
@@ -62,7 +63,7 @@ def _sandbox_without_personality():
 
 @pytest.fixture(scope="module")
 def upgraded(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A store measured under window-v1, upgraded to quiet-v2, then once to quiet-v4 and once in a sandbox."""
+    """A store measured under window-v1, upgraded to quiet-v2, quiet-v3 and quiet-v4, and once in a sandbox."""
     folder = tmp_path_factory.mktemp("upgrade")
     db = folder / "old.db"
     with collect_tiny(db, [BLUR], schedules=4, top_up=False, remeasure_fraction=0.0, timing=OLD_TIMING) as store:
@@ -75,6 +76,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         }
         to_v2 = _upgrade(store, QUIET_V2)
         store.execute("VACUUM INTO ?", (str(folder / "v2.db"),))
+        to_v3 = _upgrade(store, QUIET_V3)
         to_v4 = _upgrade(store, FAST_TIMING)
         again = _upgrade(store, FAST_TIMING)
     with Store(folder / "v2.db") as store, _sandbox_without_personality():
@@ -86,6 +88,7 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "before": before,
         "deterministic": deterministic,
         "to_v2": to_v2,
+        "to_v3": to_v3,
         "to_v4": to_v4,
         "again": again,
         "sandboxed": sandboxed,
@@ -100,7 +103,7 @@ def _new_measurements(step: dict, protocol: str) -> dict[int, float]:
 def test_stale_labels_are_re_measured_under_each_newer_protocol(upgraded):
     deterministic, before = upgraded["deterministic"], upgraded["before"]
     assert deterministic and set(before) - deterministic  # rebuildable schedules, and one with random weights
-    for step, protocol in (("to_v2", "quiet-v2"), ("to_v4", "quiet-v4")):
+    for step, protocol in (("to_v2", "quiet-v2"), ("to_v3", "quiet-v3"), ("to_v4", "quiet-v4")):
         result = upgraded[step]
         assert result["stale_uris"] == [BLUR]
         assert result["summary"].upgraded == len(deterministic), step
@@ -160,11 +163,11 @@ def test_a_re_measurement_under_the_same_protocol_never_replaces_the_label(upgra
 def test_stats_count_the_labels_of_each_protocol(upgraded, capsys):
     assert main(["stats", "--db", str(upgraded["db"]), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    # Two upgrades of every rebuildable schedule (to quiet-v2, then quiet-v4), no noise re-measurement.
-    assert stats["upgraded_labels"] == 2 * len(upgraded["deterministic"]) and stats["repeat_measurements"] == 0
+    # Three upgrades of every rebuildable schedule (to quiet-v2, -v3, -v4), no noise re-measurement.
+    assert stats["upgraded_labels"] == 3 * len(upgraded["deterministic"]) and stats["repeat_measurements"] == 0
     protocols = stats["by_machine_kind"][upgraded["kind"]]["protocols"]
     assert protocols["quiet-v4"]["labels"] == len(upgraded["deterministic"])
-    assert protocols["quiet-v2"]["labels"] == 0  # measured, but no longer anybody's label
+    assert protocols["quiet-v2"]["labels"] == protocols["quiet-v3"]["labels"] == 0  # measured, no longer labels
     assert protocols[WINDOW_PROTOCOL]["labels"] == len(upgraded["before"]) - len(upgraded["deterministic"])
 
 

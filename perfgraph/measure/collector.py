@@ -76,7 +76,7 @@ class CollectOptions:
     # are measured here too: the same schedules on two CPUs (machine-transfer data).
     cross_machine: bool = True
     # Re-measure, under ``timing``'s protocol, the stored schedules whose label on this machine kind was
-    # taken under an older one (window-v1, quiet-v2): the new measurement becomes the label
+    # taken under an older one (window-v1, quiet-v2, quiet-v3): the new measurement becomes the label
     # (:func:`~perfgraph.data.store.label_measurements_sql`), the old one is kept.
     upgrade_labels: bool = False
     # With upgrade_labels: nothing else (no new candidates, top-ups or cross-machine measurements).

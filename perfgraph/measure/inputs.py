@@ -58,15 +58,18 @@ def aligned_zeros(shape: tuple[int, ...], dtype: Any, alignment: int | None = BU
     (0, (3, 5), True, 0.0)
     """
     dtype = np.dtype(dtype)
-    if alignment is None:
-        return np.zeros(shape, dtype=dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if alignment is None or nbytes == 0:  # an empty array's data is never read
+        return np.zeros(shape, dtype=dtype)
     raw = np.zeros(nbytes + alignment, dtype=np.uint8)
     start = -raw.ctypes.data % alignment
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _aligned_copy(array: np.ndarray, alignment: int | None) -> np.ndarray:
+    """``array`` itself without ``alignment`` (NumPy's placement, as before quiet-v4), else an aligned copy."""
+    if alignment is None:
+        return array
     copy = aligned_zeros(array.shape, array.dtype, alignment)
     copy[...] = array
     return copy
