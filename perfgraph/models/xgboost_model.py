@@ -16,7 +16,10 @@ The target (``target=``) needs care, because perfgraph models must predict milli
   seen in training (tree sums can go to zero or below). Within a pipeline the ranking is the score's
   (schedules below the floor tie); absolute milliseconds across pipelines are crude, because the
   model never learns a pipeline's best run time.
-* ``"log_runtime"``: the summed score regresses ``log(ms)`` directly (unweighted), ``ms = exp(score)``.
+* ``"log_runtime"``: the summed score regresses ``log(ms)`` directly (unweighted), ``ms = exp(score)``,
+  the score clipped to ``±MAX_LOG_MS`` first: Ansor's diagonal Hessian (one ``w`` per row, where a pack
+  of n stages has n rows sharing one residual) makes Newton steps n times too long, and on a training
+  set of a dozen samples of an 11-stage pipeline the pack sum reached -1,226 (``exp`` gives 0 ms).
 
 :class:`SummedFeatureXGBoost` is the simplest tree baseline: one row per program, ``log1p`` of the
 stage-summed features, squared error on ``log(ms)``.
@@ -39,6 +42,8 @@ from perfgraph.models.base import CostModel, NotFittedError, measured_runtimes
 from perfgraph.models.checkpoint import load_checkpoint, save_checkpoint
 
 TARGETS = ("throughput", "log_runtime")
+#: The ``log_runtime`` target's predicted ln(ms) is clipped to this magnitude (1e-20 to 1e20 ms): finite, positive.
+MAX_LOG_MS = 46.0
 
 
 def stage_rows(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray]:
@@ -283,7 +288,7 @@ class PackSumXGBoost(_XGBoostModel):
         """Predicted run time in milliseconds (see the module docstring for how scores become ms)."""
         scores = self.predict_scores(samples)
         if self.target == "log_runtime":
-            return np.exp(scores)
+            return np.exp(np.clip(scores, -MAX_LOG_MS, MAX_LOG_MS))
         return math.exp(self.log_scale_) / np.maximum(scores, self.score_floor_)
 
     def _calibrate(self, train: list[Sample]) -> None:
