@@ -99,10 +99,10 @@ def test_other_errors_are_not_widened(message):
 
 def test_a_pipeline_whose_code_loads_its_output_with_aligned_vector_instructions_runs_and_is_right(tmp_path):
     """Mullapudi2016 schedules a global average pool so that Halide loads the output with ``vmovaps``:
-    on NumPy's 16-byte-aligned memory that faulted (SIGSEGV) in about half the processes. It runs in a
-    worker's way (its own process, as the reference a collector saves) and matches NumPy's mean.
+    on NumPy's 16-byte-aligned memory that faulted (SIGSEGV) in 4 of 6 processes. It runs in a worker's
+    way (its own process, as the reference a collector saves) and matches NumPy's mean.
 
-    Three processes catch unaligned buffers only about 7 times in 8; the alignment assertions of
+    Three processes catch unaligned buffers most of the time, not always; the alignment assertions of
     :func:`_run_widening` are the deterministic guard, this is the symptom, end to end."""
     uri = "zoo:global_avg_pool?c=64&h=8&w=8"
     script = (
