@@ -30,6 +30,7 @@ from compare_models import TABLE_METRICS, print_ensembles, print_table, score, s
 from perfgraph.data.store import Store
 from perfgraph.features.dataset import StageGraphDataset
 from perfgraph.features.splits import SPLITS, SplitError, split_samples
+from perfgraph.models.base import CostModel
 from perfgraph.models.ensemble import EnsembleCostModel
 from perfgraph.models.registry import load_model
 
@@ -46,13 +47,12 @@ def checkpoint_names(paths: list[Path]) -> list[str]:
     return [str(path) if names.count(path.name) > 1 else path.name for path in paths]
 
 
-def checkpoint_runs(path: Path, name: str, parts: dict[str, list]) -> list[dict]:
-    """One run record per checkpoint (and per member of an ensemble) with its predictions on each part.
+def checkpoint_runs(model: CostModel, name: str, parts: dict[str, list]) -> list[dict]:
+    """One run record for a checkpoint's model (and one per member of an ensemble) with its predictions on each part.
 
     Records have the shape :mod:`compare_models` reads: ``model`` (``name``), ``seed``, ``predicted_ms``
     per part and the part's scores. Members are named ``<name> member`` and numbered as seeds.
     """
-    model = load_model(path)
     members = model.members_ if isinstance(model, EnsembleCostModel) else []
     runs = []
     for seed, (run_name, predictor) in enumerate([(name, model), *((f"{name} member", m) for m in members)]):
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(set(map(Path.resolve, args.checkpoints))) < 2:
         parser.error("give two or more different checkpoints to compare")
-    names = checkpoint_names(args.checkpoints)
+    models = dict(zip(checkpoint_names(args.checkpoints), map(load_model, args.checkpoints), strict=True))
     with Store(args.db) as store:
         kinds = args.machine or list(store.samples_by_machine_kind())
         samples = {kind: store.samples(machine=kind) for kind in kinds}
@@ -96,11 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             f"\n=== {kind}: valid {len(parts['valid'])} samples of {len({s.pipeline_id for s in split.valid})} "
             f"pipelines, test {len(parts['test'])} of {len({s.pipeline_id for s in split.test})}"
         )
-        runs = [
-            run
-            for path, name in zip(args.checkpoints, names, strict=True)
-            for run in checkpoint_runs(path, name, parts)
-        ]
+        runs = [run for name, model in models.items() for run in checkpoint_runs(model, name, parts)]
         summary = summarize(runs)
         print_table(summary, "valid", TABLE_METRICS, "validation (members: mean ± sd)")
         print_table(summary, "test", TABLE_METRICS, "test (members: mean ± sd)")

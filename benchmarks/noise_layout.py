@@ -97,16 +97,13 @@ def summarize(store: Store, raw: dict) -> dict:
         across = []  # each other layout against the first measurement at layout 0
         spread = []  # max/min over every fixed layout of a schedule
         for sid in schedules:
-            layouts = [v[0] for (c, s), v in sorted(by.items()) if s == sid and c.startswith(f"{arm}@")]
-            base = by.get((f"{arm}@0", sid))
-            if base:
-                across += [
-                    np.log(v[0] / base[0])
-                    for (c, s), v in by.items()
-                    if s == sid and c.startswith(f"{arm}@") and c != f"{arm}@0"
-                ]
+            # The first measurement of the schedule at each of the arm's layouts.
+            layouts = {c: v[0] for (c, s), v in by.items() if s == sid and c.startswith(f"{arm}@")}
+            base = layouts.get(f"{arm}@0")
+            if base is not None:
+                across += [np.log(ms / base) for c, ms in layouts.items() if c != f"{arm}@0"]
             if len(layouts) >= 2:
-                spread.append(float(np.log(max(layouts) / min(layouts))))
+                spread.append(float(np.log(max(layouts.values()) / min(layouts.values()))))
         report[f"{arm} re-measured (same layout)"] = agreement(pair_ratios(f"{arm}@0"), runtimes, pipelines)
         report[f"{arm} another layout"] = agreement(np.array(across), runtimes, pipelines)
         report[f"{arm} median ln(max/min) over the layouts of a schedule"] = (
