@@ -11,7 +11,7 @@ A deep ensemble also gets its members' scores, mean ± sd, as the seeds of one c
 
     python benchmarks/compare_checkpoints.py --db data/perfgraph.db models/ensemble.pt /tmp/ens_dir.pt
 
-``--pool A B`` also scores the *pooled* ensemble of those checkpoints (ensembles or single neural
+``--pool A B`` (repeatable) also scores the *pooled* ensemble of those checkpoints (ensembles or single neural
 models): every member of each, averaged in log space as one ensemble averages its members (named
 ``pooled(A+B)``). Do two configurations that err differently, say one better on a pipeline's level
 and the other on the order within it, do better together than either alone?
@@ -106,18 +106,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", type=Path, default=Path("data/perfgraph.db"))
     parser.add_argument("--machine", action="append", help="machine kind (repeatable; default: every kind)")
     parser.add_argument("--split", choices=SPLITS, default="fixed")
-    parser.add_argument("--pool", type=Path, nargs="+", default=[], help="also score these checkpoints pooled")
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        action="append",
+        default=[],
+        help="also score these checkpoints pooled (repeatable)",
+    )
     args = parser.parse_args(argv)
     if len(set(map(Path.resolve, args.checkpoints))) < 2:
         parser.error("give two or more different checkpoints to compare")
-    loaded = {path.resolve(): load_model(path) for path in [*args.checkpoints, *args.pool]}
+    loaded = {
+        path.resolve(): load_model(path) for path in [*args.checkpoints, *(p for pool in args.pool for p in pool)]
+    }
     models = {
         name: loaded[path.resolve()]
         for name, path in zip(checkpoint_names(args.checkpoints), args.checkpoints, strict=True)
     }
-    if args.pool:
-        name = "pooled(" + "+".join(checkpoint_names(args.pool)) + ")"
-        models[name] = pooled_ensemble([loaded[path.resolve()] for path in args.pool])
+    for pool in args.pool:
+        name = "pooled(" + "+".join(checkpoint_names(pool)) + ")"
+        models[name] = pooled_ensemble([loaded[path.resolve()] for path in pool])
     with Store(args.db) as store:
         kinds = args.machine or list(store.samples_by_machine_kind())
         samples = {kind: store.samples(machine=kind) for kind in kinds}
