@@ -11,10 +11,11 @@ A deep ensemble also gets its members' scores, mean ± sd, as the seeds of one c
 
     python benchmarks/compare_checkpoints.py --db data/perfgraph.db models/ensemble.pt /tmp/ens_dir.pt
 
-``--pool A B`` (repeatable) also scores the *pooled* ensemble of those checkpoints (ensembles or single neural
-models): every member of each, averaged in log space as one ensemble averages its members (named
-``pooled(A+B)``). Do two configurations that err differently, say one better on a pipeline's level
-and the other on the order within it, do better together than either alone?
+``--pool A B`` (repeatable) also scores the *pooled* ensemble of those checkpoints (ensembles or single
+neural models): every member of each, averaged in log space as one ensemble averages its members
+(:func:`~perfgraph.models.ensemble.pool_ensembles`; named ``pooled(A+B)``). Do two configurations
+that err differently, say one better on a pipeline's level and the other on the order within it, do
+better together than either alone?
 
 Both checkpoints should have been trained on the same store (or the older one on a subset of it):
 a pipeline added to the store after a checkpoint was trained lands in the part its hash says, so the
@@ -27,7 +28,6 @@ validation.) A machine kind with too few pipelines to split is skipped, named.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from perfgraph.data.store import Store
 from perfgraph.features.dataset import StageGraphDataset
 from perfgraph.features.splits import SPLITS, SplitError, split_samples
 from perfgraph.models.base import CostModel
-from perfgraph.models.ensemble import EnsembleCostModel
+from perfgraph.models.ensemble import EnsembleCostModel, pool_ensembles
 from perfgraph.models.registry import load_model
 
 
@@ -75,31 +75,6 @@ def checkpoint_runs(model: CostModel, name: str, parts: dict[str, list]) -> list
     return runs
 
 
-def pooled_ensemble(models: list[CostModel]) -> EnsembleCostModel:
-    """One ensemble of every member of ``models`` (ensembles, or neural models taken as one member each).
-
-    Its prediction is the geometric mean over all members, so an ensemble of five weighs five times a
-    single model. The pooled model scores; it is not meant to be saved or refitted (its
-    hyper-parameters are those of the first ensemble), and its ``sigma_scale_`` is the first's.
-
-    >>> a, b = EnsembleCostModel(size=2, hidden=8), EnsembleCostModel(size=3, hidden=8, layers=0)
-    >>> pooled = pooled_ensemble([a, b])
-    >>> pooled.size, [m.layers for m in pooled.members_], a.size, len(a.members_)
-    (5, [3, 3, 0, 0, 0], 2, 2)
-    >>> pooled_ensemble([])
-    Traceback (most recent call last):
-    ...
-    ValueError: pooled_ensemble: give at least one ensemble among the models to pool
-    """
-    ensembles = [model for model in models if isinstance(model, EnsembleCostModel)]
-    if not ensembles:
-        raise ValueError("pooled_ensemble: give at least one ensemble among the models to pool")
-    pooled = copy.copy(ensembles[0])
-    pooled.members_ = [m for model in models for m in (model.members_ if model in ensembles else [model])]
-    pooled.size = len(pooled.members_)
-    return pooled
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", type=Path, nargs="+", help="checkpoints to compare (two or more)")
@@ -126,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     for pool in args.pool:
         name = "pooled(" + "+".join(checkpoint_names(pool)) + ")"
-        models[name] = pooled_ensemble([loaded[path.resolve()] for path in pool])
+        models[name] = pool_ensembles([loaded[path.resolve()] for path in pool])
     with Store(args.db) as store:
         kinds = args.machine or list(store.samples_by_machine_kind())
         samples = {kind: store.samples(machine=kind) for kind in kinds}

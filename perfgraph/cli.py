@@ -312,6 +312,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pool(args: argparse.Namespace) -> int:
+    from perfgraph.models.ensemble import pool_ensembles
+    from perfgraph.models.registry import load_model
+    from perfgraph.models.train import save_trained
+
+    if len(args.models) < 2:
+        raise CliError("pool: give two or more checkpoints (ensembles or gnn/sequence models) to pool")
+    try:
+        pooled = pool_ensembles([load_model(path) for path in args.models])
+    except ValueError as error:
+        raise CliError(f"pool {' '.join(map(str, args.models))}: {error}") from None
+    store = open_store(args.db)
+    machines = list(pooled.machine_kinds) or [store.default_machine_kind()]
+    samples = [sample for kind in machines for sample in _machine_samples(store, kind, quiet=True)]
+    split = "family" if args.split == "family" else "fixed"
+    parts = _split(samples, split)
+    pooled.calibrate_uncertainty(parts.valid)
+    result = save_trained(pooled, "ensemble", parts, split, args.out, pooled_from=[str(path) for path in args.models])
+    print(f"pooled {pooled.size} members of {len(args.models)} checkpoints; sd scale {pooled.sigma_scale_:.3g}")
+    for part, metrics in result.metrics.items():
+        print(f"{part:6s} " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    print(f"wrote {result.checkpoint_path}, {result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from perfgraph.models.registry import load_model
 
@@ -754,6 +779,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="gnn, ensemble: each stage's cost mixes Halide's hand-designed cost terms with learned coefficients",
     )
     train.set_defaults(run=cmd_train)
+    pool = sub.add_parser(
+        "pool", help="one ensemble of the members of several trained ones (members of different configurations)"
+    )
+    pool.add_argument("models", type=Path, nargs="+", help="checkpoints: ensembles, gnn or sequence models")
+    pool.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    pool.add_argument("--db", type=Path, help="store whose validation pipelines calibrate the uncertainty")
+    pool.add_argument("--split", default="test", choices=("test", "family"), help="the split the models trained on")
+    pool.set_defaults(run=cmd_pool)
 
     predict = sub.add_parser(
         "predict", help="rank never-run candidate schedules of a pipeline, or predict a dataset's samples"

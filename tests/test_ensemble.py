@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from perfgraph.evaluate.metrics import interval_coverage
 from perfgraph.evaluate.run import evaluate_models
 from perfgraph.models.base import NotFittedError, predict_with_uncertainty
-from perfgraph.models.ensemble import EnsembleCostModel, variance_scale
+from perfgraph.models.ensemble import EnsembleCostModel, pool_ensembles, variance_scale
 from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.registry import load_model
 from perfgraph.search.predict import rank_candidates, sample_candidates
@@ -114,6 +116,44 @@ def test_an_ensemble_is_refused_before_fit_and_with_bad_arguments():
         EnsembleCostModel(hidden=0)
 
 
+def test_a_pooled_ensemble_keeps_each_members_configuration_through_save_and_load(ensemble, parts, tmp_path):
+    train, valid = parts
+    with torch_threads(1):
+        no_graph = GNNCostModel(**{**TINY, "layers": 0, "seed": 9}).fit(train, valid)
+    no_graph.machine_kinds = ensemble.machine_kinds = ("kind-a",)
+    pooled = pool_ensembles([ensemble, no_graph])
+    assert pooled.size == 4 and [(m.layers, m.seed) for m in pooled.members_] == [(1, 4), (1, 5), (1, 6), (0, 9)]
+    logs = np.stack([np.log(m.predict(valid)) for m in [*ensemble.members_, no_graph]])
+    np.testing.assert_allclose(pooled.predict(valid), np.exp(logs.mean(axis=0)), rtol=1e-9)
+    pooled.calibrate_uncertainty(valid)
+    truth = np.log([s.runtime_ms for s in valid])
+    assert pooled.sigma_scale_ == pytest.approx(variance_scale(logs.mean(axis=0), logs.std(axis=0, ddof=1), truth))
+    path = tmp_path / "pooled.pt"
+    pooled.save(path)
+    loaded = load_model(path)
+    assert loaded.get_params() == pooled.get_params() and loaded.machine_kinds == ("kind-a",)
+    assert [(m.layers, m.seed) for m in loaded.members_] == [(1, 4), (1, 5), (1, 6), (0, 9)]
+    for a, b in zip(pooled.predict(valid, return_std=True), loaded.predict(valid, return_std=True), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    refit = EnsembleCostModel(**loaded.get_params())  # fit() would train the same mix of configurations
+    assert [(m.layers, m.seed) for m in refit.members_] == [(1, 4), (1, 5), (1, 6), (0, 9)]
+
+
+def test_pooling_refuses_models_that_do_not_pool(ensemble, real_samples):
+    from perfgraph.models.xgboost_model import PackSumXGBoost
+
+    with pytest.raises(ValueError, match="model 1 is a xgboost; only ensembles"):
+        pool_ensembles([ensemble, PackSumXGBoost()])
+    with pytest.raises(ValueError, match="model 1 .* is not fitted"):
+        pool_ensembles([ensemble, EnsembleCostModel(**TINY)])
+    other = GNNCostModel(**TINY).fit(real_samples[:10], [])
+    other.machine_kinds, ensemble.machine_kinds = ("kind-b",), ("kind-a",)
+    with pytest.raises(ValueError, match="different machine kinds"):
+        pool_ensembles([ensemble, other])
+    with pytest.raises(ValueError, match="member_configs must be one dict per member"):
+        EnsembleCostModel(size=2, member_configs=[{"layers": 0}])
+
+
 def test_the_cli_trains_an_ensemble_and_evaluate_reports_its_calibration(tiny_db, tmp_path, capsys):
     from perfgraph.cli import main
 
@@ -126,6 +166,21 @@ def test_the_cli_trains_an_ensemble_and_evaluate_reports_its_calibration(tiny_db
     capsys.readouterr()
     assert main(["evaluate", "--db", str(tiny_db), "--models", str(out)]) == 0
     assert "ensemble uncertainty:" in capsys.readouterr().out
+
+    no_graph, pooled = tmp_path / "no_graph.pt", tmp_path / "pooled.pt"
+    assert (
+        main(
+            ["train", "--db", str(tiny_db), "--model", "gnn", "--layers", "0", "--epochs", "2", "--out", str(no_graph)]
+        )
+        == 0
+    )
+    assert main(["pool", str(out), str(no_graph), "--db", str(tiny_db), "--out", str(pooled)]) == 0
+    model = load_model(pooled)
+    assert model.size == 3 and [m.layers for m in model.members_] == [3, 3, 0] and model.sigma_scale_ > 0
+    assert json.loads(Path(f"{pooled}.log.json").read_text())["pooled_from"] == [str(out), str(no_graph)]
+    capsys.readouterr()
+    assert main(["pool", str(out), "--out", str(tmp_path / "one.pt")]) != 0
+    assert "pool: give two or more checkpoints" in capsys.readouterr().err
 
 
 def test_adapting_sets_every_members_epochs_and_replays_nothing_of_the_old_machine(ensemble, parts):

@@ -15,6 +15,16 @@ validation only; :func:`~perfgraph.evaluate.metrics.interval_coverage` measures 
 >>> model = EnsembleCostModel(size=3, epochs=2, hidden=8, progress=False)
 >>> model.fit(train, valid).predict(test, return_std=True)           # doctest: +SKIP
 (array([1.83, 0.41, ...]), array([0.12, 0.31, ...]))
+
+Members need not share a configuration: ``member_configs`` gives each member its own constructor
+arguments over the shared ones (a *heterogeneous* ensemble, whose members err differently: Zaidi et
+al., "Neural Ensemble Search for Uncertainty Estimation and Dataset Shift", NeurIPS 2021), and
+:func:`pool_ensembles` makes one ensemble of the members of several trained ones, e.g. members with
+and without message passing (``benchmarks/RESULTS.md``, session 16).
+
+>>> mixed = EnsembleCostModel(size=3, hidden=8, member_configs=[{"layers": 0}, {"layers": 0}, {"conv": "gin-dir"}])
+>>> [(m.layers, m.conv, m.seed) for m in mixed.members_]
+[(0, 'gin', 0), (0, 'gin', 1), (3, 'gin-dir', 2)]
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ class EnsembleCostModel(CostModel):
     """``size`` copies of a neural model trained from seeds ``seed``, ``seed + 1``, ...
 
     ``member_params`` go to every member's constructor (``loss``, ``conv``, ``lr`` ...), with
-    ``epochs`` (``None``: the member's default) and ``device``. ``predict(samples)`` gives run times in
+    ``epochs`` (``None``: the member's default) and ``device``; ``member_configs`` (one dict per
+    member, or ``None``) overrides them member by member, ``seed`` included. ``predict(samples)`` gives run times in
     ms; ``predict(samples, return_std=True)`` also the calibrated standard deviation of the log run
     time (the convention of scikit-learn's ``GaussianProcessRegressor.predict``).
     """
@@ -59,6 +70,7 @@ class EnsembleCostModel(CostModel):
         seed: int = 0,
         epochs: int | None = None,
         device: str = "auto",
+        member_configs: Sequence[dict[str, Any]] | None = None,
         **member_params: Any,
     ) -> None:
         if member not in MEMBER_CLASSES:
@@ -66,20 +78,29 @@ class EnsembleCostModel(CostModel):
         check_positive("size", size)
         if size < 2:
             raise ValueError(f"size must be at least 2 (a standard deviation needs two members), got {size}")
+        if member_configs is not None and (
+            len(member_configs) != size or not all(isinstance(config, dict) for config in member_configs)
+        ):
+            raise ValueError(f"member_configs must be one dict per member ({size}), got {member_configs!r:.80}")
         self.member, self.size, self.seed, self.epochs, self.device = member, size, seed, epochs, device
         self.member_params = dict(member_params)
+        self.member_configs = None if member_configs is None else [dict(config) for config in member_configs]
         self.members_ = [self._new_member(i) for i in range(size)]  # validates member_params now
         self.sigma_scale_ = 1.0
         self.fitted_ = False
 
     def get_params(self) -> dict[str, Any]:
         params = {"member": self.member, "size": self.size, "seed": self.seed, "epochs": self.epochs}
+        if self.member_configs is not None:
+            params["member_configs"] = [dict(config) for config in self.member_configs]
         return {**params, "device": self.device, **self.member_params}
 
     def _new_member(self, index: int) -> NeuralCostModel:
         options = {"seed": self.seed + index, "device": self.device, **self.member_params}
         if self.epochs is not None:
             options["epochs"] = self.epochs
+        if self.member_configs is not None:
+            options.update(self.member_configs[index])
         return MEMBER_CLASSES[self.member](**options)
 
     @property
@@ -100,8 +121,13 @@ class EnsembleCostModel(CostModel):
         train_graphs, valid_graphs = as_graphs(train), as_graphs(valid)
         self.members_ = [self._new_member(i).fit(train_graphs, valid_graphs) for i in range(self.size)]
         self.fitted_ = True
+        return self.calibrate_uncertainty(valid_graphs)
+
+    def calibrate_uncertainty(self, valid: Sequence[Sample | Data]) -> EnsembleCostModel:
+        """Set ``sigma_scale_`` (:func:`variance_scale`) on the measured samples of ``valid`` (1 if none)."""
+        self._require_fitted("calibrate_uncertainty")
         self.sigma_scale_ = 1.0
-        measured = measured_only(valid_graphs, "valid")
+        measured = measured_only(as_graphs(valid), "valid")
         if measured:
             mean, sd = self.predict_log(measured)
             truth = np.array([float(g.y) for g in measured])
@@ -163,6 +189,45 @@ class EnsembleCostModel(CostModel):
         model.sigma_scale_ = float(payload["sigma_scale"])
         model.fitted_ = True
         return model
+
+
+def pool_ensembles(models: Sequence[CostModel]) -> EnsembleCostModel:
+    """One ensemble of every member of ``models`` (ensembles, or neural models taken as one member each).
+
+    Each member keeps its own configuration (``member_configs``, from its hyper-parameters), so the
+    pooled ensemble saves, loads and refits as any other; its prediction is the geometric mean over
+    all members (an ensemble of five weighs five times a single model). Its ``sigma_scale_`` is 1 until
+    :meth:`EnsembleCostModel.calibrate_uncertainty` is called on validation samples (``perfgraph
+    pool`` does). Raises ``ValueError`` unless ``models`` are fitted neural models of one member class,
+    trained on the same machine kinds, two members or more in all.
+
+    >>> pool_ensembles([EnsembleCostModel(size=2)])
+    Traceback (most recent call last):
+    ...
+    ValueError: pool_ensembles: model 0 (EnsembleCostModel) is not fitted
+    """
+    members: list[NeuralCostModel] = []
+    for index, model in enumerate(models):
+        if not (isinstance(model, EnsembleCostModel) or type(model) in MEMBER_CLASSES.values()):
+            raise ValueError(
+                f"pool_ensembles: model {index} is a {model.name}; only ensembles and {sorted(MEMBER_CLASSES)} pool"
+            )
+        if not model.is_fitted:
+            raise ValueError(f"pool_ensembles: model {index} ({type(model).__name__}) is not fitted")
+        members.extend(model.members_ if isinstance(model, EnsembleCostModel) else [model])
+    kinds = {tuple(sorted(model.machine_kinds)) for model in models}
+    if len(kinds) > 1:
+        raise ValueError(f"pool_ensembles: the models were trained on different machine kinds: {sorted(kinds)}")
+    if len({member.name for member in members}) > 1:
+        raise ValueError(f"pool_ensembles: members of several classes ({sorted({m.name for m in members})})")
+    if len(members) < 2:
+        raise ValueError(f"pool_ensembles: {len(members)} member in all; an ensemble needs two or more")
+    configs = [{k: v for k, v in member.get_params().items() if k != "device"} for member in members]
+    pooled = EnsembleCostModel(member=members[0].name, size=len(members), member_configs=configs)
+    pooled.members_ = list(members)
+    pooled.fitted_ = True
+    pooled.machine_kinds = models[0].machine_kinds
+    return pooled
 
 
 def variance_scale(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray) -> float:

@@ -130,6 +130,19 @@ def train_model(
         )
     model.fit(parts.train, parts.valid)
     model.machine_kinds = (machine,) if isinstance(machine, str) else tuple(machine or kinds)
+    return save_trained(model, model_name, parts, split, out)
+
+
+def save_trained(
+    model: CostModel, model_name: str, parts: DatasetSplit, split: str, out: str | Path, **log_fields: Any
+) -> TrainingResult:
+    """Write a fitted model's checkpoint ``out``, ``out.log.json`` (with ``log_fields``) and loss curve.
+
+    ``parts`` is the split it was trained on (``split`` names it); the log holds the pipelines of
+    each part and the model's metrics on each, per machine kind too when the model knows several.
+    In a process group only rank 0 writes; the other ranks get the result with empty ``metrics``.
+    """
+    out = Path(out)
     log_path = Path(f"{out}.log.json")
     epoch_log = training_log(model)
     if not current_ranks().is_main:
@@ -150,6 +163,7 @@ def train_model(
                     "params": model.get_params(),
                     "feature_schema_version": FEATURE_SCHEMA_VERSION,
                     "split": {"kind": split, **{part: parts.pipelines(part) for part in ("train", "valid", "test")}},
+                    **log_fields,
                     "metrics": metrics,
                     "epochs": epoch_log,
                 }
