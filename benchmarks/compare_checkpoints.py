@@ -7,7 +7,8 @@ machine kind of the store (or ``--machine``) it prints each checkpoint's scores 
 validation and test samples (split as ``perfgraph train`` splits them), the per-pipeline bias and
 within-pipeline residual of the log error, and every pair's error ratio with its pipeline-bootstrap
 95% interval (:func:`compare_models.print_ensembles`; a ratio above 1: the first has the lower error).
-A deep ensemble also gets its members' scores, mean ± sd, as the seeds of one configuration.
+A deep ensemble also gets its members' scores, mean ± sd, as the seeds of one configuration (one row
+per configuration for a mixed ensemble's members, named by what sets them apart: ``member layers=0``).
 
     python benchmarks/compare_checkpoints.py --db data/perfgraph.db models/ensemble.pt /tmp/ens_dir.pt
 
@@ -53,15 +54,32 @@ def checkpoint_names(paths: list[Path]) -> list[str]:
     return [str(path) if names.count(path.name) > 1 else path.name for path in paths]
 
 
+def member_labels(members: list) -> list[str]:
+    """``member`` for each member of one configuration; in a mixed ensemble, ``member`` and the
+    hyper-parameters that set the member's configuration apart (the seed aside).
+
+    >>> from perfgraph.models.gnn import GNNCostModel
+    >>> member_labels([GNNCostModel(layers=0, seed=0), GNNCostModel(layers=0, seed=1), GNNCostModel(conv="gin-dir")])
+    ['member conv=gin layers=0', 'member conv=gin layers=0', 'member conv=gin-dir layers=3']
+    >>> member_labels([GNNCostModel(seed=0), GNNCostModel(seed=1)])
+    ['member', 'member']
+    """
+    params = [{k: v for k, v in m.get_params().items() if k != "seed"} for m in members]
+    differing = sorted({k for p in params for k in p if any(q.get(k) != p[k] for q in params)})
+    return [" ".join(["member", *(f"{k}={p[k]}" for k in differing)]) for p in params]
+
+
 def checkpoint_runs(model: CostModel, name: str, parts: dict[str, list]) -> list[dict]:
     """One run record for a checkpoint's model (and one per member of an ensemble) with its predictions on each part.
 
     Records have the shape :mod:`compare_models` reads: ``model`` (``name``), ``seed``, ``predicted_ms``
-    per part and the part's scores. Members are named ``<name> member`` and numbered as seeds.
+    per part and the part's scores. Members are named ``<name> member`` (:func:`member_labels`) and
+    numbered as seeds.
     """
     members = model.members_ if isinstance(model, EnsembleCostModel) else []
+    labelled = [(f"{name} {label}", m) for label, m in zip(member_labels(members), members, strict=True)]
     runs = []
-    for seed, (run_name, predictor) in enumerate([(name, model), *((f"{name} member", m) for m in members)]):
+    for seed, (run_name, predictor) in enumerate([(name, model), *labelled]):
         predicted = {part: np.asarray(predictor.predict(graphs), dtype=np.float64) for part, graphs in parts.items()}
         runs.append(
             {
@@ -123,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = summarize(runs)
         print_table(summary, "valid", TABLE_METRICS, "validation (members: mean ± sd)")
         print_table(summary, "test", TABLE_METRICS, "test (members: mean ± sd)")
-        whole = [run for run in runs if not run["model"].endswith(" member")]
+        whole = [run for run in runs if " member" not in run["model"]]
         print_ensembles(whole, {part: truth(graphs) for part, graphs in parts.items()})
 
 

@@ -304,15 +304,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as error:
         raise CliError(f"train --model {args.model}: {error}") from None
     print(result.split.describe())
-    for part, metrics in result.metrics.items():
-        print(f"{part:6s} " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    _print_training_result(result)
     if len(machines) > 1:
         print(f"trained on {len(machines)} machine kinds: {', '.join(machines)}")
-    print(f"wrote {result.checkpoint_path}, {result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
     return 0
 
 
+def _print_training_result(result) -> None:  # type: ignore[no-untyped-def]
+    """A trained (or pooled) model's metrics per part, then the files written."""
+    for part, metrics in result.metrics.items():
+        print(f"{part:6s} " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    print(f"wrote {result.checkpoint_path}, {result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
+
+
 def cmd_pool(args: argparse.Namespace) -> int:
+    from perfgraph.models.base import NotFittedError
     from perfgraph.models.ensemble import pool_ensembles
     from perfgraph.models.registry import load_model
     from perfgraph.models.train import save_trained
@@ -321,19 +327,28 @@ def cmd_pool(args: argparse.Namespace) -> int:
         raise CliError("pool: give two or more checkpoints (ensembles or gnn/sequence models) to pool")
     try:
         pooled = pool_ensembles([load_model(path) for path in args.models])
-    except ValueError as error:
+    except (ValueError, NotFittedError) as error:
         raise CliError(f"pool {' '.join(map(str, args.models))}: {error}") from None
     store = open_store(args.db)
     machines = list(pooled.machine_kinds) or [store.default_machine_kind()]
     samples = [sample for kind in machines for sample in _machine_samples(store, kind, quiet=True)]
-    split = "family" if args.split == "family" else "fixed"
-    parts = _split(samples, split)
+    parts = _split(samples, args.split)
+    calibrating = set(parts.pipelines("valid"))
+    for path in args.models:  # the uncertainty is calibrated on pipelines no member trained on
+        log = Path(f"{path}.log.json")
+        trained_on = set(json.loads(log.read_text()).get("split", {}).get("train", [])) if log.is_file() else set()
+        if calibrating & trained_on:
+            raise CliError(
+                f"pool: {path} was trained on {len(calibrating & trained_on)} of the validation pipelines that "
+                f"would calibrate the uncertainty (e.g. {min(calibrating & trained_on)}); give the store and "
+                "--split it was trained with"
+            )
     pooled.calibrate_uncertainty(parts.valid)
-    result = save_trained(pooled, "ensemble", parts, split, args.out, pooled_from=[str(path) for path in args.models])
+    split = "family" if args.split == "family" else "fixed"
+    sources = [str(path.resolve()) for path in args.models]
+    result = save_trained(pooled, "ensemble", parts, split, args.out, pooled_from=sources)
     print(f"pooled {pooled.size} members of {len(args.models)} checkpoints; sd scale {pooled.sigma_scale_:.3g}")
-    for part, metrics in result.metrics.items():
-        print(f"{part:6s} " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    print(f"wrote {result.checkpoint_path}, {result.log_path}" + (f", {result.plot_path}" if result.plot_path else ""))
+    _print_training_result(result)
     return 0
 
 
@@ -415,7 +430,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def _stored_machine(store, kind: str, model):  # type: ignore[no-untyped-def]
     """The store's record of machine ``kind``, for ranking candidates as that machine would run them."""
-    if not model.get_params().get("machine_features"):
+    from perfgraph.models.base import reads_machines
+
+    if not reads_machines(model):
         raise CliError(
             f"predict --machine {kind}: {model.name} is machine-blind, its predictions are the same for every "
             "machine; train one with --machine-features (the shipped ensemble is one)"
@@ -588,7 +605,8 @@ def _model_names(checkpoints: Sequence[Path]) -> dict[str, Path]:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from perfgraph.models.adapt import adapt, few_shot_samples, reads_machines
+    from perfgraph.models.adapt import adapt, few_shot_samples
+    from perfgraph.models.base import reads_machines
     from perfgraph.models.registry import load_model
     from perfgraph.models.train import evaluate_model
 

@@ -116,12 +116,16 @@ def test_an_ensemble_is_refused_before_fit_and_with_bad_arguments():
         EnsembleCostModel(hidden=0)
 
 
-def test_a_pooled_ensemble_keeps_each_members_configuration_through_save_and_load(ensemble, parts, tmp_path):
+def test_a_pooled_ensemble_keeps_each_members_configuration_through_save_and_load(
+    ensemble, parts, tmp_path, monkeypatch
+):
     train, valid = parts
     with torch_threads(1):
         no_graph = GNNCostModel(**{**TINY, "layers": 0, "seed": 9}).fit(train, valid)
-    no_graph.machine_kinds = ensemble.machine_kinds = ("kind-a",)
+    no_graph.machine_kinds = ("kind-a",)
+    monkeypatch.setattr(ensemble, "machine_kinds", ("kind-a",))
     pooled = pool_ensembles([ensemble, no_graph])
+    assert all(mine is not theirs for mine, theirs in zip(pooled.members_, [*ensemble.members_, no_graph], strict=True))
     assert pooled.size == 4 and [(m.layers, m.seed) for m in pooled.members_] == [(1, 4), (1, 5), (1, 6), (0, 9)]
     logs = np.stack([np.log(m.predict(valid)) for m in [*ensemble.members_, no_graph]])
     np.testing.assert_allclose(pooled.predict(valid), np.exp(logs.mean(axis=0)), rtol=1e-9)
@@ -139,19 +143,31 @@ def test_a_pooled_ensemble_keeps_each_members_configuration_through_save_and_loa
     assert [(m.layers, m.seed) for m in refit.members_] == [(1, 4), (1, 5), (1, 6), (0, 9)]
 
 
-def test_pooling_refuses_models_that_do_not_pool(ensemble, real_samples):
+def test_pooling_refuses_models_that_do_not_pool(ensemble, real_samples, monkeypatch):
     from perfgraph.models.xgboost_model import PackSumXGBoost
 
-    with pytest.raises(ValueError, match="model 1 is a xgboost; only ensembles"):
+    with pytest.raises(ValueError, match="model 1 is 'xgboost'; only ensembles"):
         pool_ensembles([ensemble, PackSumXGBoost()])
-    with pytest.raises(ValueError, match="model 1 .* is not fitted"):
+    with pytest.raises(NotFittedError, match="model 1 .* is neither fitted nor loaded"):
         pool_ensembles([ensemble, EnsembleCostModel(**TINY)])
+    with pytest.raises(ValueError, match="members 0 and 3 have the same hyper-parameters and seed"):
+        pool_ensembles([ensemble, ensemble])
     other = GNNCostModel(**TINY).fit(real_samples[:10], [])
-    other.machine_kinds, ensemble.machine_kinds = ("kind-b",), ("kind-a",)
-    with pytest.raises(ValueError, match="different machine kinds"):
+    other.machine_kinds = ("kind-b",)
+    monkeypatch.setattr(ensemble, "machine_kinds", ("kind-a",))
+    with pytest.raises(ValueError, match="different machine kinds: kind-a, kind-b"):
         pool_ensembles([ensemble, other])
     with pytest.raises(ValueError, match="member_configs must be one dict per member"):
         EnsembleCostModel(size=2, member_configs=[{"layers": 0}])
+
+
+def test_a_mixed_ensemble_reads_machines_only_when_every_member_does():
+    from perfgraph.models.base import reads_machines
+
+    aware = [{"machine_features": True}, {"machine_features": True, "layers": 0}]
+    assert reads_machines(EnsembleCostModel(size=2, member_configs=aware))
+    assert not reads_machines(EnsembleCostModel(size=2, member_configs=[aware[0], {"layers": 0}]))
+    assert EnsembleCostModel(size=2, member_configs=aware).get_params().get("machine_features") is None
 
 
 def test_the_cli_trains_an_ensemble_and_evaluate_reports_its_calibration(tiny_db, tmp_path, capsys):
@@ -181,6 +197,12 @@ def test_the_cli_trains_an_ensemble_and_evaluate_reports_its_calibration(tiny_db
     capsys.readouterr()
     assert main(["pool", str(out), "--out", str(tmp_path / "one.pt")]) != 0
     assert "pool: give two or more checkpoints" in capsys.readouterr().err
+    log = json.loads(Path(f"{no_graph}.log.json").read_text())  # as if trained on another split
+    log["split"]["train"].append(log["split"]["valid"][0])
+    Path(f"{no_graph}.log.json").write_text(json.dumps(log))
+    assert main(["pool", str(out), str(no_graph), "--db", str(tiny_db), "--out", str(tmp_path / "leak.pt")]) != 0
+    assert "was trained on 1 of the validation pipelines" in capsys.readouterr().err
+    assert not (tmp_path / "leak.pt").exists()
 
 
 def test_adapting_sets_every_members_epochs_and_replays_nothing_of_the_old_machine(ensemble, parts):

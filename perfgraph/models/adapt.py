@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from perfgraph.data.records import Sample
 from perfgraph.features.graphs import as_graphs
-from perfgraph.models.base import CostModel, ReplayBuffer, measured_runtimes
+from perfgraph.models.base import CostModel, ReplayBuffer, measured_runtimes, reads_machines
 from perfgraph.models.neural import NeuralCostModel, require_machines
 
 T = TypeVar("T", bound=Sample)
@@ -47,12 +47,6 @@ def few_shot_samples(samples: Sequence[T], n: int, seed: int = 0) -> list[T]:
             if queue and len(picked) < n:
                 picked.append(queue.pop())
     return picked
-
-
-def reads_machines(model: CostModel) -> bool:
-    """Whether ``model`` (or every member of an ensemble) reads each sample's machine (``machine_features``)."""
-    parts = getattr(model, "members_", None) or [model]
-    return all(getattr(part, "machine_features", False) for part in parts)
 
 
 def adapt(

@@ -117,6 +117,16 @@ class ReplayBuffer:
         return [self._items[i] for i in self._rng.choice(len(self._items), size=count, replace=False)]
 
 
+def reads_machines(model: CostModel) -> bool:
+    """Whether ``model`` (or every member of an ensemble) reads each sample's machine (``machine_features``).
+
+    Ask this rather than ``get_params()["machine_features"]``: an ensemble whose members have
+    configurations of their own (``member_configs``) keeps the flag in each member's.
+    """
+    parts = getattr(model, "members_", None) or [model]
+    return all(getattr(part, "machine_features", False) for part in parts)
+
+
 def predict_with_uncertainty(model: CostModel, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:
     """Run times in ms and, for a model that gives one, the standard deviation of the log run time (else ``None``)."""
     if model.gives_uncertainty:

@@ -1,8 +1,9 @@
 """A deep ensemble of neural cost models: a prediction with an uncertainty.
 
-Members are the same model (GNN by default) trained from different seeds (initialisation and batch
+Members are one model (GNN by default) trained from different seeds (initialisation and batch
 order), as in Lakshminarayanan, Pritzel and Blundell, "Simple and Scalable Predictive Uncertainty
-Estimation using Deep Ensembles" (NeurIPS 2017). The prediction is the mean of the members' log run
+Estimation using Deep Ensembles" (NeurIPS 2017), or, with ``member_configs``, models of several
+configurations (below). The prediction is the mean of the members' log run
 times (a geometric mean in ms); the uncertainty is their standard deviation in natural-log units, so
 ``sigma = 0.1`` reads as "about 10%".
 
@@ -29,6 +30,7 @@ and without message passing (``benchmarks/RESULTS.md``, session 16).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,12 +48,12 @@ from perfgraph.models.gnn import GNNCostModel
 from perfgraph.models.neural import NeuralCostModel, check_positive
 from perfgraph.models.sequence import SequenceCostModel
 
-#: The models an ensemble can be made of (neural ones: their members differ by seed).
+#: The models an ensemble can be made of (neural ones; one class per ensemble).
 MEMBER_CLASSES: dict[str, type[NeuralCostModel]] = {cls.name: cls for cls in (GNNCostModel, SequenceCostModel)}
 
 
 class EnsembleCostModel(CostModel):
-    """``size`` copies of a neural model trained from seeds ``seed``, ``seed + 1``, ...
+    """``size`` neural models of one class trained from seeds ``seed``, ``seed + 1``, ...
 
     ``member_params`` go to every member's constructor (``loss``, ``conv``, ``lr`` ...), with
     ``epochs`` (``None``: the member's default) and ``device``; ``member_configs`` (one dict per
@@ -196,35 +198,43 @@ def pool_ensembles(models: Sequence[CostModel]) -> EnsembleCostModel:
 
     Each member keeps its own configuration (``member_configs``, from its hyper-parameters), so the
     pooled ensemble saves, loads and refits as any other; its prediction is the geometric mean over
-    all members (an ensemble of five weighs five times a single model). Its ``sigma_scale_`` is 1 until
+    all members (an ensemble of five weighs five times a single model). Members are copies: updating
+    the pooled ensemble leaves ``models`` as they were. Its ``sigma_scale_`` is 1 until
     :meth:`EnsembleCostModel.calibrate_uncertainty` is called on validation samples (``perfgraph
-    pool`` does). Raises ``ValueError`` unless ``models`` are fitted neural models of one member class,
-    trained on the same machine kinds, two members or more in all.
+    pool`` does). Raises :class:`~perfgraph.models.base.NotFittedError` for a model neither fitted
+    nor loaded, and ``ValueError`` unless ``models`` are neural models of one member class, trained
+    on the same machine kinds, two distinct members or more in all (two members with the same
+    hyper-parameters and seed would agree everywhere, and make the uncertainty meaningless).
 
     >>> pool_ensembles([EnsembleCostModel(size=2)])
     Traceback (most recent call last):
     ...
-    ValueError: pool_ensembles: model 0 (EnsembleCostModel) is not fitted
+    perfgraph.models.base.NotFittedError: model 0 (EnsembleCostModel) is neither fitted nor loaded
     """
     members: list[NeuralCostModel] = []
     for index, model in enumerate(models):
         if not (isinstance(model, EnsembleCostModel) or type(model) in MEMBER_CLASSES.values()):
             raise ValueError(
-                f"pool_ensembles: model {index} is a {model.name}; only ensembles and {sorted(MEMBER_CLASSES)} pool"
+                f"model {index} is {model.name!r}; only ensembles and {sorted(MEMBER_CLASSES)} models pool"
             )
         if not model.is_fitted:
-            raise ValueError(f"pool_ensembles: model {index} ({type(model).__name__}) is not fitted")
+            raise NotFittedError(f"model {index} ({type(model).__name__}) is neither fitted nor loaded")
         members.extend(model.members_ if isinstance(model, EnsembleCostModel) else [model])
     kinds = {tuple(sorted(model.machine_kinds)) for model in models}
     if len(kinds) > 1:
-        raise ValueError(f"pool_ensembles: the models were trained on different machine kinds: {sorted(kinds)}")
+        named = ", ".join(" + ".join(kind) or "(none recorded)" for kind in sorted(kinds))
+        raise ValueError(f"the models were trained on different machine kinds: {named}")
     if len({member.name for member in members}) > 1:
-        raise ValueError(f"pool_ensembles: members of several classes ({sorted({m.name for m in members})})")
+        raise ValueError(f"members of several classes ({', '.join(sorted({m.name for m in members}))}) do not pool")
     if len(members) < 2:
-        raise ValueError(f"pool_ensembles: {len(members)} member in all; an ensemble needs two or more")
+        raise ValueError(f"{len(members)} member in all; an ensemble needs two or more")
     configs = [{k: v for k, v in member.get_params().items() if k != "device"} for member in members]
+    twins = [(i, configs.index(config)) for i, config in enumerate(configs) if configs.index(config) != i]
+    if twins:
+        i, j = twins[0]
+        raise ValueError(f"members {j} and {i} have the same hyper-parameters and seed (the same checkpoint twice?)")
     pooled = EnsembleCostModel(member=members[0].name, size=len(members), member_configs=configs)
-    pooled.members_ = list(members)
+    pooled.members_ = [copy.deepcopy(member) for member in members]
     pooled.fitted_ = True
     pooled.machine_kinds = models[0].machine_kinds
     return pooled

@@ -32,7 +32,7 @@ from perfgraph.data.records import Sample
 from perfgraph.evaluate.metrics import mape, mean_kendall_tau, rmse_log
 from perfgraph.features.layout import FEATURE_SCHEMA_VERSION
 from perfgraph.features.splits import DatasetSplit, split_samples
-from perfgraph.models.base import CostModel, constructor_params
+from perfgraph.models.base import CostModel, constructor_params, reads_machines
 from perfgraph.models.distributed import Ranks, current_ranks, process_group
 from perfgraph.models.neural import NeuralCostModel
 from perfgraph.models.registry import MODEL_CLASSES, make_model
@@ -123,7 +123,7 @@ def train_model(
     hparams.update({k: v for k, v in options.items() if k in accepted and v is not None})
     model = make_model(model_name, **hparams)
     kinds = tuple(dict.fromkeys(kind for kind in map(machine_kind_of, samples) if kind))
-    if len(kinds) > 1 and not model.get_params().get("machine_features"):
+    if len(kinds) > 1 and not reads_machines(model):
         raise ValueError(
             f"samples come from {len(kinds)} machine kinds ({', '.join(kinds)}); a machine-blind {model_name} "
             "would average their run times: train on one kind, or a neural model with machine_features=True"
