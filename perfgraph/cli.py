@@ -331,6 +331,9 @@ def cmd_pool(args: argparse.Namespace) -> int:
         raise CliError(f"pool {' '.join(map(str, args.models))}: {error}") from None
     store = open_store(args.db)
     machines = list(pooled.machine_kinds) or [store.default_machine_kind()]
+    missing = [kind for kind in machines if kind not in store.samples_by_machine_kind()]
+    if missing:
+        raise CliError(f"pool: the models were trained on {', '.join(missing)}, of which {store.path} has no samples")
     samples = [sample for kind in machines for sample in _machine_samples(store, kind, quiet=True)]
     parts = _split(samples, args.split)
     calibrating = set(parts.pipelines("valid"))
