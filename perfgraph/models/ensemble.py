@@ -3,9 +3,9 @@
 Members are one model (GNN by default) trained from different seeds (initialisation and batch
 order), as in Lakshminarayanan, Pritzel and Blundell, "Simple and Scalable Predictive Uncertainty
 Estimation using Deep Ensembles" (NeurIPS 2017), or, with ``member_configs``, models of several
-configurations (below). The prediction is the mean of the members' log run
-times (a geometric mean in ms); the uncertainty is their standard deviation in natural-log units, so
-``sigma = 0.1`` reads as "about 10%".
+configurations (below). The prediction is the mean of the members' log run times (a geometric mean
+in ms); the uncertainty is their standard deviation in natural-log units, so ``sigma = 0.1`` reads as
+"about 10%".
 
 Seed-only ensembles are known to be overconfident: the members agree more with each other than with
 the measurement. After fitting, ``sigma_scale_`` is set on the validation set so that the scaled
@@ -57,9 +57,9 @@ class EnsembleCostModel(CostModel):
 
     ``member_params`` go to every member's constructor (``loss``, ``conv``, ``lr`` ...), with
     ``epochs`` (``None``: the member's default) and ``device``; ``member_configs`` (one dict per
-    member, or ``None``) overrides them member by member, ``seed`` included. ``predict(samples)`` gives run times in
-    ms; ``predict(samples, return_std=True)`` also the calibrated standard deviation of the log run
-    time (the convention of scikit-learn's ``GaussianProcessRegressor.predict``).
+    member, or ``None``) overrides them member by member, ``seed`` included. ``predict(samples)``
+    gives run times in ms; ``predict(samples, return_std=True)`` also the calibrated standard
+    deviation of the log run time (the convention of scikit-learn's ``GaussianProcessRegressor.predict``).
     """
 
     name = "ensemble"
