@@ -331,7 +331,8 @@ def cmd_pool(args: argparse.Namespace) -> int:
         raise CliError(f"pool {' '.join(map(str, args.models))}: {error}") from None
     store = open_store(args.db)
     machines = list(pooled.machine_kinds) or [store.default_machine_kind()]
-    missing = [kind for kind in machines if kind not in store.samples_by_machine_kind()]
+    known = store.samples_by_machine_kind()
+    missing = [kind for kind in machines if kind not in known]
     if missing:
         raise CliError(f"pool: the models were trained on {', '.join(missing)}, of which {store.path} has no samples")
     samples = [sample for kind in machines for sample in _machine_samples(store, kind, quiet=True)]
@@ -340,11 +341,10 @@ def cmd_pool(args: argparse.Namespace) -> int:
     for path in args.models:  # the uncertainty is calibrated on pipelines no member trained on
         log = Path(f"{path}.log.json")
         trained_on = set(json.loads(log.read_text()).get("split", {}).get("train", [])) if log.is_file() else set()
-        if calibrating & trained_on:
+        if leaked := calibrating & trained_on:
             raise CliError(
-                f"pool: {path} was trained on {len(calibrating & trained_on)} of the validation pipelines that "
-                f"would calibrate the uncertainty (e.g. {min(calibrating & trained_on)}); give the store and "
-                "--split it was trained with"
+                f"pool: {path} was trained on {len(leaked)} of the validation pipelines that would calibrate the "
+                f"uncertainty (e.g. {min(leaked)}); give the store and --split it was trained with"
             )
     pooled.calibrate_uncertainty(parts.valid)
     split = "family" if args.split == "family" else "fixed"

@@ -116,7 +116,6 @@ def train_model(
     """
     if model_name not in MODEL_CLASSES:
         raise ValueError(f"model_name must be one of {sorted(MODEL_CLASSES)}, got {model_name!r}")
-    out = Path(out)
     parts = split_samples(samples, split)
     accepted = constructor_params(MODEL_CLASSES[model_name])
     options = {"device": device, "seed": seed, "epochs": epochs}
