@@ -60,6 +60,16 @@ PIPELINES = (
 )
 
 
+def model_path(spec: str) -> Path:
+    """A ``--models`` entry: a path to a ``.pt`` file, or the name of a shipped model (``models/NAME.pt``)."""
+    return Path(spec) if spec.endswith(".pt") else MODELS_DIR / f"{spec}.pt"
+
+
+def model_name(spec: str) -> str:
+    """A ``--models`` entry's row name: its file stem (``ensemble`` for ``ensemble`` and ``models/ensemble.pt``)."""
+    return model_path(spec).stem
+
+
 def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
@@ -130,7 +140,7 @@ def run_pipeline(uri: str, args: argparse.Namespace, collector: Collector, model
             "benchmarks": k,
         }
     if args.rounds > 1:
-        model = load_model(MODELS_DIR / f"{args.search_model}.pt")  # fresh: tune updates it
+        model = load_model(args.search_model_path)  # fresh: tune updates it
         result = tune(uri, model, store, n=args.candidates, k=8, rounds=args.rounds, first_round=candidates)
         best = result.best
         rows[f"{args.search_model} K=8 x{args.rounds}"] = {
@@ -166,7 +176,8 @@ def main() -> None:
         "--models",
         type=lambda text: text.split(","),
         default=["ensemble", "gnn", "halide", "xgboost"],
-        help="shipped models (models/NAME.pt) whose one-round K=8 search is compared",
+        help="models whose one-round K=8 search is compared: shipped NAMEs (models/NAME.pt) or paths to .pt files"
+        " (named by their stem)",
     )
     parser.add_argument(
         "--search-model", default="ensemble", help="the one of --models also searched with K=16 and several rounds"
@@ -182,9 +193,14 @@ def main() -> None:
         print_report(saved["pipelines"], saved["machine"], "as saved")
         return
 
-    if args.search_model not in args.models:
+    names = [model_name(spec) for spec in args.models]
+    if len(set(names)) < len(names):
+        parser.error(f"--models {','.join(args.models)}: two models share a name ({','.join(names)}); rename a file")
+    if model_name(args.search_model) not in names:
         parser.error(f"--search-model {args.search_model!r} must be one of --models {','.join(args.models)}")
-    models = {name: load_model(MODELS_DIR / f"{name}.pt") for name in args.models}
+    args.search_model_path = model_path(args.search_model)
+    args.search_model = model_name(args.search_model)
+    models = {name: load_model(model_path(spec)) for name, spec in zip(names, args.models, strict=True)}
     weights = str((args.db.parent / "halide_retrained.weights").resolve())
     args.db.parent.mkdir(parents=True, exist_ok=True)
     export_checkpoint_weights(MODELS_DIR / "halide.pt", weights)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from itertools import zip_longest
 from pathlib import Path
 
-from perfgraph.paths import DEFAULT_DB, DEFAULT_SHARDS, MODELS_DIR
+from perfgraph.paths import DEFAULT_DB, DEFAULT_SHARDS, MODELS_DIR, RETRAINED_WEIGHTS
 
 
 class CliError(Exception):
@@ -403,12 +403,15 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     _warn_if_unseen_machine(model, args.model)
     say = (lambda _m: None) if args.json else (lambda message: print(message, file=sys.stderr))
-    weights = None if args.beam_seed in (None, "shipped") else args.beam_seed
+    weights = {"none": None, "shipped": None, "retrained": str(RETRAINED_WEIGHTS)}.get(args.beam_seed, args.beam_seed)
     if weights is not None and not Path(weights).is_file():
-        raise CliError(f"--beam-seed {weights}: no such .weights file (perfgraph export --format weights)")
+        raise CliError(
+            f"--beam-seed {args.beam_seed}: no such .weights file {weights} (perfgraph export --format weights; "
+            "--beam-seed none searches without the seed)"
+        )
     graph = analyse_stage_graph(uri, memory_mb=args.memory_mb)  # before --db exists: a bad pipeline leaves none
     weights_path = None if weights is None else str(Path(weights).resolve())
-    seeds = [] if args.beam_seed is None else [beam_seed(graph, weights_path)]
+    seeds = [] if args.beam_seed == "none" else [beam_seed(graph, weights_path)]
     result = tune(
         uri,
         model,
@@ -865,9 +868,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--beam-seed",
         nargs="?",
         const="shipped",
+        default="retrained",
         metavar="WEIGHTS",
-        help="also benchmark Adams2019's own beam search (with this .weights file, or Halide's shipped weights "
-        "when none is given), so that the search returns at worst its schedule",
+        help="also benchmark Adams2019's own beam search, so that the search returns at worst its schedule, with: "
+        f"'retrained' (default: models/{RETRAINED_WEIGHTS.name}, our Halide network exported as .weights), 'shipped' "
+        "(Halide's own weights; the flag alone), a .weights file (perfgraph export --format weights), or 'none'",
     )
     schedule.add_argument("--out", type=Path, default=Path("schedule.py"), help="the chosen schedule as Python")
     schedule.add_argument("--workers", type=_POSITIVE, default=2)

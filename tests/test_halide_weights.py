@@ -30,6 +30,7 @@ from perfgraph.models.halide_weights import (
     read_halide_weights,
     write_halide_weights,
 )
+from perfgraph.paths import RETRAINED_WEIGHTS
 
 from .conftest import USER_PIPELINES
 
@@ -159,6 +160,15 @@ def test_cli_exports_a_halide_checkpoint(tmp_path, capsys):
     assert "parallelism=1" in capsys.readouterr().out
     assert (
         out.read_bytes() == export_checkpoint_weights(HALIDE_CHECKPOINT, tmp_path / "again.weights").path.read_bytes()
+    )
+
+
+def test_the_shipped_retrained_weights_are_the_shipped_halide_network(tmp_path):
+    """``models/halide.weights`` (the default beam seed of ``perfgraph schedule``) is not stale."""
+    fresh = export_checkpoint_weights(HALIDE_CHECKPOINT, tmp_path / "halide.weights").path
+    assert RETRAINED_WEIGHTS.read_bytes() == fresh.read_bytes(), (
+        "models/halide.weights differs from models/halide.pt: rerun perfgraph export --format weights "
+        "--model models/halide.pt --out models/halide.weights"
     )
 
 

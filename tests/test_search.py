@@ -16,7 +16,7 @@ from perfgraph.data.store import Store
 from perfgraph.measure.builder import analyse_stage_graph
 from perfgraph.measure.collector import INPUT_SEED
 from perfgraph.models.registry import load_model
-from perfgraph.paths import MODELS_DIR
+from perfgraph.paths import MODELS_DIR, RETRAINED_WEIGHTS
 from perfgraph.search.predict import predict_candidates
 from perfgraph.search.tune import beam_seed, tune, write_schedule_file
 
@@ -176,3 +176,27 @@ def test_a_missing_beam_seed_weights_file_is_a_clear_error(tmp_path, capsys):
     code = main(["schedule", "--pipeline", BLUR.removeprefix("file:"), "--beam-seed", str(missing)])
     assert code == 2
     assert f"--beam-seed {missing}: no such .weights file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "weights"),
+    [([], str(RETRAINED_WEIGHTS.resolve())), (["--beam-seed"], None), (["--beam-seed", "none"], "no seed")],
+    ids=["default: retrained", "flag alone: shipped", "none"],
+)
+def test_schedule_seeds_with_the_retrained_beam_search_unless_told_not(flags, weights, tmp_path, monkeypatch):
+    import perfgraph.search.tune as search_tune
+    from perfgraph.cli import main
+    from perfgraph.search.tune import TuneResult
+
+    seen: list = []
+
+    def fake_tune(uri, model, store, **options):  # type: ignore[no-untyped-def]
+        seen.extend(options["seeds"])
+        return TuneResult(uri, model.name, [], 0, 0.0, 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(search_tune, "tune", fake_tune)
+    main(["schedule", "--pipeline", BLUR.removeprefix("file:"), "--db", str(tmp_path / "t.db"), *flags])
+    if weights == "no seed":
+        assert seen == []
+    else:
+        assert seen == [beam_seed(analyse_stage_graph(BLUR), weights)]  # Adams2019's beam search, as collect runs it
