@@ -10,8 +10,8 @@ in no split, and pipelines of the test split):
    the fastest measured (one round);
 2. ``M K=8 x3``: three rounds of K=8, the model updated on its measurements between rounds;
 3. ``beam shipped``: Adams2019 beam search with Halide's shipped weights;
-4. ``beam retrained``: the same with our Halide network trained on our data (``models/halide.pt``
-   exported with ``perfgraph export --format weights``);
+4. ``beam retrained``: the same with our Halide network trained on our data (``models/halide.weights``,
+   ``models/halide.pt`` exported with ``perfgraph export --format weights``; ``perfgraph schedule``'s default seed);
 5. ``random 8`` / ``random 16``: the best of the first 8 / 16 of the same N candidates, no model;
 6. ``gnn K=8``, ``halide K=8``, ``xgboost K=8``: the one-round search driven by the other shipped cost
    models (``--models``);
@@ -39,9 +39,8 @@ from pathlib import Path
 from perfgraph.data.store import Store
 from perfgraph.measure.builder import analyse_stage_graph
 from perfgraph.measure.collector import CollectOptions, Collector
-from perfgraph.models.halide_weights import export_checkpoint_weights
 from perfgraph.models.registry import load_model
-from perfgraph.paths import MODELS_DIR
+from perfgraph.paths import MODELS_DIR, RETRAINED_WEIGHTS
 from perfgraph.schedules.autoscheduler import AutoschedulerConfig, beam_size_for
 from perfgraph.search.predict import rank_candidates, sample_candidates
 from perfgraph.search.tune import tune
@@ -201,9 +200,8 @@ def main() -> None:
     args.search_model_path = model_path(args.search_model)
     args.search_model = model_name(args.search_model)
     models = {name: load_model(model_path(spec)) for name, spec in zip(names, args.models, strict=True)}
-    weights = str((args.db.parent / "halide_retrained.weights").resolve())
+    weights = str(RETRAINED_WEIGHTS.resolve())  # the same bytes as an export of models/halide.pt (tested)
     args.db.parent.mkdir(parents=True, exist_ok=True)
-    export_checkpoint_weights(MODELS_DIR / "halide.pt", weights)
     collector = Collector(
         Store(args.db),
         CollectOptions(workers=args.workers, remeasure_fraction=0.0, cross_machine=False, show_progress=False),
